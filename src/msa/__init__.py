@@ -1,0 +1,8 @@
+"""msa: Memory Sparse Attention — a trainable, persistent memory of 100M+ tokens for decoder LLMs."""
+
+from msa.config import MSAConfig, ModelConfig
+from msa.model import CompressedMemory, MSAForCausalLM, PackedBatch, PrefixCache
+
+__version__ = "0.1.0"
+
+__all__ = ["CompressedMemory", "MSAConfig", "MSAForCausalLM", "ModelConfig", "PackedBatch", "PrefixCache", "__version__"]

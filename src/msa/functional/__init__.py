@@ -1,0 +1,32 @@
+"""Pure tensor math of MSA: pooling, routing, positions, routing losses. The readable reference."""
+
+from msa.functional.losses import (
+    bce_loss,
+    decoupled_focal_infonce_loss,
+    decoupled_infonce_loss,
+    focal_infonce_loss,
+    infonce_loss,
+    recall_at,
+    routing_loss,
+)
+from msa.functional.pooling import chunk_layout, chunk_mean_pool
+from msa.functional.positions import doc_position_ids, query_position_ids
+from msa.functional.routing import chunk_scores, doc_scores, reduce_chunks_to_docs, select_docs
+
+__all__ = [
+    "bce_loss",
+    "chunk_layout",
+    "chunk_mean_pool",
+    "chunk_scores",
+    "decoupled_focal_infonce_loss",
+    "decoupled_infonce_loss",
+    "doc_position_ids",
+    "doc_scores",
+    "focal_infonce_loss",
+    "infonce_loss",
+    "query_position_ids",
+    "recall_at",
+    "reduce_chunks_to_docs",
+    "routing_loss",
+    "select_docs",
+]

@@ -1,0 +1,144 @@
+"""Document routing: scores (MSA_SPEC Part A.4, Part B 3.2-3.4) and top-k selection."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+HeadReduce = Literal["mean", "max"]
+QueryReduce = Literal["max", "mean", "last"]
+ChunkReduce = Literal["max", "mean"]
+
+
+def chunk_scores(
+    q_router: Tensor,
+    k_router: Tensor,
+    query_mask: Tensor | None = None,
+    cosine: bool = True,
+    head_reduce: HeadReduce = "mean",
+    query_reduce: QueryReduce = "max",
+) -> Tensor:
+    """Score of every chunk against one query: reduce over heads, then over query tokens.
+
+    Args:
+        q_router: [Tq, Hq, D] router queries.
+        k_router: [C, Hkv, D] pooled router keys; query head h pairs with kv head h // (Hq // Hkv).
+        query_mask: [Tq] bool, tokens that take part (default all). With no token, all scores are -inf.
+        cosine: L2-normalise q and k per head vector (scale 1); else raw dot product / sqrt(D).
+
+    Returns:
+        [C] float32 chunk scores.
+    """
+    tq, hq, d = q_router.shape
+    c, hkv, dk = k_router.shape
+    if dk != d:
+        raise ValueError(f"router query head_dim {d} != router key head_dim {dk}")
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key heads ({hkv})")
+    q = q_router.float()
+    k = k_router.float()
+    if cosine:
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        scale = 1.0
+    else:
+        scale = 1.0 / math.sqrt(d)
+    group = hq // hkv
+    q = q.view(tq, hkv, group, d)
+    s = torch.einsum("tkgd,ckd->tkgc", q, k).reshape(tq, hq, c) * scale  # [Tq, Hq, C]
+    s = s.mean(dim=1) if head_reduce == "mean" else s.amax(dim=1)  # [Tq, C]
+    if query_mask is None:
+        query_mask = torch.ones(tq, dtype=torch.bool, device=s.device)
+    query_mask = query_mask.to(device=s.device, dtype=torch.bool)
+    if not bool(query_mask.any()):
+        return torch.full((c,), float("-inf"), device=s.device)
+    if query_reduce == "max":
+        return s.masked_fill(~query_mask[:, None], float("-inf")).amax(dim=0)
+    if query_reduce == "mean":
+        return s[query_mask].mean(dim=0)
+    if query_reduce == "last":
+        return s[int(query_mask.nonzero()[-1])]
+    raise ValueError(f"unknown query_reduce {query_reduce!r}")
+
+
+def reduce_chunks_to_docs(
+    chunk_score: Tensor, chunk_doc: Tensor, num_docs: int, chunk_reduce: ChunkReduce = "max"
+) -> Tensor:
+    """Document score from its chunks' scores.
+
+    Args:
+        chunk_score: [..., C] float.
+        chunk_doc: [C] long, document of every chunk (0..num_docs-1).
+
+    Returns:
+        [..., num_docs] float32; documents with no chunk get -inf.
+    """
+    lead = chunk_score.shape[:-1]
+    out = torch.full(lead + (num_docs,), float("-inf"), device=chunk_score.device, dtype=torch.float32)
+    index = chunk_doc.to(chunk_score.device).expand(lead + chunk_doc.shape)
+    if chunk_reduce == "max":
+        return out.scatter_reduce(-1, index, chunk_score.float(), reduce="amax", include_self=True)
+    if chunk_reduce == "mean":
+        sums = torch.zeros_like(out).scatter_add(-1, index, chunk_score.float())
+        counts = torch.bincount(chunk_doc, minlength=num_docs).to(out)
+        return torch.where(counts > 0, sums / counts.clamp(min=1), out)
+    raise ValueError(f"unknown chunk_reduce {chunk_reduce!r}")
+
+
+def doc_scores(
+    q_router: Tensor,
+    k_router: Tensor,
+    chunk_doc: Tensor,
+    num_docs: int,
+    query_mask: Tensor | None = None,
+    cosine: bool = True,
+    *,
+    head_reduce: HeadReduce = "mean",
+    query_reduce: QueryReduce = "max",
+    chunk_reduce: ChunkReduce = "max",
+) -> Tensor:
+    """Routing score of every document for one query (paper eq. 2).
+
+    score[i] = max over chunks j of document i of max over masked query tokens t of
+    mean over the Hq heads of cos(q[t, h], k[j, h // (Hq // Hkv)]).
+    ``cosine=False`` uses the raw dot product scaled by 1/sqrt(D), as the official engine does for
+    ``aux_loss_method == "INFONCE_DECOUPLE"``. The reductions are configurable as in ``msa_config``.
+
+    Args:
+        q_router: [Tq, Hq, D] router queries (any float dtype).
+        k_router: [C, Hkv, D] pooled router keys.
+        chunk_doc: [C] long, owning document 0..num_docs-1.
+        num_docs: N.
+        query_mask: [Tq] bool, tokens taking part (default all).
+
+    Returns:
+        [N] float32; documents with no chunk (or no query token) get -inf.
+    """
+    if chunk_doc.numel() != k_router.shape[0]:
+        raise ValueError(f"chunk_doc has {chunk_doc.numel()} entries for {k_router.shape[0]} chunks")
+    s = chunk_scores(q_router, k_router, query_mask, cosine, head_reduce, query_reduce)
+    return reduce_chunks_to_docs(s, chunk_doc, num_docs, chunk_reduce)
+
+
+def select_docs(scores: Tensor, k: int) -> Tensor:
+    """The k best finite-scored documents, best first, ties broken towards the lower index.
+
+    Args:
+        scores: [N] float.
+
+    Returns:
+        LongTensor [<= k] of document indices.
+    """
+    scores = scores.float()
+    finite = torch.isfinite(scores)
+    k = min(k, int(finite.sum()))
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    # A stable descending sort keeps equal scores in index order.
+    masked = torch.where(finite, scores, torch.full_like(scores, float("-inf")))
+    order = torch.sort(masked, descending=True, stable=True).indices
+    return order[:k]

@@ -1,0 +1,184 @@
+"""MemorySparseAttention: Qwen3 GQA attention plus, in router layers, routing over compressed memory."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from msa import functional as MF
+from msa.config import ModelConfig
+from msa.model.context import EncodeContext, QueryContext, TrainContext
+from msa.model.layers import RMSNorm, apply_rope, attend
+from msa.model.memory import LayerMemory, Routing
+
+
+class MemorySparseAttention(nn.Module):
+    """Attention of one layer. Parameter names follow the HF Qwen3 / official MSA checkpoints.
+
+    Router layers own ``router_q_proj.0`` ([Hq*D, hidden]) and ``router_k_proj.0`` ([Hkv*D, hidden])
+    when ``decouple_router`` is set; both read the same normed hidden state as q/k/v, without
+    q/k-norm or RoPE.
+    """
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        c = config
+        self.layer_idx = layer_idx
+        self.num_heads = c.num_attention_heads
+        self.num_kv_heads = c.num_key_value_heads
+        self.head_dim = c.head_dim
+        self.msa = c.msa
+        self.is_router = layer_idx in c.router_layers
+        self.decoupled = bool(c.msa.decouple_router)
+        hq, hkv, d = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, hq, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.hidden_size, hkv, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.hidden_size, hkv, bias=c.attention_bias)
+        self.o_proj = nn.Linear(hq, c.hidden_size, bias=c.attention_bias)
+        self.q_norm = RMSNorm(d, c.rms_norm_eps)
+        self.k_norm = RMSNorm(d, c.rms_norm_eps)
+        if self.is_router and self.decoupled:
+            self.router_q_proj = nn.Sequential(nn.Linear(c.hidden_size, hq, bias=False))
+            self.router_k_proj = nn.Sequential(nn.Linear(c.hidden_size, hkv, bias=False))
+
+    # -- projections -------------------------------------------------------------------------
+    def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: [B, T, hidden] -> q [B, T, Hq, D], k, v [B, T, Hkv, D] (q, k normed and rotated)."""
+        b, t, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, t, self.num_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _router_q(self, x: Tensor, q: Tensor) -> Tensor:
+        """Router queries [..., Hq, D] for hidden states x [..., hidden] (attention q when coupled)."""
+        if not self.decoupled:
+            return q
+        return self.router_q_proj(x).unflatten(-1, (self.num_heads, self.head_dim))
+
+    def _router_k(self, x: Tensor, k: Tensor) -> Tensor:
+        if not self.decoupled:
+            return k
+        return self.router_k_proj(x).unflatten(-1, (self.num_kv_heads, self.head_dim))
+
+    def _doc_scores(self, qr: Tensor, kr: Tensor, chunk_doc: Tensor, num_docs: int, cosine: bool) -> Tensor:
+        s = MF.doc_scores(
+            qr, kr, chunk_doc, num_docs, cosine=cosine,
+            head_reduce=self.msa.head_reduce_method, query_reduce=self.msa.query_reduce_method,
+            chunk_reduce=self.msa.chunk_reduce_method,
+        )  # fmt: skip
+        if cosine and not self.decoupled:
+            s = s / math.sqrt(self.head_dim)  # the official coupled path scales cosines by 1/sqrt(D)
+        return s
+
+    # -- modes --------------------------------------------------------------------------------
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: TrainContext | EncodeContext | QueryContext) -> Tensor:
+        """x: [B, T, hidden] normed hidden states -> [B, T, hidden]."""
+        q, k, v = self._qkv(x, cos, sin)
+        if isinstance(ctx, TrainContext):
+            out = self._train(x, q, k, v, ctx)
+        elif isinstance(ctx, EncodeContext):
+            out = self._encode(x, q, k, v, ctx)
+        else:
+            out = self._query(x, q, k, v, ctx)
+        return self.o_proj(out.flatten(-2))
+
+    def _encode(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: EncodeContext) -> Tensor:
+        """Each row is one document: causal attention; router layers pool K, V and router K."""
+        if self.is_router:
+            flat = lambda t: t.flatten(0, 1).index_select(0, ctx.tokens)  # noqa: E731  [T, Hkv, D]
+            kr = self._router_k(x, k)
+            pooled = [MF.chunk_mean_pool(flat(t), ctx.lengths, self.msa.chunk_size) for t in (kr, k, v)]
+            ctx.out[self.layer_idx] = LayerMemory(*(p for p, _ in pooled))
+            ctx.chunk_doc = pooled[0][1]
+        return attend(q, k, v, None, causal=True)
+
+    def _train(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: TrainContext) -> Tensor:
+        """Packed samples: local masks everywhere; router layers add the selected documents' chunks."""
+        if not self.is_router:
+            return attend(q, k, v, ctx.local_mask)
+        b, l = x.shape[:2]
+        flat = lambda t: t.flatten(0, 1).index_select(0, ctx.doc_tokens)  # noqa: E731
+        kr_bar, chunk_doc = MF.chunk_mean_pool(flat(self._router_k(x, k)), ctx.doc_lengths, self.msa.chunk_size)
+        k_bar, _ = MF.chunk_mean_pool(flat(k), ctx.doc_lengths, self.msa.chunk_size)
+        v_bar, _ = MF.chunk_mean_pool(flat(v), ctx.doc_lengths, self.msa.chunk_size)
+        # Sequence index of every chunk's first token: chunks are visible to stream tokens after it.
+        token_chunk, _ = MF.chunk_layout(ctx.doc_lengths, self.msa.chunk_size)
+        chunk_first = torch.full((len(chunk_doc),), l, dtype=torch.long, device=x.device)
+        chunk_first.scatter_reduce_(0, token_chunk, ctx.doc_tokens % l, reduce="amin")
+        chunk_sample = ctx.doc_sample[chunk_doc]
+        cosine = self.msa.train_cosine()
+        scores = torch.full((b, ctx.max_docs), float("-inf"), device=x.device)
+        docs = torch.full((b, ctx.top_k), -1, dtype=torch.long, device=x.device)
+        keep = torch.zeros(len(chunk_doc), dtype=torch.bool, device=x.device)
+        for s in range(b):
+            doc_sel = (ctx.doc_sample == s).nonzero().squeeze(-1)
+            if len(doc_sel) == 0:
+                continue
+            ch = (chunk_sample == s).nonzero().squeeze(-1)
+            local_chunk_doc = ctx.doc_local[chunk_doc[ch]]
+            qm = ctx.query_mask[s]
+            qr = self._router_q(x[s][qm], q[s][qm])  # only routing tokens need router queries
+            sc = self._doc_scores(qr, kr_bar[ch], local_chunk_doc, ctx.max_docs, cosine)
+            scores[s] = sc
+            top = MF.select_docs(sc.detach(), ctx.top_k)
+            docs[s, : len(top)] = top
+            keep[ch] = torch.isin(local_chunk_doc, top)
+        ctx.scores[self.layer_idx] = scores
+        ctx.selected[self.layer_idx] = Routing(docs, scores.gather(1, docs.clamp(min=0)).masked_fill(docs < 0, float("-inf")))
+        # Gather kept chunks into per-sample slots [B, Cmax] appended after the L token keys.
+        kept = keep.nonzero().squeeze(-1)
+        ks = chunk_sample[kept]
+        counts = torch.bincount(ks, minlength=b)
+        cmax = int(counts.max()) if len(kept) else 0
+        slot = torch.arange(len(kept), device=x.device) - (torch.cumsum(counts, 0) - counts)[ks]
+        ck = k.new_zeros(b, cmax, self.num_kv_heads, self.head_dim)
+        cv = v.new_zeros(b, cmax, self.num_kv_heads, self.head_dim)
+        ck[ks, slot] = k_bar[kept].to(k.dtype)
+        cv[ks, slot] = v_bar[kept].to(v.dtype)
+        first = torch.full((b, cmax), l, dtype=torch.long, device=x.device)
+        first[ks, slot] = chunk_first[kept]
+        pos = torch.arange(l, device=x.device)
+        chunk_mask = ctx.stream_mask[:, :, None] & (first[:, None, :] < pos[None, :, None])  # [B, L, Cmax]
+        mask = torch.cat([ctx.local_mask, chunk_mask], dim=-1)
+        return attend(q, torch.cat([k, ck], 1), torch.cat([v, cv], 1), mask)
+
+    def _query(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: QueryContext) -> Tensor:
+        """Prefill (route + assemble [prefix | chunks | query]) or decode against the cached context."""
+        b, t = x.shape[:2]
+        i = self.layer_idx
+        cache = ctx.cache
+        if cache.keys[i] is None:
+            parts_k, parts_v, parts_valid = [], [], []
+            if ctx.prefix is not None:
+                pk = ctx.prefix.keys[i].to(k.dtype).transpose(0, 1)  # [P, Hkv, D]
+                pv = ctx.prefix.values[i].to(v.dtype).transpose(0, 1)
+                parts_k.append(pk.expand(b, -1, -1, -1))
+                parts_v.append(pv.expand(b, -1, -1, -1))
+                parts_valid.append(torch.ones(b, pk.shape[0], dtype=torch.bool, device=x.device))
+            if self.is_router and ctx.memory is not None and ctx.routing:
+                qr = self._router_q(x, q)  # [B, T, Hq, D]
+                routing = ctx.memory.route(i, qr, ctx.query_mask, ctx.top_k)
+                ctx.routings[i] = routing
+                ck, cv, cvalid = ctx.memory.fetch(i, routing.docs)
+                parts_k.append(ck.to(k.dtype))
+                parts_v.append(cv.to(v.dtype))
+                parts_valid.append(cvalid)
+            empty = k.new_zeros(b, 0, self.num_kv_heads, self.head_dim)
+            cache.keys[i] = torch.cat(parts_k, 1) if parts_k else empty
+            cache.values[i] = torch.cat(parts_v, 1) if parts_v else empty
+            cache.valid[i] = torch.cat(parts_valid, 1) if parts_valid else torch.zeros(b, 0, dtype=torch.bool, device=x.device)
+        old_valid = cache.valid[i]
+        s_old = old_valid.shape[1]
+        new_valid = ctx.attention_mask.bool()
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        self_mask = causal[None] & new_valid[:, None, :]
+        self_mask = self_mask | torch.eye(t, dtype=torch.bool, device=x.device)[None]
+        mask = torch.cat([old_valid[:, None, :].expand(b, t, s_old), self_mask], dim=-1)
+        keys = torch.cat([cache.keys[i], k], 1)
+        values = torch.cat([cache.values[i], v], 1)
+        cache.keys[i], cache.values[i] = keys, values
+        cache.valid[i] = torch.cat([old_valid, new_valid], 1)
+        return attend(q, keys, values, mask)

@@ -1,0 +1,143 @@
+"""Per-forward state for the three modes, passed explicitly through the layers (no hidden buffers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from msa.model.memory import LayerMemory, MemoryAccess, PrefixCache, Routing
+
+
+@dataclass
+class PackedBatch:
+    """Training samples ``[template | documents | query + response]``, right-padded to L.
+
+    input_ids: [B, L] long.
+    doc_ids: [B, L] long, official conventions: 0 routing-query token, d > 0 token of the sample's
+        document d (1..N_b, each contiguous), -1 response / other context, -2 template.
+    position_ids: [B, L] long: template 0.., documents restart at 0, query from the query offset.
+    attention_mask: [B, L] bool, False on padding.
+    """
+
+    input_ids: Tensor
+    doc_ids: Tensor
+    position_ids: Tensor
+    attention_mask: Tensor
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        return PackedBatch(*(t.to(device) for t in (self.input_ids, self.doc_ids, self.position_ids, self.attention_mask)))
+
+
+@dataclass
+class TrainContext:
+    """Layout of a packed batch, computed once per forward.
+
+    local_mask: [B, L, L] bool: documents causal within themselves, stream tokens (doc_ids < 1)
+        causal among the sample's stream tokens, padding rows see themselves only.
+    doc_tokens: [T] long flat indices (into B*L) of all document tokens, sample-major, document order.
+    doc_lengths: [N] long tokens of every (sample, document), sample-major.
+    doc_sample: [N] long sample of every document; doc_local: [N] long its 0-based index in the sample.
+    query_mask: [B, L] bool routing-query tokens (doc_ids == 0, not padding).
+    stream_mask: [B, L] bool tokens that read memory (doc_ids < 1, not padding).
+    scores: filled by router layers: layer -> [B, Nmax] float32 document scores (-inf: no such doc).
+    selected: filled by router layers: layer -> Routing (document indices 0-based within the sample).
+    """
+
+    local_mask: Tensor
+    doc_tokens: Tensor
+    doc_lengths: Tensor
+    doc_sample: Tensor
+    doc_local: Tensor
+    query_mask: Tensor
+    stream_mask: Tensor
+    top_k: int
+    max_docs: int
+    scores: dict[int, Tensor] = field(default_factory=dict)
+    selected: dict[int, Routing] = field(default_factory=dict)
+
+    @classmethod
+    def from_batch(cls, batch: PackedBatch, top_k: int) -> "TrainContext":
+        doc_ids, valid = batch.doc_ids, batch.attention_mask.bool()
+        b, l = doc_ids.shape
+        is_doc = (doc_ids > 0) & valid
+        stream = (doc_ids < 1) & valid
+        idx = torch.arange(l, device=doc_ids.device)
+        causal = idx[None, :, None] >= idx[None, None, :]  # [1, L, L]
+        same_doc = (doc_ids[:, :, None] == doc_ids[:, None, :]) & is_doc[:, :, None] & is_doc[:, None, :]
+        both_stream = stream[:, :, None] & stream[:, None, :]
+        local = causal & (same_doc | both_stream)
+        local = local | torch.eye(l, dtype=torch.bool, device=doc_ids.device)[None]
+        # Documents: runs of equal (sample, doc id) among document tokens, in sequence order.
+        base = int(doc_ids.max().clamp(min=0)) + 1
+        flat_doc = torch.where(is_doc, doc_ids, torch.zeros_like(doc_ids)).flatten()
+        doc_tokens = is_doc.flatten().nonzero().squeeze(-1)
+        uniq, counts = torch.unique_consecutive((doc_tokens // l) * base + flat_doc[doc_tokens], return_counts=True)
+        doc_sample = uniq // base
+        doc_local = uniq % base - 1
+        if len(uniq) and len(torch.unique(uniq)) != len(uniq):
+            raise ValueError("every document's tokens must be contiguous within its sample")
+        max_docs = int(doc_local.max()) + 1 if len(uniq) else 0
+        return cls(
+            local_mask=local,
+            doc_tokens=doc_tokens,
+            doc_lengths=counts,
+            doc_sample=doc_sample,
+            doc_local=doc_local,
+            query_mask=(doc_ids == 0) & valid,
+            stream_mask=stream,
+            top_k=top_k,
+            max_docs=max_docs,
+        )
+
+
+@dataclass
+class EncodeContext:
+    """Documents only, right-padded into [N, Lmax]; router layers write their pooled tensors to ``out``.
+
+    lengths: [N] long real tokens per document; tokens: [T] long flat indices of real tokens in N*Lmax.
+    """
+
+    lengths: Tensor
+    tokens: Tensor
+    out: dict[int, LayerMemory] = field(default_factory=dict)
+    chunk_doc: Tensor | None = None
+
+
+@dataclass
+class KVCache:
+    """Per-layer attention context of a batch of queries during prefill and decoding.
+
+    keys[l], values[l]: [B, S_l, Hkv, D]; valid[l]: [B, S_l] bool (S_l differs per layer:
+    router layers also hold their selected chunks). next_position: [B] long.
+    """
+
+    keys: list[Tensor | None]
+    values: list[Tensor | None]
+    valid: list[Tensor | None]
+    next_position: Tensor | None = None
+
+    @classmethod
+    def empty(cls, num_layers: int) -> "KVCache":
+        return cls([None] * num_layers, [None] * num_layers, [None] * num_layers)
+
+
+@dataclass
+class QueryContext:
+    """Prefill (routing) or decoding of a batch of left-padded queries.
+
+    attention_mask: [B, T] bool new tokens that are real. query_mask: [B, T] bool routing-query tokens.
+    memory / prefix: where router layers route and fetch; the template prefix K/V (or None).
+    routing: True during prefill (router layers route), False while decoding (context is cached).
+    routings: filled by router layers during prefill.
+    """
+
+    attention_mask: Tensor
+    query_mask: Tensor
+    cache: KVCache
+    memory: MemoryAccess | None = None
+    prefix: PrefixCache | None = None
+    top_k: int = 16
+    routing: bool = True
+    routings: dict[int, Routing] = field(default_factory=dict)

@@ -1,0 +1,309 @@
+"""MSAForCausalLM: a Qwen3-family decoder whose router layers attend to routed compressed memory.
+
+Three forward modes share one stack of layers:
+  train   (``forward_train``)  packed ``[template | documents | query + response]`` samples;
+  encode  (``encode``)         documents only -> CompressedMemory (and ``encode_prefix`` for the template);
+  query   (``prefill``/``decode``) routing against a MemoryAccess, then cached decoding.
+``forward`` is the plain causal LM (no memory), numerically the HF Qwen3 model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from msa.config import ModelConfig
+from msa.model.attention import MemorySparseAttention
+from msa.model.context import EncodeContext, KVCache, PackedBatch, QueryContext, TrainContext
+from msa.model.layers import MLP, RMSNorm, RotaryEmbedding
+from msa.model.memory import (
+    CompressedMemory,
+    DenseMemoryAccess,
+    MemoryAccess,
+    PrefixCache,
+    Routing,
+    RoutingOptions,
+)
+from msa import functional as MF
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = MemorySparseAttention(config, layer_idx)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, ctx) -> Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, ctx)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class MSAModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def run(self, input_ids: Tensor, position_ids: Tensor, ctx, num_layers: int | None = None) -> Tensor:
+        """input_ids, position_ids: [B, T] -> hidden states [B, T, hidden] after ``num_layers`` layers
+        (all layers, then the final norm, when None)."""
+        h = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb(position_ids, h.dtype)
+        for layer in self.layers[: num_layers if num_layers is not None else len(self.layers)]:
+            h = layer(h, cos, sin, ctx)
+        return self.norm(h) if num_layers is None else h
+
+
+@dataclass
+class TrainOutput:
+    """logits: [B, L, V] (or [M, V] at ``logits_index``); doc_scores: router layer -> [B, Nmax] float32
+    (-inf where the sample has no such document); selected: router layer -> Routing (0-based docs)."""
+
+    logits: Tensor
+    doc_scores: dict[int, Tensor]
+    selected: dict[int, Routing]
+
+
+@dataclass
+class PrefillOutput:
+    """logits: [B, T, V] (or [B, V] with ``last_only``); cache for decoding; routings per router layer."""
+
+    logits: Tensor
+    cache: KVCache
+    routings: dict[int, Routing]
+
+
+class MSAForCausalLM(nn.Module):
+    """The MSA model. See the module docstring for the modes; weights follow the official layout."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = MSAModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        method = config.msa.aux_loss_method or ""
+        if "INFONCE" in method:
+            self.temperature = nn.Parameter(torch.tensor(float(config.msa.infonce_loss_temp or 0.1)), requires_grad=False)
+        elif method == "BCE":
+            self.b = nn.Parameter(torch.tensor(-20.0))
+
+    # -- construction ----------------------------------------------------------------------------
+    def init_weights(self, seed: int = 0) -> "MSAForCausalLM":
+        """Random init (normal, std = initializer_range; norms = 1), seeded, whatever the device."""
+        g = torch.Generator().manual_seed(seed)
+        std = self.config.initializer_range
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                elif name in ("temperature", "b"):
+                    continue
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+        return self
+
+    @property
+    def router_layers(self) -> tuple[int, ...]:
+        return self.config.router_layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if ".router_q_proj." in n or ".router_k_proj." in n]
+
+    # -- plain LM ----------------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """Plain causal LM without memory. input_ids: [B, T] -> logits [B, T, V]."""
+        self._check_ids(input_ids)
+        b, t = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
+        ones = torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
+        ctx = QueryContext(attention_mask=ones, query_mask=ones, cache=KVCache.empty(len(self.model.layers)), routing=False)
+        return self.lm_head(self.model.run(input_ids, position_ids, ctx))
+
+    # -- train mode --------------------------------------------------------------------------------
+    def forward_train(self, batch: PackedBatch, logits_index: Tensor | None = None) -> TrainOutput:
+        """Packed training forward (see PackedBatch). Selection is hard (top-k, no gradient); the router
+        projections get gradient only through ``doc_scores`` (the aux loss), the rest through the logits.
+
+        logits_index: optional [M] long flat indices into B*L where logits are needed (saves memory).
+        """
+        self._check_ids(batch.input_ids)
+        ctx = TrainContext.from_batch(batch, self.config.msa.top_k)
+        h = self.model.run(batch.input_ids, batch.position_ids, ctx)
+        if logits_index is not None:
+            h = h.flatten(0, 1).index_select(0, logits_index)
+        return TrainOutput(self.lm_head(h), ctx.scores, ctx.selected)
+
+    # -- encode mode -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, docs: list[Tensor] | list[list[int]]) -> CompressedMemory:
+        """Encode documents independently (causal within each, positions from 0).
+
+        Args:
+            docs: N token-id sequences (each non-empty).
+
+        Returns:
+            CompressedMemory over the N documents for every router layer (model dtype, model device).
+        """
+        if len(docs) == 0:
+            raise ValueError("encode() needs at least one document")
+        seqs = [torch.as_tensor(d, dtype=torch.long) for d in docs]
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        if int(lengths.min()) == 0:
+            raise ValueError("cannot encode an empty document")
+        if not self.router_layers:
+            raise ValueError("this model has no router layers: nothing to encode")
+        for s in seqs:
+            self._check_ids(s)
+        n, lmax = len(seqs), int(lengths.max())
+        ids = torch.zeros(n, lmax, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+        device = self.device
+        real = torch.arange(lmax)[None, :] < lengths[:, None]
+        ctx = EncodeContext(lengths=lengths.to(device), tokens=real.flatten().nonzero().squeeze(-1).to(device))
+        positions = torch.arange(lmax, device=device).expand(n, lmax)
+        self.model.run(ids.to(device), positions, ctx, num_layers=max(self.router_layers) + 1)
+        return CompressedMemory(layers=ctx.out, chunk_doc=ctx.chunk_doc.cpu(), doc_lengths=lengths)
+
+    @torch.no_grad()
+    def encode_prefix(self, token_ids: Tensor | list[int]) -> PrefixCache:
+        """K/V of the template prefix at positions 0..P-1 in every layer ([Hkv, P, D] each)."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device)[None]
+        self._check_ids(ids)
+        p = ids.shape[1]
+        ones = torch.ones(1, p, dtype=torch.bool, device=self.device)
+        cache = KVCache.empty(len(self.model.layers))
+        ctx = QueryContext(attention_mask=ones, query_mask=ones, cache=cache, routing=False)
+        self.model.run(ids, torch.arange(p, device=self.device)[None], ctx)
+        return PrefixCache(
+            token_ids=ids[0].cpu(),
+            keys=[k[0].transpose(0, 1).contiguous() for k in cache.keys],  # type: ignore[union-attr]
+            values=[v[0].transpose(0, 1).contiguous() for v in cache.values],  # type: ignore[union-attr]
+        )
+
+    # -- query mode --------------------------------------------------------------------------------
+    def routing_options(self) -> RoutingOptions:
+        m = self.config.msa
+        cosine = m.inference_cosine()
+        return RoutingOptions(
+            cosine=cosine,
+            head_reduce=m.head_reduce_method or "mean",
+            query_reduce=m.query_reduce_method or "max",
+            chunk_reduce=m.chunk_reduce_method or "max",
+            coupled_scale=1.0 / math.sqrt(self.config.head_dim) if (cosine and not m.decouple_router) else 1.0,
+        )
+
+    def memory_access(self, memory: CompressedMemory, live: Tensor | None = None) -> DenseMemoryAccess:
+        """The reference MemoryAccess over a resident memory, with this model's routing options."""
+        return DenseMemoryAccess(memory, self.routing_options(), live)
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        query_mask: Tensor | None = None,
+        memory: MemoryAccess | CompressedMemory | None = None,
+        prefix: PrefixCache | None = None,
+        position_offset: int | None = None,
+        last_only: bool = False,
+    ) -> PrefillOutput:
+        """Route and run the query tokens over ``[prefix | selected chunks | query]`` per layer.
+
+        Args:
+            input_ids: [B, T] left-padded query tokens.
+            attention_mask: [B, T] bool real tokens (default all).
+            query_mask: [B, T] bool routing-query tokens (doc_ids == 0; default = attention_mask).
+            memory: CompressedMemory (wrapped in the reference access) or any MemoryAccess; None = no memory.
+            prefix: template prefix K/V (or None).
+            position_offset: position of the first real token (default msa_config query offset).
+            last_only: return logits of the last position only ([B, V]).
+        """
+        self._check_ids(input_ids)
+        b, t = input_ids.shape
+        dev = self.device
+        input_ids = input_ids.to(dev)
+        attention_mask = (torch.ones(b, t, dtype=torch.bool) if attention_mask is None else attention_mask).to(dev).bool()
+        query_mask = (attention_mask if query_mask is None else query_mask.to(dev).bool() & attention_mask)
+        if isinstance(memory, CompressedMemory):
+            memory = self.memory_access(memory)
+        offset = self.config.msa.query_offset if position_offset is None else position_offset
+        positions = MF.query_position_ids(attention_mask, offset)
+        cache = KVCache.empty(len(self.model.layers))
+        ctx = QueryContext(
+            attention_mask=attention_mask, query_mask=query_mask, cache=cache, memory=memory,
+            prefix=prefix, top_k=self.config.msa.top_k, routing=True,
+        )  # fmt: skip
+        h = self.model.run(input_ids, positions, ctx)
+        cache.next_position = positions[:, -1] + 1
+        logits = self.lm_head(h[:, -1] if last_only else h)
+        return PrefillOutput(logits, cache, ctx.routings)
+
+    @torch.no_grad()
+    def decode(self, input_ids: Tensor, cache: KVCache, attention_mask: Tensor | None = None) -> Tensor:
+        """Feed new tokens against the cache (no re-routing). input_ids: [B, t] -> logits [B, t, V].
+
+        attention_mask: [B, t] bool; a False token is not attended to and does not advance positions.
+        """
+        self._check_ids(input_ids)
+        b, t = input_ids.shape
+        dev = self.device
+        mask = (torch.ones(b, t, dtype=torch.bool) if attention_mask is None else attention_mask).to(dev).bool()
+        positions = cache.next_position[:, None] + (torch.cumsum(mask.long(), -1) - mask.long())  # type: ignore[index]
+        ctx = QueryContext(attention_mask=mask, query_mask=torch.zeros_like(mask), cache=cache, routing=False)
+        h = self.model.run(input_ids.to(dev), positions, ctx)
+        cache.next_position = cache.next_position + mask.long().sum(-1)  # type: ignore[operator]
+        return self.lm_head(h)
+
+    # -- checks / io -------------------------------------------------------------------------------
+    def _check_ids(self, ids: Tensor) -> None:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.config.vocab_size}), got range [{int(ids.min())}, {int(ids.max())}]"
+            )
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json + model.safetensors in the official MSA checkpoint format."""
+        from msa.model.checkpoint import save_pretrained
+
+        save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> "MSAForCausalLM":
+        """Load an MSA checkpoint directory (ours or the official MSA-4B) or a shipped model name."""
+        from msa.model.checkpoint import load_pretrained
+
+        return load_pretrained(cls, path, dtype=dtype, device=device)
+
+    @classmethod
+    def from_base(cls, path: str | Path, msa_config=None, seed: int = 0, dtype: torch.dtype | None = None,
+                  device: str | torch.device = "cpu") -> "MSAForCausalLM":  # fmt: skip
+        """A base HF Qwen3 checkpoint directory -> MSA model with freshly (seeded) initialised routers."""
+        from msa.model.checkpoint import load_base
+
+        return load_base(cls, path, msa_config, seed=seed, dtype=dtype, device=device)
+
+    def fingerprint(self) -> str:
+        """Hash of config + weights: memory encoded by one model is refused by another."""
+        from msa.model.checkpoint import fingerprint
+
+        return fingerprint(self)
