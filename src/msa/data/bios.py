@@ -1,0 +1,843 @@
+"""Bios: a seeded, lazily generated world of fictional people for single- and multi-hop QA.
+
+Every person ``i`` (``0 <= i < num_people``) is one memory document whose id is ``i``. The
+document is a short English biography (about 40-90 tokens) such as::
+
+    Ilvaro Quenwick was born on March 4, 1961 in Darnholm. He studied marine biology at Tessory
+    University. His mentor was Mirela Osvane. He worked as a surveyor at Brandel Analytics in
+    Corvane. He was married to Anwen Dalmarsk.
+
+Determinism and laziness
+    Everything about person ``i`` is a function of ``(seed, i)`` only: attributes come from a
+    counter-based hash (splitmix64) of ``(seed, i, field)``, so ``document(i)`` costs the same for
+    ``i = 5`` and ``i = 99_999_999`` and nothing is materialised. ``num_people`` never changes a
+    document: the first ``M`` documents of a world of ``N > M`` people are identical to the
+    world of ``M`` people with the same seed (prefix stability), so memories of 16K..100M tokens
+    contain one another.
+
+Names
+    Full names are ``"{first} {last}"`` drawn from syllable-built pools (no real-person lists; about
+    7 000 first names x 3 000 last names). Person ``i`` gets pair number ``perm(i)``, where ``perm``
+    is a seeded Feistel permutation of ``[0, F*L)``, so names are unique for every ``i`` below
+    :attr:`BiosWorld.capacity` (> 2 million). Last names are prefix-free and first names contain no
+    capital after the first letter, so one full name is never a substring of another.
+
+Relations (people are arranged in blocks of :data:`BLOCK` = 1024 consecutive ids)
+    Inside a block a seeded bijection ranks the 1024 people; rank // 256 is the generation
+    (0 = oldest, 3 = youngest, birth years 1905-1914, 1932-1941, 1959-1968, 1986-1995).
+
+    * ``spouse``: ranks ``r`` and ``r ^ 1`` form a couple (same generation) and are married with
+      probability 0.6; symmetric by construction.
+    * ``colleague``: a second pairing inside each generation; both colleagues work for the same
+      employer (hence in the same city); symmetric.
+    * ``parent``: generations 1-3 have one parent in the previous generation (18-36 years older);
+      the two members of a couple never share a parent.
+    * ``mentor``: generations 1-3 have a mentor in the previous generation, never their parent.
+
+    So every relation of person ``i`` points inside ``i``'s block. A world whose size is a multiple
+    of 1024 is closed; in a world of other sizes the last block's documents may name people beyond
+    ``num_people``, and questions are only generated when all their gold documents exist.
+
+Questions
+    single-hop: one attribute (or relation name) of one person, gold ``[i]``; the answer string
+    occurs verbatim in document ``i``.
+    multi-hop (2-hop): an attribute of a related person, gold ``[i, j]`` in that order, where
+    document ``i`` names ``j`` by full name and the answer occurs verbatim in document ``j``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from msa.data.jsonl import PathOrFile, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ATTRIBUTES",
+    "BLOCK",
+    "RELATIONS",
+    "BiosConfig",
+    "BiosWorld",
+    "Person",
+    "Question",
+]
+
+BLOCK = 1024
+"""Relations of a person point inside its block of ``BLOCK`` consecutive ids."""
+
+_GEN = 256  # people per generation inside a block
+_BIRTH_YEAR0 = 1905
+_GEN_YEARS = 27
+_YEAR_SPAN = 10
+
+ATTRIBUTES: tuple[str, ...] = (
+    "birth_date",
+    "birth_city",
+    "university",
+    "field",
+    "employer",
+    "employer_city",
+    "occupation",
+)
+"""Attributes asked about, in single-hop questions and at the end of multi-hop chains."""
+
+RELATIONS: tuple[str, ...] = ("mentor", "parent", "spouse", "colleague")
+"""Relations between people; in a single-hop question a relation is asked as a name."""
+
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)
+
+_FIELDS = (
+    "physics", "chemistry", "mathematics", "astronomy", "geology", "marine biology", "botany",
+    "zoology", "economics", "history", "philosophy", "linguistics", "architecture", "medicine",
+    "law", "music", "painting", "sculpture", "civil engineering", "mechanical engineering",
+    "electrical engineering", "computer science", "statistics", "sociology", "psychology",
+    "anthropology", "archaeology", "agriculture", "forestry", "oceanography", "meteorology",
+    "literature", "journalism", "theater", "nursing", "pharmacy", "veterinary science",
+    "political science", "urban planning", "materials science",
+)
+
+_OCCUPATIONS = (
+    "accountant", "architect", "baker", "biologist", "bookbinder", "cartographer", "chemist",
+    "clockmaker", "composer", "curator", "dentist", "designer", "diplomat", "editor", "engineer",
+    "economist", "geologist", "glassblower", "historian", "illustrator", "interpreter", "jeweler",
+    "judge", "librarian", "lighthouse keeper", "machinist", "mathematician", "midwife", "navigator",
+    "nurse", "optician", "pharmacist", "photographer", "physician", "pilot", "potter", "printer",
+    "surveyor", "teacher", "translator", "veterinarian", "violinist",
+)
+
+_EMPLOYER_SUFFIXES = (
+    "Systems", "Laboratories", "Holdings", "Foods", "Analytics", "Press", "Instruments", "Logistics",
+    "Textiles", "Pharmaceuticals", "Engineering", "Media", "Motors", "Robotics", "Energy",
+    "Shipping", "Optics", "Mining", "Insurance", "Publishing",
+)
+
+
+# --------------------------------------------------------------------------- name pools
+
+
+def _prefix_free(words: set[str]) -> tuple[str, ...]:
+    """Drop every word that is a proper prefix of another (sorted order makes this one pass)."""
+    ordered = sorted(words)
+    return tuple(w for w, nxt in zip(ordered, ordered[1:] + [""]) if not nxt.startswith(w))
+
+
+@dataclass(frozen=True)
+class _Pools:
+    first: tuple[str, ...]
+    first_female: np.ndarray  # [F] bool
+    last: tuple[str, ...]
+    cities: tuple[str, ...]
+    universities: tuple[str, ...]
+    employers: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=1)
+def _pools() -> _Pools:
+    """Build the fixed name pools (identical for every seed; the seed only permutes assignment)."""
+    onsets = (
+        "Al Am An Ar Bel Bram Cal Cor Dal Dar Del Dor El Em Fal Fen Gal Ger Hal Hel Il Is Jor Kal "
+        "Kel Lor Lys Mar Mer Mir Nal Nor Or Os Per Quel Ral Ros Sel Sol Tal Tor Ul Val Ven Wen Yor Zel"
+    ).split()
+    middles = ("", "a", "e", "i", "o", "ad", "an", "en", "er", "id", "is", "om", "ov", "ur")
+    female_ends = ("a", "ina", "elle", "ara", "ys", "ine", "ia", "wen", "eth", "ora")
+    male_ends = ("o", "an", "ric", "us", "in", "ar", "as", "ion", "ed", "ald")
+    first_gender: dict[str, bool] = {}
+    for onset, middle in itertools.product(onsets, middles):
+        for ends, female in ((female_ends, True), (male_ends, False)):
+            for end in ends:
+                name = onset + middle + end
+                # Skip awkward triple letters; keep the first gender a spelling was built with.
+                if any(a == b == c for a, b, c in zip(name, name[1:], name[2:])):
+                    continue
+                first_gender.setdefault(name, female)
+    first = tuple(sorted(first_gender))
+    first_female = np.array([first_gender[n] for n in first], dtype=bool)
+
+    heads = (
+        "Ash Bar Bren Carr Dalm Dren Elm Farr Gald Grev Hask Hol Ister Jarv Kest Lind Marl Mord "
+        "Norr Osk Pell Quen Rask Renn Sarn Stav Tarn Tess Ulm Varn Vess Wald Wyn Yarr Zorn Brack "
+        "Corv Dusk Fenn Harl Kerr Lask Morr Ness Orr Pask Rood Selk Thorn Vard"
+    ).split()
+    tails = (
+        "ane ard by dale den dane ell ett field ford gard holt ick ington is ley low mere mont more "
+        "ner ock ow rick sen ski son stead ster strom ton ven vik wick win worth ova ault ery arsk "
+        "idge ish ard eau us"
+    ).split()
+    last = _prefix_free({h + t for h, t in itertools.product(heads, tails)} - set(first))
+
+    city_heads = (
+        "Aber Bal Cairn Dun Ebb Fal Glen Hart Ivor Kil Lan Mon Nor Ost Pen Quar Ros Strath Tre Vel"
+    ).split()
+    city_tails = "bury holm mouth haven mere ford wick stead port vale gate field crest moor".split()
+    cities = _prefix_free({h + t for h, t in itertools.product(city_heads, city_tails)})
+
+    uni_stems = tuple(
+        h + t
+        for h, t in itertools.product(
+            "Ard Bel Cre Dom Esk Gar Hel Ith Lor Mal Ner Or Pra Sel Tav Ved".split(),
+            "anthe ory ellis ivan orum ester ingham".split(),
+        )
+    )
+    uni_forms = ("{} University", "University of {}", "{} Institute of Technology", "{} College")
+    universities = tuple(
+        uni_forms[k % len(uni_forms)].format(stem) for k, stem in enumerate(uni_stems)
+    )
+
+    emp_stems = tuple(
+        h + t
+        for h, t in itertools.product(
+            "Bran Cor Dax Ever Fal Gry Hex Lum Mav Nim Oak Pyr Quin Sol Tan Vox".split(),
+            "del ris tron ven ora ex ium line".split(),
+        )
+    )
+    employers = tuple(
+        f"{stem} {suffix}"
+        for k, stem in enumerate(emp_stems)
+        for suffix in (_EMPLOYER_SUFFIXES[k % 20], _EMPLOYER_SUFFIXES[(k * 7 + 3) % 20])
+    )
+    return _Pools(first, first_female, last, cities, universities, employers)
+
+
+# --------------------------------------------------------------------------- hashing
+
+_U64 = np.uint64
+_GOLDEN = _U64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on a uint64 array (a bijection; wraps modulo 2**64)."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+def _key(seed: int, salt: int) -> np.uint64:
+    with np.errstate(over="ignore"):
+        mixed = _mix(np.array([(seed * 0x632BE59BD9B4E019 + salt) % 2**64], dtype=np.uint64))
+    return mixed[0]
+
+
+# Hash salts: one per independent random field.
+(_S_NAME, _S_SIGMA_A, _S_SIGMA_C, _S_RHO_A, _S_RHO_C, _S_MARRY, _S_PARENT, _S_MENTOR, _S_YEAR,
+ _S_DATE, _S_CITY, _S_UNI, _S_FIELD, _S_EMP, _S_EMP_CITY, _S_OCC, _S_STYLE, _S_ORDER,
+ _S_QUESTION) = range(19)
+
+
+def _inverse_odd(a: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of odd ``a`` modulo ``2**bits`` (Newton iteration; each step doubles the bits)."""
+    mask = _U64((1 << bits) - 1)
+    inv = a.copy()
+    for _ in range(5):
+        inv = (inv * (_U64(2) - a * inv)) & mask
+    return inv
+
+
+# --------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True)
+class BiosConfig:
+    """Configuration of a bios world.
+
+    Attributes:
+        num_people: number of people = documents (ids ``0..num_people-1``). Use a multiple of
+            :data:`BLOCK` for a world closed under relations.
+        seed: world seed; everything is a pure function of ``(seed, person index)``.
+        marriage_rate: probability that a couple (ranks ``r``, ``r ^ 1``) is married.
+    """
+
+    num_people: int = 1024
+    seed: int = 0
+    marriage_rate: float = 0.6
+
+
+@dataclass(frozen=True)
+class Person:
+    """All facts about one person. Relations are person indices or ``None``."""
+
+    index: int
+    name: str
+    female: bool
+    birth_date: str
+    birth_year: int
+    birth_city: str
+    university: str
+    field: str
+    employer: str
+    employer_city: str
+    occupation: str
+    generation: int
+    mentor: Optional[int]
+    parent: Optional[int]
+    spouse: Optional[int]
+    colleague: Optional[int]
+
+    def attribute(self, name: str) -> str:
+        """The answer string of attribute ``name`` (one of :data:`ATTRIBUTES`)."""
+        if name not in ATTRIBUTES:
+            raise ValueError(f"unknown attribute {name!r}; expected one of {ATTRIBUTES}")
+        return str(getattr(self, name))
+
+    def relation(self, name: str) -> Optional[int]:
+        """Index of the person related by ``name`` (one of :data:`RELATIONS`), or ``None``."""
+        if name not in RELATIONS:
+            raise ValueError(f"unknown relation {name!r}; expected one of {RELATIONS}")
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question with its gold documents.
+
+    Attributes:
+        text: the question, e.g. ``"In which city was Ilvaro Quenwick's mentor born?"``.
+        answer: the exact answer string; it occurs verbatim in the last gold document.
+        gold_ids: documents needed, in reasoning order: ``(i,)`` single-hop, ``(i, j)`` multi-hop
+            where document ``i`` names person ``j``.
+        kind: ``"single"`` or ``"multi"``.
+        attribute: the attribute asked (one of :data:`ATTRIBUTES`, or a relation name for a
+            single-hop "who is X's mentor" question).
+        relation: the relation followed in a multi-hop question, else ``None``.
+    """
+
+    text: str
+    answer: str
+    gold_ids: tuple[int, ...]
+    kind: str
+    attribute: str
+    relation: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form: ``{"question", "answer", "gold_ids", "kind", "attribute", "relation"}``."""
+        return {
+            "question": self.text,
+            "answer": self.answer,
+            "gold_ids": list(self.gold_ids),
+            "kind": self.kind,
+            "attribute": self.attribute,
+            "relation": self.relation,
+        }
+
+
+# --------------------------------------------------------------------------- templates
+# Placeholders: {S} subject (pronoun or first name, capitalised), {s} same lower-case where it can
+# be a pronoun, {P}/{p} possessive, {x} related person's full name, {rel} kinship word.
+
+_INTRO = (
+    "{name} was born on {date} in {city}.",
+    "{name} was born in {city} on {date}.",
+    "{name}, born on {date}, was a native of {city}.",
+    "{name} came from {city}, where {pron} was born on {date}.",
+    "On {date}, {name} was born in {city}.",
+)
+_EDUCATION = (
+    "{S} studied {field} at {uni}.",
+    "{S} earned a degree in {field} from {uni}.",
+    "At {uni}, {s} studied {field}.",
+    "{S} graduated from {uni} with a degree in {field}.",
+    "{S} attended {uni}, where {pron} focused on {field}.",
+)
+_WORK = (
+    "{S} worked as {occ} at {emp} in {ecity}.",
+    "{S} was employed by {emp} in {ecity} as {occ}.",
+    "{S} held a position as {occ} at {emp}, based in {ecity}.",
+    "For most of {p} career, {s} worked for {emp} in {ecity} as {occ}.",
+)
+_MENTOR = (
+    "{P} mentor was {x}.",
+    "{S} was mentored by {x}.",
+    "{x} served as {p} mentor.",
+    "{S} trained under the guidance of {x}.",
+)
+_PARENT = (
+    "{P} {rel} was {x}.",
+    "{x} was {p} {rel}.",
+    "{S} was raised by {p} {rel}, {x}.",
+    "{S} was the {child} of {x}.",
+)
+_SPOUSE = (
+    "{S} was married to {x}.",
+    "{P} {rel} was {x}.",
+    "{S} married {x}.",
+    "{x} was {p} spouse.",
+)
+_COLLEAGUE = (
+    "{P} colleague was {x}.",
+    "{S} worked alongside {x}.",
+    "Among {p} colleagues was {x}.",
+    "{S} shared an office with {x}.",
+)
+
+_SINGLE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "birth_date": ("When was {who} born?", "What is the birth date of {who}?", "On what date was {who} born?"),
+    "birth_city": ("Where was {who} born?", "In which city was {who} born?", "What is the birthplace of {who}?"),
+    "university": (
+        "Which university did {who} attend?",
+        "Where did {who} study?",
+        "From which university did {who} graduate?",
+    ),
+    "field": ("What did {who} study?", "What was the field of study of {who}?", "In which field did {who} earn a degree?"),
+    "employer": ("Which company did {who} work for?", "Who employed {who}?", "Where did {who} work?"),
+    "employer_city": (
+        "In which city did {who} work?",
+        "Where was the employer of {who} based?",
+        "In what city was the workplace of {who}?",
+    ),
+    "occupation": ("What was the occupation of {who}?", "What did {who} do for a living?", "What job did {who} hold?"),
+    "mentor": ("Who was the mentor of {who}?", "Who mentored {who}?", "Who was {who}'s mentor?"),
+    "parent": ("Who was the {rel} of {who}?", "Who was {who}'s {rel}?", "Name the {rel} of {who}."),
+    "spouse": ("Who was {who} married to?", "Who was the spouse of {who}?", "Who was {who}'s {rel}?"),
+    "colleague": ("Who was a colleague of {who}?", "Who worked alongside {who}?", "Who was {who}'s colleague?"),
+}
+
+# Multi-hop attributes that are not answered by the related document alone (a colleague's
+# employer is also in the first document) are excluded.
+_MULTI_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "mentor": ATTRIBUTES,
+    "parent": ATTRIBUTES,
+    "spouse": ATTRIBUTES,
+    "colleague": tuple(a for a in ATTRIBUTES if a not in ("employer", "employer_city")),
+}
+
+# All orders of up to 6 body sentences, indexed by a hash.
+_MAX_BODY = 6
+
+
+@functools.lru_cache(maxsize=1)
+def _orders() -> tuple[tuple[tuple[int, ...], ...], ...]:
+    return tuple(tuple(itertools.permutations(range(n))) for n in range(_MAX_BODY + 1))
+
+
+def _article(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+# --------------------------------------------------------------------------- the world
+
+
+@dataclass
+class _Batch:
+    """Integer facts for a batch of people (all arrays have the batch's length)."""
+
+    idx: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    female: np.ndarray
+    generation: np.ndarray
+    year: np.ndarray
+    month: np.ndarray
+    day: np.ndarray
+    city: np.ndarray
+    uni: np.ndarray
+    field: np.ndarray
+    employer: np.ndarray
+    employer_city: np.ndarray
+    occupation: np.ndarray
+    mentor: np.ndarray  # -1 = none
+    parent: np.ndarray
+    spouse: np.ndarray
+    colleague: np.ndarray
+    style: np.ndarray
+    order: np.ndarray
+
+
+class BiosWorld:
+    """A lazily generated world of ``config.num_people`` fictional people (see module docstring).
+
+    Nothing is precomputed per person; ``document(i)`` and ``person(i)`` are O(1) and
+    ``iter_documents`` works in vectorised batches.
+    """
+
+    def __init__(self, config: BiosConfig) -> None:
+        self.config = config
+        pools = _pools()
+        self._pools = pools
+        self.capacity = len(pools.first) * len(pools.last)
+        if not 0 <= config.num_people <= self.capacity:
+            raise ValueError(f"num_people must be in [0, {self.capacity}], got {config.num_people}")
+        if not 0.0 <= config.marriage_rate <= 1.0:
+            raise ValueError(f"marriage_rate must be in [0, 1], got {config.marriage_rate}")
+        self._keys = [_key(config.seed, salt) for salt in range(_S_QUESTION + 1)]
+        self._marry_threshold = _U64(min(int(config.marriage_rate * 2.0**64), 2**64 - 1))
+        bits = max(2, int(self.capacity - 1).bit_length())
+        self._half = (bits + 1) // 2
+        self._names_cache: Optional[tuple[list[str], list[str], list[str]]] = None
+
+    def __len__(self) -> int:
+        return self.config.num_people
+
+    # ---------------------------------------------------------------- integer facts
+
+    def _h(self, x: np.ndarray, salt: int) -> np.ndarray:
+        return _mix(x ^ self._keys[salt])
+
+    def _name_pair(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Seeded Feistel permutation of [0, F*L) with cycle walking -> (first, last) indices."""
+        half = _U64(self._half)
+        mask = _U64((1 << self._half) - 1)
+        cap = _U64(self.capacity)
+        x = idx.copy()
+        todo = np.ones(x.shape, dtype=bool)
+        out = np.empty_like(x)
+        key = self._keys[_S_NAME]
+        while todo.any():
+            v = x[todo]
+            left, right = v >> half, v & mask
+            for rnd in range(4):
+                f = _mix(right ^ key ^ _U64(rnd * 0x9E37)) & mask
+                left, right = right, left ^ f
+            v = (left << half) | right
+            done = v < cap
+            sel = np.flatnonzero(todo)
+            out[sel[done]] = v[done]
+            x[sel] = v
+            todo[sel[done]] = False
+        last_n = _U64(len(self._pools.last))
+        return (out // last_n).astype(np.int64), (out % last_n).astype(np.int64)
+
+    def _facts(self, idx: np.ndarray) -> _Batch:
+        """Vectorised facts for person indices ``idx`` (int64 array)."""
+        with np.errstate(over="ignore"):
+            return self._facts_unchecked(idx.astype(np.uint64))
+
+    def _facts_unchecked(self, u: np.ndarray) -> _Batch:
+        pools = self._pools
+        bmask = _U64(BLOCK - 1)
+        block = u >> _U64(10)
+        pos = u & bmask
+        base = block << _U64(10)
+
+        # Block ranking sigma(p) = a*p + c (mod 1024), a odd; generation = rank // 256.
+        a = self._h(block, _S_SIGMA_A) | _U64(1)
+        a &= bmask
+        c = self._h(block, _S_SIGMA_C) & bmask
+        a_inv = _inverse_odd(a, 10)
+        rank = (a * pos + c) & bmask
+        gen = rank >> _U64(8)
+        within = rank & _U64(_GEN - 1)
+
+        def person_at(r: np.ndarray) -> np.ndarray:
+            return (base + ((a_inv * (r - c)) & bmask)).astype(np.int64)
+
+        # Couples: ranks r and r ^ 1.
+        couple = (block << _U64(10)) | (rank >> _U64(1))
+        married = self._h(couple, _S_MARRY) < self._marry_threshold
+        spouse = np.where(married, person_at(rank ^ _U64(1)), -1)
+
+        # Colleague pairs: rho(w) = a2*w + c2 (mod 256) within a generation; partner rho^-1(rho(w) ^ 2).
+        # a2 is odd, so the partner is never the spouse (rho(w ^ 1) - rho(w) = +-a2 != +-2).
+        gmask = _U64(_GEN - 1)
+        a2 = (self._h(block, _S_RHO_A) | _U64(1)) & gmask
+        c2 = self._h(block, _S_RHO_C) & gmask
+        a2_inv = _inverse_odd(a2, 8)
+        x = (a2 * within + c2) & gmask
+        partner_w = (a2_inv * ((x ^ _U64(2)) - c2)) & gmask
+        colleague = person_at((gen << _U64(8)) | partner_w)
+        pair_id = (((block << _U64(2)) | gen) << _U64(8)) | (x & _U64(_GEN - 1 - 2))
+
+        # Parent and mentor live in the previous generation. Parent keeps the low bit of the child's
+        # within-generation rank, so the two members of a couple have different parents.
+        has_elder = gen > _U64(0)
+        prev = (gen - _U64(1)) << _U64(8)
+        p_w = ((self._h(u, _S_PARENT) & _U64(127)) << _U64(1)) | (within & _U64(1))
+        m_w = self._h(u, _S_MENTOR) & gmask
+        m_w = np.where(m_w == p_w, m_w ^ _U64(16), m_w)
+        parent = np.where(has_elder, person_at(prev | p_w), -1)
+        mentor = np.where(has_elder, person_at(prev | m_w), -1)
+
+        first, last = self._name_pair(u)
+        female = pools.first_female[first]
+        year = _BIRTH_YEAR0 + _GEN_YEARS * gen.astype(np.int64) + (
+            self._h(u, _S_YEAR) % _U64(_YEAR_SPAN)
+        ).astype(np.int64)
+        date_h = self._h(u, _S_DATE)
+        month = (date_h % _U64(12)).astype(np.int64)
+        day = ((date_h >> _U64(8)) % _U64(28)).astype(np.int64) + 1
+        employer = (self._h(pair_id, _S_EMP) % _U64(len(pools.employers))).astype(np.int64)
+        emp_city = (
+            _mix(employer.astype(np.uint64) ^ self._keys[_S_EMP_CITY]) % _U64(len(pools.cities))
+        ).astype(np.int64)
+        return _Batch(
+            idx=u.astype(np.int64),
+            first=first,
+            last=last,
+            female=female,
+            generation=gen.astype(np.int64),
+            year=year,
+            month=month,
+            day=day,
+            city=(self._h(u, _S_CITY) % _U64(len(pools.cities))).astype(np.int64),
+            uni=(self._h(u, _S_UNI) % _U64(len(pools.universities))).astype(np.int64),
+            field=(self._h(u, _S_FIELD) % _U64(len(_FIELDS))).astype(np.int64),
+            employer=employer,
+            employer_city=emp_city,
+            occupation=(self._h(u, _S_OCC) % _U64(len(_OCCUPATIONS))).astype(np.int64),
+            mentor=mentor,
+            parent=parent,
+            spouse=spouse,
+            colleague=colleague,
+            style=self._h(u, _S_STYLE),
+            order=self._h(u, _S_ORDER),
+        )
+
+    def _names(self, idx: np.ndarray) -> list[str]:
+        first, last = self._name_pair(idx.astype(np.uint64))
+        fp, lp = self._pools.first, self._pools.last
+        return [fp[f] + " " + lp[g] for f, g in zip(first.tolist(), last.tolist())]
+
+    # ---------------------------------------------------------------- people
+
+    def _check(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < self.capacity:
+            raise IndexError(f"person index {i} outside [0, {self.capacity})")
+        return i
+
+    def name(self, i: int) -> str:
+        """Full name ``"First Last"`` of person ``i`` (unique for ``i < capacity``)."""
+        return self._names(np.array([self._check(i)], dtype=np.int64))[0]
+
+    def names(self, start: int = 0, stop: Optional[int] = None) -> list[str]:
+        """Full names of people ``start..stop-1`` (``stop`` defaults to ``num_people``)."""
+        stop = self.config.num_people if stop is None else stop
+        if not 0 <= start <= stop <= self.capacity:
+            raise ValueError(f"need 0 <= start <= stop <= {self.capacity}, got {start}, {stop}")
+        return self._names(np.arange(start, stop, dtype=np.int64))
+
+    def person(self, i: int) -> Person:
+        """All facts about person ``i`` (also valid for ``i >= num_people``, below capacity)."""
+        b = self._facts(np.array([self._check(i)], dtype=np.int64))
+        pools = self._pools
+
+        def rel(arr: np.ndarray) -> Optional[int]:
+            v = int(arr[0])
+            return None if v < 0 else v
+
+        return Person(
+            index=int(i),
+            name=self._names(b.idx)[0],
+            female=bool(b.female[0]),
+            birth_date=f"{_MONTHS[int(b.month[0])]} {int(b.day[0])}, {int(b.year[0])}",
+            birth_year=int(b.year[0]),
+            birth_city=pools.cities[int(b.city[0])],
+            university=pools.universities[int(b.uni[0])],
+            field=_FIELDS[int(b.field[0])],
+            employer=pools.employers[int(b.employer[0])],
+            employer_city=pools.cities[int(b.employer_city[0])],
+            occupation=_OCCUPATIONS[int(b.occupation[0])],
+            generation=int(b.generation[0]),
+            mentor=rel(b.mentor),
+            parent=rel(b.parent),
+            spouse=rel(b.spouse),
+            colleague=rel(b.colleague),
+        )
+
+    # ---------------------------------------------------------------- documents
+
+    def _render(self, idx: np.ndarray) -> list[str]:
+        """Documents of the people ``idx`` (vectorised facts, one Python loop for the text)."""
+        b = self._facts(idx)
+        pools = self._pools
+        names = self._names(b.idx)
+        rel_idx = np.concatenate([b.mentor, b.parent, b.spouse, b.colleague])
+        rel_has = rel_idx >= 0
+        rel_names_flat = [""] * len(rel_idx)
+        for k, nm in zip(np.flatnonzero(rel_has).tolist(), self._names(rel_idx[rel_has])):
+            rel_names_flat[k] = nm
+        n = len(idx)
+        rel_female = np.zeros(len(rel_idx), dtype=bool)
+        if rel_has.any():
+            rel_female[rel_has] = pools.first_female[self._name_pair(rel_idx[rel_has].astype(np.uint64))[0]]
+        rel_female_l = rel_female.tolist()
+
+        orders = _orders()
+        cities, unis, emps, firsts = pools.cities, pools.universities, pools.employers, pools.first
+        occ_a = [_article(o) for o in _OCCUPATIONS]
+        docs: list[str] = []
+        cols = zip(
+            names, b.first.tolist(), b.female.tolist(), b.year.tolist(), b.month.tolist(),
+            b.day.tolist(), b.city.tolist(), b.uni.tolist(), b.field.tolist(), b.employer.tolist(),
+            b.employer_city.tolist(), b.occupation.tolist(), b.style.tolist(), b.order.tolist(),
+        )
+        for k, (name, fi, female, year, month, day, city, uni, field, emp, ecity, occ, style, order) in enumerate(cols):
+            if female:
+                pron, poss = "she", "her"
+            else:
+                pron, poss = "he", "his"
+            use_name = style & 1
+            subj = firsts[fi] if use_name else pron.capitalize()
+            subj_l = firsts[fi] if use_name else pron
+            poss_c = (firsts[fi] + "'s") if use_name else poss.capitalize()
+            f = {
+                "name": name, "pron": pron, "S": subj, "s": subj_l, "P": poss_c, "p": poss,
+                "date": f"{_MONTHS[month]} {day}, {year}", "city": cities[city], "uni": unis[uni],
+                "field": _FIELDS[field], "emp": emps[emp], "ecity": cities[ecity], "occ": occ_a[occ],
+            }
+            intro = _INTRO[(style >> 1) % len(_INTRO)].format_map(f)
+            body = [
+                _EDUCATION[(style >> 4) % len(_EDUCATION)].format_map(f),
+                _WORK[(style >> 8) % len(_WORK)].format_map(f),
+            ]
+            for r, (templates, shift) in enumerate(((_MENTOR, 12), (_PARENT, 16), (_SPOUSE, 20), (_COLLEAGUE, 24))):
+                x = rel_names_flat[r * n + k]
+                if not x:
+                    continue
+                rf = rel_female_l[r * n + k]
+                f["x"] = x
+                if r == 1:
+                    f["rel"] = "mother" if rf else "father"
+                    f["child"] = "daughter" if female else "son"
+                elif r == 2:
+                    f["rel"] = "wife" if rf else "husband"
+                body.append(templates[(style >> shift) % len(templates)].format_map(f))
+            perms = orders[len(body)]
+            perm = perms[order % len(perms)]
+            docs.append(" ".join([intro] + [body[j] for j in perm]))
+        return docs
+
+    def document(self, i: int) -> str:
+        """Text of document ``i`` (the biography of person ``i``); depends only on ``(seed, i)``."""
+        return self._render(np.array([self._check(i)], dtype=np.int64))[0]
+
+    def iter_documents(self, start: int = 0, stop: Optional[int] = None, batch_size: int = 4096) -> Iterator[str]:
+        """Yield documents ``start..stop-1`` (``stop`` defaults to ``num_people``) in id order."""
+        stop = self.config.num_people if stop is None else stop
+        if not 0 <= start <= stop <= self.capacity:
+            raise ValueError(f"need 0 <= start <= stop <= {self.capacity}, got {start}, {stop}")
+        for lo in range(start, stop, batch_size):
+            yield from self._render(np.arange(lo, min(lo + batch_size, stop), dtype=np.int64))
+
+    # ---------------------------------------------------------------- questions
+
+    def _who(self, person: Person, relation: Optional[str], rel_person: Optional[Person]) -> tuple[str, str]:
+        """("Name's mentor" or "Name", kinship word for the relation)."""
+        if relation is None or rel_person is None:
+            return person.name, ""
+        if relation == "parent":
+            word = "mother" if rel_person.female else "father"
+        elif relation == "spouse":
+            word = "wife" if rel_person.female else "husband"
+        else:
+            word = relation
+        return f"{person.name}'s {word}", word
+
+    def question(
+        self,
+        i: int,
+        kind: str = "single",
+        attribute: Optional[str] = None,
+        relation: Optional[str] = None,
+        variant: Optional[int] = None,
+    ) -> Question:
+        """A question about person ``i`` of ``kind`` ``"single"`` or ``"multi"``.
+
+        ``attribute`` (single: one of :data:`ATTRIBUTES` or :data:`RELATIONS`; multi: one of
+        :data:`ATTRIBUTES`), ``relation`` (multi only) and the phrasing ``variant`` default to
+        choices hashed from ``(seed, i, kind)``. Raises ``ValueError`` when the question has no
+        answer in this world (no such relation, or the related person is ``>= num_people``).
+        """
+        i = self._check(i)
+        if i >= self.config.num_people:
+            raise ValueError(f"person {i} is not in a world of {self.config.num_people} people")
+        with np.errstate(over="ignore"):
+            h = int(self._h(np.array([i * 2 + (kind == "multi")], dtype=np.uint64), _S_QUESTION)[0])
+        person = self.person(i)
+        if kind == "single":
+            choices = ATTRIBUTES + RELATIONS
+            if attribute is None:
+                present = [a for a in choices if a not in RELATIONS or self._related_ok(person, a)]
+                attribute = present[h % len(present)]
+            if attribute not in choices:
+                raise ValueError(f"unknown attribute {attribute!r}")
+            if attribute in RELATIONS:
+                target = self._related(person, attribute)
+                answer, rel_person = target.name, target
+                who, word = person.name, self._who(person, attribute, target)[1]
+            else:
+                answer, rel_person, who, word = person.attribute(attribute), None, person.name, ""
+            templates = _SINGLE_TEMPLATES[attribute]
+            v = (h >> 16) % len(templates) if variant is None else variant % len(templates)
+            text = templates[v].format(who=who, rel=word)
+            return Question(text, answer, (i,), "single", attribute, None)
+        if kind != "multi":
+            raise ValueError(f"kind must be 'single' or 'multi', got {kind!r}")
+        if relation is None:
+            present = [r for r in RELATIONS if self._related_ok(person, r)]
+            if not present:
+                raise ValueError(f"person {i} has no relation inside the world")
+            relation = present[h % len(present)]
+        target = self._related(person, relation)
+        allowed = _MULTI_ATTRIBUTES[relation]
+        if attribute is None:
+            attribute = allowed[(h >> 8) % len(allowed)]
+        if attribute not in allowed:
+            raise ValueError(f"attribute {attribute!r} is not asked through relation {relation!r}")
+        who, _ = self._who(person, relation, target)
+        templates = _SINGLE_TEMPLATES[attribute]
+        v = (h >> 16) % len(templates) if variant is None else variant % len(templates)
+        text = templates[v].format(who=who, rel="")
+        return Question(text, target.attribute(attribute), (i, target.index), "multi", attribute, relation)
+
+    def _related_ok(self, person: Person, relation: str) -> bool:
+        j = person.relation(relation)
+        return j is not None and j < self.config.num_people
+
+    def _related(self, person: Person, relation: str) -> Person:
+        if not self._related_ok(person, relation):
+            raise ValueError(f"person {person.index} has no {relation} inside a world of {self.config.num_people}")
+        return self.person(int(person.relation(relation)))  # type: ignore[arg-type]
+
+    def iter_questions(self, n: int, kind: str = "single", seed: int = 0) -> Iterator[Question]:
+        """Yield ``n`` questions about people drawn uniformly (with replacement) with ``seed``.
+
+        People without a usable relation are skipped for ``kind="multi"``; the sequence depends
+        only on ``(config, n, kind, seed)``.
+        """
+        if kind not in ("single", "multi"):
+            raise ValueError(f"kind must be 'single' or 'multi', got {kind!r}")
+        if n > 0 and self.config.num_people == 0:
+            raise ValueError("a world of 0 people has no questions")
+        rng = np.random.default_rng([seed, self.config.seed, kind == "multi"])
+        made = 0
+        misses = 0
+        while made < n:
+            for i in rng.integers(0, self.config.num_people, size=min(4096, 2 * (n - made) + 8)).tolist():
+                try:
+                    q = self.question(i, kind)
+                except ValueError:
+                    misses += 1
+                    if misses > 1000 + 100 * n:
+                        raise ValueError("could not find people with relations in this world") from None
+                    continue
+                yield q
+                made += 1
+                if made == n:
+                    return
+
+    # ---------------------------------------------------------------- JSONL
+
+    def write_documents_jsonl(self, path_or_file: PathOrFile, n: Optional[int] = None, start: int = 0) -> int:
+        """Write documents ``start..start+n-1`` (default: all) as ``{"id": int, "text": str}`` lines."""
+        stop = self.config.num_people if n is None else start + n
+        docs = self.iter_documents(start, stop)
+        count = write_jsonl(path_or_file, ({"id": start + k, "text": t} for k, t in enumerate(docs)))
+        logger.info("wrote %d bios documents", count)
+        return count
+
+    def write_questions_jsonl(self, path_or_file: PathOrFile, n: int, kind: str = "single", seed: int = 0) -> int:
+        """Write ``n`` questions as ``{"question", "answer", "gold_ids", "kind", "attribute", "relation"}`` lines."""
+        count = write_jsonl(path_or_file, (q.to_json() for q in self.iter_questions(n, kind, seed)))
+        logger.info("wrote %d %s-hop bios questions", count, kind)
+        return count
