@@ -13,7 +13,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from msa.config import MSAConfig, ModelConfig
-from msa.model.layers import RotaryEmbedding
 
 if TYPE_CHECKING:
     from msa.model.modeling import MSAForCausalLM
@@ -81,7 +80,6 @@ def _build(cls, config: ModelConfig, device) -> "MSAForCausalLM":
     with torch.device("meta"):
         model = cls(config)
     model.to_empty(device=device)
-    model.model.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
     return model
 
 

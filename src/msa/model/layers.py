@@ -36,16 +36,22 @@ class MLP(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Default (unscaled) RoPE: cos/sin tables for arbitrary position ids."""
+    """Default (unscaled) RoPE: cos/sin tables for arbitrary position ids.
+
+    The inverse frequencies are recomputed in float32 on every call rather than kept in a buffer, so
+    casting the model to bfloat16 cannot degrade them.
+    """
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim = head_dim
+        self.theta = theta
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """position_ids: [...] long -> cos, sin: [..., D] in ``dtype``."""
-        freqs = position_ids.float()[..., None] * self.inv_freq.float().to(position_ids.device)
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponent)
+        freqs = position_ids.float()[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
