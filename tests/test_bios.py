@@ -113,20 +113,24 @@ def test_documents_format():
 @pytest.mark.parametrize("n", [5000, 4096])
 def test_every_question_is_answerable_from_its_gold_documents(n):
     w = world(n, seed=9)
+    docs = list(w.iter_documents())
+    names = w.names()
     seen_single, seen_multi = set(), set()
-    for q in w.iter_questions(1000, "single", seed=1):
+    for q in w.iter_questions(1500, "single", seed=1):
         assert q.kind == "single" and len(q.gold_ids) == 1 and q.relation is None
-        assert q.answer in w.document(q.gold_ids[0])
+        assert q.answer in docs[q.gold_ids[0]]
         assert q.text.endswith(("?", "."))
+        assert q == w.question(q.gold_ids[0], "single")
         seen_single.add(q.attribute)
-    for q in w.iter_questions(1000, "multi", seed=1):
+    for q in w.iter_questions(1500, "multi", seed=1):
         i, j = q.gold_ids
         assert q.kind == "multi" and i != j and max(i, j) < n
         assert w.person(i).relation(q.relation) == j  # gold order: the asked person first
-        assert w.name(j) in w.document(i)
-        assert q.answer in w.document(j)
+        assert names[j] in docs[i]
+        assert q.answer in docs[j]
         assert q.answer == w.person(j).attribute(q.attribute)
-        assert w.name(i) + "'s " in q.text
+        assert names[i] + "'s " in q.text
+        assert q == w.question(i, "multi")  # batched generation equals the lazy path
         seen_multi.add((q.relation, q.attribute))
     assert seen_single == set(ATTRIBUTES) | set(RELATIONS)
     assert len(seen_multi) == 4 * len(ATTRIBUTES) - 2

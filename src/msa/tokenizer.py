@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -36,7 +36,7 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def _wrap(tokenizer_object: object) -> "PreTrainedTokenizerFast":
+def _wrap(tokenizer_object: object) -> PreTrainedTokenizerFast:
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
@@ -51,9 +51,9 @@ def _wrap(tokenizer_object: object) -> "PreTrainedTokenizerFast":
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int,
-    path: Union[str, "os.PathLike[str]", None] = None,
+    path: str | os.PathLike[str] | None = None,
     min_frequency: int = 2,
-) -> "PreTrainedTokenizerFast":
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` (see the module docstring for its layout).
 
     Args:
@@ -93,7 +93,7 @@ def train_tokenizer(
     return _wrap(tok)
 
 
-def save_tokenizer_files(tokenizer_object: object, path: Union[str, "os.PathLike[str]"]) -> None:
+def save_tokenizer_files(tokenizer_object: object, path: str | os.PathLike[str]) -> None:
     """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into ``path``.
 
     The two JSON side files are written here rather than by ``save_pretrained`` so that the same
@@ -115,7 +115,7 @@ def save_tokenizer_files(tokenizer_object: object, path: Union[str, "os.PathLike
             handle.write("\n")
 
 
-def load_tokenizer(path_or_dir: Union[str, "os.PathLike[str]"]) -> "PreTrainedTokenizerFast":
+def load_tokenizer(path_or_dir: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
     """Load a tokenizer saved by :func:`train_tokenizer` (a directory or its ``tokenizer.json``)."""
     from transformers import PreTrainedTokenizerFast
 

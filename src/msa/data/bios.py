@@ -3,24 +3,28 @@
 Every person ``i`` (``0 <= i < num_people``) is one memory document whose id is ``i``. The
 document is a short English biography (about 40-90 tokens) such as::
 
-    Ilvaro Quenwick was born on March 4, 1961 in Darnholm. He studied marine biology at Tessory
-    University. His mentor was Mirela Osvane. He worked as a surveyor at Brandel Analytics in
-    Corvane. He was married to Anwen Dalmarsk.
+    Amaora Duskstrom, born on June 5, 1940, was a native of Hartfield. Her mentor was Arisara
+    Barstrom. Her mother was Galomelle Mordrick. She studied painting at Ardivan College. For
+    most of her career, she worked for Pyrline Shipping in Hartport as a physician. She shared
+    an office with Quelovald Raskton.
+
+(``BiosWorld(BiosConfig(seed=0)).document(1)``).
 
 Determinism and laziness
     Everything about person ``i`` is a function of ``(seed, i)`` only: attributes come from a
     counter-based hash (splitmix64) of ``(seed, i, field)``, so ``document(i)`` costs the same for
-    ``i = 5`` and ``i = 99_999_999`` and nothing is materialised. ``num_people`` never changes a
+    ``i = 5`` and ``i = 20_000_000`` and nothing is materialised. ``num_people`` never changes a
     document: the first ``M`` documents of a world of ``N > M`` people are identical to the
     world of ``M`` people with the same seed (prefix stability), so memories of 16K..100M tokens
     contain one another.
 
 Names
-    Full names are ``"{first} {last}"`` drawn from syllable-built pools (no real-person lists; about
-    7 000 first names x 3 000 last names). Person ``i`` gets pair number ``perm(i)``, where ``perm``
-    is a seeded Feistel permutation of ``[0, F*L)``, so names are unique for every ``i`` below
-    :attr:`BiosWorld.capacity` (> 2 million). Last names are prefix-free and first names contain no
-    capital after the first letter, so one full name is never a substring of another.
+    Full names are ``"{first} {last}"`` drawn from syllable-built pools (no real-person lists;
+    about 13 400 first names x 2 150 last names). Person ``i`` gets pair number ``perm(i)``, where
+    ``perm`` is a seeded Feistel permutation of ``[0, F*L)``, so names are unique for every ``i``
+    below :attr:`BiosWorld.capacity` (about 28.8 million people). Last names are prefix-free and
+    first names have no capital after the first letter, so one full name is never a substring of
+    another.
 
 Relations (people are arranged in blocks of :data:`BLOCK` = 1024 consecutive ids)
     Inside a block a seeded bijection ranks the 1024 people; rank // 256 is the generation
@@ -50,9 +54,9 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -122,8 +126,6 @@ _EMPLOYER_SUFFIXES = (
     "Shipping", "Optics", "Mining", "Insurance", "Publishing",
 )
 
-
-# --------------------------------------------------------------------------- name pools
 
 
 def _prefix_free(words: set[str]) -> tuple[str, ...]:
@@ -209,8 +211,6 @@ def _pools() -> _Pools:
     return _Pools(first, first_female, last, cities, universities, employers)
 
 
-# --------------------------------------------------------------------------- hashing
-
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
 
@@ -243,8 +243,6 @@ def _inverse_odd(a: np.ndarray, bits: int) -> np.ndarray:
         inv = (inv * (_U64(2) - a * inv)) & mask
     return inv
 
-
-# --------------------------------------------------------------------------- public types
 
 
 @dataclass(frozen=True)
@@ -279,10 +277,10 @@ class Person:
     employer_city: str
     occupation: str
     generation: int
-    mentor: Optional[int]
-    parent: Optional[int]
-    spouse: Optional[int]
-    colleague: Optional[int]
+    mentor: int | None
+    parent: int | None
+    spouse: int | None
+    colleague: int | None
 
     def attribute(self, name: str) -> str:
         """The answer string of attribute ``name`` (one of :data:`ATTRIBUTES`)."""
@@ -290,7 +288,7 @@ class Person:
             raise ValueError(f"unknown attribute {name!r}; expected one of {ATTRIBUTES}")
         return str(getattr(self, name))
 
-    def relation(self, name: str) -> Optional[int]:
+    def relation(self, name: str) -> int | None:
         """Index of the person related by ``name`` (one of :data:`RELATIONS`), or ``None``."""
         if name not in RELATIONS:
             raise ValueError(f"unknown relation {name!r}; expected one of {RELATIONS}")
@@ -317,7 +315,7 @@ class Question:
     gold_ids: tuple[int, ...]
     kind: str
     attribute: str
-    relation: Optional[str] = None
+    relation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form: ``{"question", "answer", "gold_ids", "kind", "attribute", "relation"}``."""
@@ -331,7 +329,6 @@ class Question:
         }
 
 
-# --------------------------------------------------------------------------- templates
 # Placeholders: {S} subject (pronoun or first name, capitalised), {s} same lower-case where it can
 # be a pronoun, {P}/{p} possessive, {x} related person's full name, {rel} kinship word.
 
@@ -388,7 +385,11 @@ _SINGLE_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Where did {who} study?",
         "From which university did {who} graduate?",
     ),
-    "field": ("What did {who} study?", "What was the field of study of {who}?", "In which field did {who} earn a degree?"),
+    "field": (
+        "What did {who} study?",
+        "What was the field of study of {who}?",
+        "In which field did {who} earn a degree?",
+    ),
     "employer": ("Which company did {who} work for?", "Who employed {who}?", "Where did {who} work?"),
     "employer_city": (
         "In which city did {who} work?",
@@ -423,8 +424,6 @@ def _orders() -> tuple[tuple[tuple[int, ...], ...], ...]:
 def _article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
-
-# --------------------------------------------------------------------------- the world
 
 
 @dataclass
@@ -473,12 +472,10 @@ class BiosWorld:
         self._marry_threshold = _U64(min(int(config.marriage_rate * 2.0**64), 2**64 - 1))
         bits = max(2, int(self.capacity - 1).bit_length())
         self._half = (bits + 1) // 2
-        self._names_cache: Optional[tuple[list[str], list[str], list[str]]] = None
+        self._names_cache: tuple[list[str], list[str], list[str]] | None = None
 
     def __len__(self) -> int:
         return self.config.num_people
-
-    # ---------------------------------------------------------------- integer facts
 
     def _h(self, x: np.ndarray, salt: int) -> np.ndarray:
         return _mix(x ^ self._keys[salt])
@@ -597,8 +594,6 @@ class BiosWorld:
         fp, lp = self._pools.first, self._pools.last
         return [fp[f] + " " + lp[g] for f, g in zip(first.tolist(), last.tolist())]
 
-    # ---------------------------------------------------------------- people
-
     def _check(self, i: int) -> int:
         i = int(i)
         if not 0 <= i < self.capacity:
@@ -609,7 +604,7 @@ class BiosWorld:
         """Full name ``"First Last"`` of person ``i`` (unique for ``i < capacity``)."""
         return self._names(np.array([self._check(i)], dtype=np.int64))[0]
 
-    def names(self, start: int = 0, stop: Optional[int] = None) -> list[str]:
+    def names(self, start: int = 0, stop: int | None = None) -> list[str]:
         """Full names of people ``start..stop-1`` (``stop`` defaults to ``num_people``)."""
         stop = self.config.num_people if stop is None else stop
         if not 0 <= start <= stop <= self.capacity:
@@ -618,33 +613,45 @@ class BiosWorld:
 
     def person(self, i: int) -> Person:
         """All facts about person ``i`` (also valid for ``i >= num_people``, below capacity)."""
-        b = self._facts(np.array([self._check(i)], dtype=np.int64))
-        pools = self._pools
+        return self._people(np.array([self._check(i)], dtype=np.int64))[0]
 
-        def rel(arr: np.ndarray) -> Optional[int]:
-            v = int(arr[0])
+    def _people(self, idx: np.ndarray) -> list[Person]:
+        """Vectorised :meth:`person` for an int64 array of indices below capacity."""
+        b = self._facts(idx)
+        pools = self._pools
+        names = self._names(b.idx)
+
+        def rel(v: int) -> int | None:
             return None if v < 0 else v
 
-        return Person(
-            index=int(i),
-            name=self._names(b.idx)[0],
-            female=bool(b.female[0]),
-            birth_date=f"{_MONTHS[int(b.month[0])]} {int(b.day[0])}, {int(b.year[0])}",
-            birth_year=int(b.year[0]),
-            birth_city=pools.cities[int(b.city[0])],
-            university=pools.universities[int(b.uni[0])],
-            field=_FIELDS[int(b.field[0])],
-            employer=pools.employers[int(b.employer[0])],
-            employer_city=pools.cities[int(b.employer_city[0])],
-            occupation=_OCCUPATIONS[int(b.occupation[0])],
-            generation=int(b.generation[0]),
-            mentor=rel(b.mentor),
-            parent=rel(b.parent),
-            spouse=rel(b.spouse),
-            colleague=rel(b.colleague),
-        )
-
-    # ---------------------------------------------------------------- documents
+        cols = zip(
+            b.idx.tolist(), names, b.female.tolist(), b.year.tolist(), b.month.tolist(), b.day.tolist(),
+            b.city.tolist(), b.uni.tolist(), b.field.tolist(), b.employer.tolist(), b.employer_city.tolist(),
+            b.occupation.tolist(), b.generation.tolist(), b.mentor.tolist(), b.parent.tolist(),
+            b.spouse.tolist(), b.colleague.tolist(),
+        )  # fmt: skip
+        return [
+            Person(
+                index=i,
+                name=name,
+                female=female,
+                birth_date=f"{_MONTHS[month]} {day}, {year}",
+                birth_year=year,
+                birth_city=pools.cities[city],
+                university=pools.universities[uni],
+                field=_FIELDS[field],
+                employer=pools.employers[emp],
+                employer_city=pools.cities[ecity],
+                occupation=_OCCUPATIONS[occ],
+                generation=gen,
+                mentor=rel(mentor),
+                parent=rel(parent),
+                spouse=rel(spouse),
+                colleague=rel(colleague),
+            )
+            for (i, name, female, year, month, day, city, uni, field, emp, ecity, occ, gen, mentor, parent, spouse,
+                 colleague) in cols
+        ]  # fmt: skip
 
     def _render(self, idx: np.ndarray) -> list[str]:
         """Documents of the people ``idx`` (vectorised facts, one Python loop for the text)."""
@@ -711,7 +718,7 @@ class BiosWorld:
         """Text of document ``i`` (the biography of person ``i``); depends only on ``(seed, i)``."""
         return self._render(np.array([self._check(i)], dtype=np.int64))[0]
 
-    def iter_documents(self, start: int = 0, stop: Optional[int] = None, batch_size: int = 4096) -> Iterator[str]:
+    def iter_documents(self, start: int = 0, stop: int | None = None, batch_size: int = 4096) -> Iterator[str]:
         """Yield documents ``start..stop-1`` (``stop`` defaults to ``num_people``) in id order."""
         stop = self.config.num_people if stop is None else stop
         if not 0 <= start <= stop <= self.capacity:
@@ -719,9 +726,7 @@ class BiosWorld:
         for lo in range(start, stop, batch_size):
             yield from self._render(np.arange(lo, min(lo + batch_size, stop), dtype=np.int64))
 
-    # ---------------------------------------------------------------- questions
-
-    def _who(self, person: Person, relation: Optional[str], rel_person: Optional[Person]) -> tuple[str, str]:
+    def _who(self, person: Person, relation: str | None, rel_person: Person | None) -> tuple[str, str]:
         """("Name's mentor" or "Name", kinship word for the relation)."""
         if relation is None or rel_person is None:
             return person.name, ""
@@ -737,9 +742,9 @@ class BiosWorld:
         self,
         i: int,
         kind: str = "single",
-        attribute: Optional[str] = None,
-        relation: Optional[str] = None,
-        variant: Optional[int] = None,
+        attribute: str | None = None,
+        relation: str | None = None,
+        variant: int | None = None,
     ) -> Question:
         """A question about person ``i`` of ``kind`` ``"single"`` or ``"multi"``.
 
@@ -751,9 +756,24 @@ class BiosWorld:
         i = self._check(i)
         if i >= self.config.num_people:
             raise ValueError(f"person {i} is not in a world of {self.config.num_people} people")
+        h = self._question_hashes(np.array([i], dtype=np.int64), kind)[0]
+        return self._question(self.person(i), kind, attribute, relation, variant, h, self.person)
+
+    def _question_hashes(self, idx: np.ndarray, kind: str) -> list[int]:
         with np.errstate(over="ignore"):
-            h = int(self._h(np.array([i * 2 + (kind == "multi")], dtype=np.uint64), _S_QUESTION)[0])
-        person = self.person(i)
+            return self._h(idx.astype(np.uint64) * _U64(2) + _U64(kind == "multi"), _S_QUESTION).tolist()
+
+    def _question(
+        self,
+        person: Person,
+        kind: str,
+        attribute: str | None,
+        relation: str | None,
+        variant: int | None,
+        h: int,
+        lookup: Callable[[int], Person],
+    ) -> Question:
+        i = person.index
         if kind == "single":
             choices = ATTRIBUTES + RELATIONS
             if attribute is None:
@@ -762,14 +782,13 @@ class BiosWorld:
             if attribute not in choices:
                 raise ValueError(f"unknown attribute {attribute!r}")
             if attribute in RELATIONS:
-                target = self._related(person, attribute)
-                answer, rel_person = target.name, target
-                who, word = person.name, self._who(person, attribute, target)[1]
+                target = self._related(person, attribute, lookup)
+                answer, word = target.name, self._who(person, attribute, target)[1]
             else:
-                answer, rel_person, who, word = person.attribute(attribute), None, person.name, ""
+                answer, word = person.attribute(attribute), ""
             templates = _SINGLE_TEMPLATES[attribute]
             v = (h >> 16) % len(templates) if variant is None else variant % len(templates)
-            text = templates[v].format(who=who, rel=word)
+            text = templates[v].format(who=person.name, rel=word)
             return Question(text, answer, (i,), "single", attribute, None)
         if kind != "multi":
             raise ValueError(f"kind must be 'single' or 'multi', got {kind!r}")
@@ -778,7 +797,7 @@ class BiosWorld:
             if not present:
                 raise ValueError(f"person {i} has no relation inside the world")
             relation = present[h % len(present)]
-        target = self._related(person, relation)
+        target = self._related(person, relation, lookup)
         allowed = _MULTI_ATTRIBUTES[relation]
         if attribute is None:
             attribute = allowed[(h >> 8) % len(allowed)]
@@ -794,16 +813,17 @@ class BiosWorld:
         j = person.relation(relation)
         return j is not None and j < self.config.num_people
 
-    def _related(self, person: Person, relation: str) -> Person:
-        if not self._related_ok(person, relation):
+    def _related(self, person: Person, relation: str, lookup: Callable[[int], Person]) -> Person:
+        j = person.relation(relation)
+        if j is None or j >= self.config.num_people:
             raise ValueError(f"person {person.index} has no {relation} inside a world of {self.config.num_people}")
-        return self.person(int(person.relation(relation)))  # type: ignore[arg-type]
+        return lookup(j)
 
     def iter_questions(self, n: int, kind: str = "single", seed: int = 0) -> Iterator[Question]:
         """Yield ``n`` questions about people drawn uniformly (with replacement) with ``seed``.
 
         People without a usable relation are skipped for ``kind="multi"``; the sequence depends
-        only on ``(config, n, kind, seed)``.
+        only on ``(config, n, kind, seed)`` and equals ``question(i, kind)`` for the drawn ``i``.
         """
         if kind not in ("single", "multi"):
             raise ValueError(f"kind must be 'single' or 'multi', got {kind!r}")
@@ -813,9 +833,16 @@ class BiosWorld:
         made = 0
         misses = 0
         while made < n:
-            for i in rng.integers(0, self.config.num_people, size=min(4096, 2 * (n - made) + 8)).tolist():
+            idx = rng.integers(0, self.config.num_people, size=min(4096, 2 * (n - made) + 8))
+            people = self._people(idx)
+            wanted = {
+                j for p in people for r in RELATIONS if (j := p.relation(r)) is not None and j < self.config.num_people
+            }
+            targets = np.array(sorted(wanted), dtype=np.int64)
+            by_index = dict(zip(targets.tolist(), self._people(targets))) if len(targets) else {}
+            for person, h in zip(people, self._question_hashes(idx, kind)):
                 try:
-                    q = self.question(i, kind)
+                    q = self._question(person, kind, None, None, None, h, by_index.__getitem__)
                 except ValueError:
                     misses += 1
                     if misses > 1000 + 100 * n:
@@ -826,9 +853,7 @@ class BiosWorld:
                 if made == n:
                     return
 
-    # ---------------------------------------------------------------- JSONL
-
-    def write_documents_jsonl(self, path_or_file: PathOrFile, n: Optional[int] = None, start: int = 0) -> int:
+    def write_documents_jsonl(self, path_or_file: PathOrFile, n: int | None = None, start: int = 0) -> int:
         """Write documents ``start..start+n-1`` (default: all) as ``{"id": int, "text": str}`` lines."""
         stop = self.config.num_people if n is None else start + n
         docs = self.iter_documents(start, stop)

@@ -3,18 +3,18 @@
 The eight subtasks of RULER (Hsieh et al., 2024) with its needle sentence, question and
 per-task configuration:
 
-============== ======== ======= ======= ===== ======= ========
-task           haystack key     value   keys  values  queries
-============== ======== ======= ======= ===== ======= ========
-niah_single_1  noise    words   numbers 1     1       1
-niah_single_2  essay    words   numbers 1     1       1
-niah_single_3  essay    words   uuids   1     1       1
-niah_multikey_1 essay   words   numbers 4     1       1
-niah_multikey_2 needle  words   numbers 1     1       1
-niah_multikey_3 needle  uuids   uuids   1     1       1
-niah_multivalue essay   words   numbers 1     4       1
-niah_multiquery essay   words   numbers 4     1       4
-============== ======== ======= ======= ===== ======= ========
+=================  ========  =======  =======  ====  ======  =======
+task               haystack  key      value    keys  values  queries
+=================  ========  =======  =======  ====  ======  =======
+niah_single_1      noise     words    numbers  1     1       1
+niah_single_2      essay     words    numbers  1     1       1
+niah_single_3      essay     words    uuids    1     1       1
+niah_multikey_1    essay     words    numbers  4     1       1
+niah_multikey_2    needle    words    numbers  1     1       1
+niah_multikey_3    needle    uuids    uuids    1     1       1
+niah_multivalue    essay     words    numbers  1     4       1
+niah_multiquery    essay     words    numbers  4     1       4
+=================  ========  =======  =======  ====  ======  =======
 
 Formats
     needle:   ``"One of the special magic {type_needle_v} for {key} is: {value}."``
@@ -51,7 +51,6 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 from msa.data.bios import BiosConfig, BiosWorld
 from msa.data.words import ADJECTIVES, NOUNS
@@ -169,7 +168,7 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
-def segment_context(text: str, doc_tokens: int = 512, token_count_fn: Optional[TokenCountFn] = None) -> list[str]:
+def segment_context(text: str, doc_tokens: int = 512, token_count_fn: TokenCountFn | None = None) -> list[str]:
     """Cut a long context into memory documents on sentence boundaries.
 
     Rule: split into sentences with :func:`split_sentences`; walk them in order, appending each to
@@ -266,7 +265,7 @@ def make_sample(
     task: str,
     context_tokens: int,
     seed: int = 0,
-    token_count_fn: Optional[TokenCountFn] = None,
+    token_count_fn: TokenCountFn | None = None,
 ) -> NiahSample:
     """Generate one sample of ``task`` whose context has at most ``context_tokens`` tokens.
 
