@@ -1,0 +1,3 @@
+from msa.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""Stages 2 and 3 of MSA: route, assemble, generate; Memory Interleave across rounds.
+
+One round = one prefill with fresh routing in every router layer, then greedy decoding until the model
+ends the round (``round_end`` after the ids it wants), ends retrieval (``end_of_retrieval``), or the
+answer is complete. Between rounds the engine appends the ORIGINAL TEXT of the newly requested
+documents and routes again with the question plus that text as the routing query (official protocol,
+MSA_SPEC Part B 7) — with a round limit, de-duplication, and unknown ids dropped and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from msa.engine.generation import DecodeState, Timer, decode_step, left_pad
+from msa.model import MemoryAccess, MSAForCausalLM, PrefixCache, Routing
+from msa.prompt import OFFICIAL, QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, query_segments
+
+logger = logging.getLogger(__name__)
+ID_PATTERN = re.compile(r"\[(\d+)\]")
+
+
+class MemoryView(Protocol):
+    """What the engine reads from a memory: a routable snapshot, the prefix and document texts."""
+
+    prefix: PrefixCache
+
+    def access(self) -> MemoryAccess: ...
+
+    def slot_ids(self) -> Tensor:
+        """[N] long user id of every routing slot of the current access."""
+        ...
+
+    def text(self, doc_id: int) -> str | None:
+        """Original text of a document, None if unknown."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class RoundInfo:
+    """requested: ids the model generated this round; retrieved: those appended (known, new);
+    unknown: dropped ids (not in memory); routing: router layer -> selected document ids (and scores)."""
+
+    requested: list[int] = field(default_factory=list)
+    retrieved: list[int] = field(default_factory=list)
+    unknown: list[int] = field(default_factory=list)
+    routing: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    """text: the answer; transcript: everything generated (special tokens kept, deliberately);
+    rounds: per retrieval round what was requested/retrieved/routed; timings: seconds per stage
+    (route, fetch, prefill — prefill includes route and fetch —, decode)."""
+
+    question: str
+    text: str
+    transcript: str
+    rounds: list[RoundInfo]
+    timings: dict[str, float]
+
+    @property
+    def doc_ids(self) -> list[list[int]]:
+        return [r.retrieved for r in self.rounds]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.text,
+            "transcript": self.transcript,
+            "rounds": [r.__dict__ for r in self.rounds],
+            "timings": self.timings,
+        }
+
+
+class _TimedAccess:
+    def __init__(self, inner: MemoryAccess, timer: Timer, device: torch.device):
+        self.inner, self.timer, self.device = inner, timer, device
+
+    def route(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int) -> Routing:
+        t0 = time.perf_counter()
+        out = self.inner.route(layer, q_router, query_mask, k)
+        self.timer.add("route", t0, self.device)
+        return out
+
+    def fetch(self, layer: int, docs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        t0 = time.perf_counter()
+        out = self.inner.fetch(layer, docs)
+        self.timer.add("fetch", t0, self.device)
+        return out
+
+
+@dataclass
+class _Sample:
+    question: str
+    ids: list[int]
+    doc_ids: list[int]
+    rounds: list[RoundInfo] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+    transcript_ids: list[int] = field(default_factory=list)
+    finished: bool = False
+    answer_phase: bool = False
+
+
+class Engine:
+    """Ask questions against a memory with a model and its tokenizer.
+
+    Args:
+        model: the MSA model (moved to ``device``).
+        tokenizer: a HF fast tokenizer with the template's special tokens.
+        bank: a MemoryBank (or any MemoryView).
+        prompt: the prompt layout (official by default).
+    """
+
+    def __init__(self, model: MSAForCausalLM, tokenizer, bank, device: str | torch.device | None = None,
+                 prompt: PromptFormat = OFFICIAL):  # fmt: skip
+        self.device = torch.device(device) if device is not None else model.device
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.bank = bank
+        self.prompt = prompt
+        self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
+        stops = [prompt.end_of_turn, "<|endoftext|>"]
+        self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids(t) for t in stops) if isinstance(i, int) and i >= 0}
+
+    # -- public -------------------------------------------------------------------------------------
+    def ask(self, question: str, interleave: bool = True, max_rounds: int = 4, max_new_tokens: int = 256,
+            return_routing: bool = False) -> Answer:  # fmt: skip
+        """Answer one question (see ``ask_batch``)."""
+        return self.ask_batch([question], interleave, max_rounds, max_new_tokens, return_routing)[0]
+
+    def ask_batch(self, questions: list[str], interleave: bool = True, max_rounds: int = 4,
+                  max_new_tokens: int = 256, return_routing: bool = False) -> list[Answer]:  # fmt: skip
+        """Answer a batch of questions; rounds are batched across the questions still retrieving.
+
+        Args:
+            interleave: Memory Interleave (fetch the generated ids' text, route again); False = one round,
+                the model answers straight after naming documents.
+            max_rounds: retrieval rounds at most; then the engine ends retrieval itself.
+            max_new_tokens: generated tokens per round at most.
+        """
+        if isinstance(questions, str):
+            raise TypeError("ask_batch() takes a list of questions; use ask() for one")
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError("a question must be a non-empty string")
+        if max_rounds < 1:
+            raise ValueError("max_rounds must be >= 1")
+        if len(self.bank) == 0:
+            raise ValueError("the memory bank is empty: add documents before asking")
+        timer = Timer()
+        samples = []
+        for q in questions:
+            ids, dids = encode_segments(self.tokenizer, query_segments(self.prompt, q))
+            samples.append(_Sample(q, ids, dids))
+        access = _TimedAccess(self.bank.access(), timer, self.device)
+        slot_ids = self.bank.slot_ids()
+        for rnd in range(max_rounds):
+            active = [s for s in samples if not s.finished]
+            if not active:
+                break
+            last = rnd == max_rounds - 1 or not interleave
+            self._round(active, access, slot_ids, timer, max_new_tokens, last, return_routing)
+        for s in samples:
+            s.finished = True
+        return [self._answer(s, timer, len(samples)) for s in samples]
+
+    # -- one round ------------------------------------------------------------------------------------
+    def _round(self, active: list[_Sample], access, slot_ids: Tensor, timer: Timer, max_new_tokens: int,
+               last: bool, return_routing: bool) -> None:  # fmt: skip
+        ids, mask = left_pad([s.ids for s in active])
+        dids, _ = left_pad([s.doc_ids for s in active], pad=RESPONSE)
+        t0 = time.perf_counter()
+        out = self.model.prefill(ids, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix, last_only=True)
+        timer.add("prefill", t0, self.device)
+        for i, s in enumerate(active):
+            info = RoundInfo()
+            if return_routing:
+                for layer, r in out.routings.items():
+                    keep = r.docs[i] >= 0
+                    docs = slot_ids[r.docs[i][keep].cpu()].tolist()
+                    info.routing[layer] = list(zip(docs, r.scores[i][keep].cpu().tolist()))
+            s.rounds.append(info)
+        states = [DecodeState(pending=[]) for _ in active]
+        nxt = out.logits.argmax(-1).cpu()
+        round_text = [""] * len(active)
+        t0 = time.perf_counter()
+        for step in range(max_new_tokens + 64):
+            for i, (s, st) in enumerate(zip(active, states)):
+                if st.done:
+                    continue
+                tok = int(nxt[i])
+                st.generated.append(tok)
+                s.transcript_ids.append(tok)
+                round_text[i] += self.tokenizer.decode([tok], skip_special_tokens=False)
+                st.pending = [tok]
+                if s.answer_phase:
+                    if tok in self.eos_ids or round_text[i].endswith(self.prompt.end_of_turn):
+                        st.done = s.finished = True
+                elif self.prompt.end_of_retrieval in round_text[i]:
+                    self._begin_answer(s, st)
+                elif round_text[i].endswith(self.prompt.round_end):
+                    if last:
+                        self._collect_ids(s, round_text[i], retrieve=False)
+                        self._begin_answer(s, st, forced=True)
+                    else:
+                        st.done = True
+                elif tok in self.eos_ids:  # answered without the retrieval protocol
+                    st.done = s.finished = True
+                if not st.done and len(st.generated) >= max_new_tokens:
+                    st.done = s.finished = True
+            if all(st.done for st in states):
+                break
+            nxt = decode_step(self.model, out.cache, states)
+        timer.add("decode", t0, self.device)
+        for i, (s, st) in enumerate(zip(active, states)):
+            if s.finished:
+                continue
+            s.ids = s.ids + st.generated
+            s.doc_ids = self._restore_question_routing(s) + [RESPONSE] * len(st.generated)
+            new = self._collect_ids(s, round_text[i], retrieve=True)
+            if new:
+                text = self.prompt.retrieved_text([(d, self.bank.text(d) or "") for d in new])
+                add = self._tok(text)
+                s.ids += add
+                s.doc_ids += [QUERY] * len(add)
+                s.transcript_ids += add
+            else:  # nothing new to read: end retrieval now and answer in the next round
+                add = self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question))
+                s.ids += add
+                s.doc_ids += [RESPONSE] * len(add)
+                s.transcript_ids += add
+                s.answer_phase = True
+
+    def _restore_question_routing(self, s: _Sample) -> list[int]:
+        """Routing query of a later round: the question (as in round 1) plus the latest appended text."""
+        q_ids, q_dids = encode_segments(self.tokenizer, query_segments(self.prompt, s.question))
+        n = len(q_ids)
+        head = [QUERY if d == QUERY else d for d in q_dids]
+        rest = [TEMPLATE if d == TEMPLATE else RESPONSE for d in s.doc_ids[n:]]
+        return head + rest
+
+    def _collect_ids(self, s: _Sample, text: str, retrieve: bool) -> list[int]:
+        info = s.rounds[-1]
+        requested = [int(m) for m in ID_PATTERN.findall(text)]
+        info.requested = requested
+        new = []
+        for d in dict.fromkeys(requested):
+            if self.bank.text(d) is None:
+                info.unknown.append(d)
+            elif d not in s.seen:
+                new.append(d)
+        if retrieve:
+            info.retrieved = new
+            s.seen.update(new)
+        return new
+
+    def _begin_answer(self, s: _Sample, st: DecodeState, forced: bool = False) -> None:
+        block = (self.prompt.end_of_retrieval if forced else "") + self.prompt.question_block.format(question=s.question)
+        add = self._tok(block)
+        s.transcript_ids += add
+        st.pending = st.pending + add
+        s.answer_phase = True
+
+    def _answer(self, s: _Sample, timer: Timer, batch: int) -> Answer:
+        transcript = self.tokenizer.decode(s.transcript_ids, skip_special_tokens=False)
+        text = transcript
+        if self.prompt.answer_lead in text:
+            text = text.rsplit(self.prompt.answer_lead, 1)[1]
+        elif self.prompt.question_block.split("{question}")[-1] in text:
+            text = text.rsplit(self.prompt.question_block.split("{question}")[-1], 1)[1]
+        for stop in (self.prompt.end_of_turn, "<|endoftext|>"):
+            text = text.split(stop, 1)[0]
+        timings = {k: v / batch for k, v in timer.seconds.items()} if batch > 1 else dict(timer.seconds)
+        return Answer(s.question, text.strip(), transcript, s.rounds, timings)

@@ -1,0 +1,60 @@
+"""Batched greedy decoding with per-sample pending tokens (several tokens may be fed at once)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from msa.model import KVCache, MSAForCausalLM
+
+
+@dataclass
+class DecodeState:
+    """One sample's decoding state. ``pending``: tokens to feed next (the last generated one, or an
+    appended block); ``done``: frozen, its further steps are masked out."""
+
+    pending: list[int]
+    done: bool = False
+    generated: list[int] = field(default_factory=list)
+
+
+def left_pad(rows: list[list[int]], pad: int = 0) -> tuple[Tensor, Tensor]:
+    """rows -> ids [B, T], mask [B, T] bool (left padding)."""
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), t, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, t - len(r) :] = torch.tensor(r)
+            mask[i, t - len(r) :] = True
+    return ids, mask
+
+
+def decode_step(model: MSAForCausalLM, cache: KVCache, states: list[DecodeState]) -> Tensor:
+    """Feed every active sample's pending tokens; returns greedy next tokens [B] (-1 for done samples)."""
+    rows = [[] if s.done else s.pending for s in states]
+    ids, mask = left_pad([r if r else [0] for r in rows])
+    for i, r in enumerate(rows):
+        if not r:
+            mask[i] = False
+    logits = model.decode(ids, cache, mask)[:, -1]
+    nxt = logits.argmax(-1).cpu()
+    for i, s in enumerate(states):
+        if not s.done:
+            s.pending = []
+    return torch.where(torch.tensor([s.done for s in states]), torch.full_like(nxt, -1), nxt)
+
+
+@dataclass
+class Timer:
+    """Accumulates wall time per stage (synchronising CUDA so device work is counted where it runs)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, t0: float, device: torch.device | None = None) -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
