@@ -1,0 +1,115 @@
+"""Engine and Memory Interleave protocol, driven by a scripted model over a real tiny model's cache."""
+
+import pytest
+import torch
+
+from msa import MSAConfig, MSAForCausalLM, ModelConfig
+from msa.engine import Engine, InMemoryView
+from msa.tokenizer import train_tokenizer
+
+DOCS = [f"Person {i} was born in city{i} and works at firm{i}." for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = train_tokenizer(DOCS * 3 + ["The answer to the question is: Paris"], 400)
+    cfg = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                      msa=MSAConfig(top_k_docs=3, pooling_kernel_size=8))  # fmt: skip
+    model = MSAForCausalLM(cfg).init_weights(0).eval()
+    return tok, model, InMemoryView(model, tok, DOCS)
+
+
+class Scripted:
+    """Delegates to the real model (cache, routing) but emits a fixed token script, one per call."""
+
+    def __init__(self, model, script):
+        self.model, self.script, self.pos, self.prefills = model, script, 0, 0
+
+    def _force(self, logits):
+        out = torch.full_like(logits, -1e9)
+        out[..., self.script[min(self.pos, len(self.script) - 1)]] = 0
+        self.pos += 1
+        return out
+
+    def prefill(self, *a, **k):
+        self.prefills += 1
+        out = self.model.prefill(*a, **k)
+        out.logits = self._force(out.logits)
+        return out
+
+    def decode(self, *a, **k):
+        return self._force(self.model.decode(*a, **k))
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+
+def engine_with(setup, text):
+    tok, model, view = setup
+    scripted = Scripted(model, tok.encode(text, add_special_tokens=False))
+    return Engine(scripted, tok, view, device="cpu"), scripted
+
+
+def test_interleave_rounds_dedup_unknown_and_answer(setup):
+    tok, model, view = setup
+    script = "[3]<|object_ref_end|>[7][3][999]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
+    engine, scripted = engine_with(setup, script)
+    ans = engine.ask("Where was person 7 born?", return_routing=True)
+    assert [r.retrieved for r in ans.rounds] == [[3], [7], []]
+    assert ans.rounds[1].requested == [7, 3, 999] and ans.rounds[1].unknown == [999]
+    assert ans.text == "Paris"
+    assert scripted.prefills == 3  # one prefill (fresh routing) per round
+    assert ans.transcript.count(DOCS[3]) == 1 and ans.transcript.count(DOCS[7]) == 1
+    assert "The user's question is: Where was person 7 born?" in ans.transcript
+    for info in ans.rounds:
+        assert set(info.routing) == set(model.router_layers)
+        assert all(len(v) == 3 for v in info.routing.values())
+    assert {"route", "fetch", "prefill", "decode"} <= set(ans.timings)
+
+
+def test_round_limit_forces_answer(setup):
+    engine, scripted = engine_with(setup, "[3]<|object_ref_end|>The answer to the question is: Paris<|im_end|>")
+    ans = engine.ask("q?", max_rounds=1)
+    assert ans.text == "Paris" and scripted.prefills == 1
+    assert ans.rounds[0].requested == [3] and ans.rounds[0].retrieved == []
+    assert "<End-of-Retrieve>" in ans.transcript
+
+
+def test_without_interleave_single_round(setup):
+    engine, scripted = engine_with(setup, "[5]<|object_ref_end|>The answer to the question is: x<|im_end|>")
+    ans = engine.ask("q?", interleave=False)
+    assert scripted.prefills == 1 and ans.text == "x" and DOCS[5] not in ans.transcript
+
+
+def test_token_budget_bounds_generation(setup):
+    engine, _ = engine_with(setup, "[1" + "1" * 500)
+    ans = engine.ask("q?", max_new_tokens=10, max_rounds=2)
+    assert len(ans.rounds) == 1
+
+
+def test_bad_questions(setup):
+    engine, _ = engine_with(setup, "x")
+    with pytest.raises(ValueError, match="non-empty"):
+        engine.ask("   ")
+    with pytest.raises(TypeError):
+        engine.ask_batch("a question")
+    with pytest.raises(ValueError, match="max_rounds"):
+        engine.ask("q", max_rounds=0)
+
+
+def test_batch_equals_single(setup):
+    tok, model, view = setup
+    engine = Engine(model, tok, view)
+    qs = ["Where was person 3 born?", "Who works at firm5?"]
+    batch = engine.ask_batch(qs, max_new_tokens=6, return_routing=True)
+    for q, a in zip(qs, batch):
+        single = engine.ask(q, max_new_tokens=6, return_routing=True)
+        assert [d for d, _ in single.rounds[0].routing[1]] == [d for d, _ in a.rounds[0].routing[1]]
+        assert single.transcript == a.transcript
