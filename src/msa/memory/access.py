@@ -1,0 +1,257 @@
+"""Tiered, snapshot-consistent MemoryAccess over a bank's segments.
+
+Routing keys of every router layer are resident on the compute device, per segment (a new snapshot
+shares the segments it has in common with the previous one and loads only new ones). Content K/V stay
+on the host: in (pinned, on CUDA) RAM with ``content_tier="host"``, or memory-mapped from the segment
+files with ``content_tier="disk"``. ``fetch`` copies only the selected chunks to the device.
+Routing walks document-aligned tiles of at most ``tile_chunks`` chunks with a running exact top-k.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from msa import functional as MF
+from msa.memory.catalog import DocRow, SegmentRow
+from msa.memory.errors import BankCorruptError
+from msa.memory.segments import load_segment, map_segment, segment_metadata
+from msa.model.memory import CompressedMemory, LayerMemory, PrefixCache, Routing, RoutingOptions
+
+log = logging.getLogger(__name__)
+
+CONTENT_TIERS = ("host", "disk")
+
+
+def tile_doc_scores(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, query_mask: Tensor,
+                    options: RoutingOptions) -> Tensor:  # fmt: skip
+    """The one place the bank scores documents: [Tq, Hq, D] x [C, Hkv, D] -> [num_docs] float32.
+
+    Same semantics as ``msa.functional.doc_scores`` (a fused kernel is dispatched from there).
+    """
+    return MF.doc_scores(
+        q_router, k_router, chunk_doc, num_docs, query_mask, options.cosine,
+        head_reduce=options.head_reduce, query_reduce=options.query_reduce, chunk_reduce=options.chunk_reduce,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@dataclass
+class LoadedSegment:
+    """One segment's tensors in their tiers.
+
+    routing: layer -> [C, Hkv, D] on the compute device; keys, values: layer -> [C, Hkv, D] on the host
+    (pinned RAM or a read-only file mapping). chunk_doc: [C] long local document (compute device).
+    doc_chunk_start: [n] long first chunk of every local document (CPU).
+    """
+
+    file: str
+    routing: dict[int, Tensor]
+    keys: dict[int, Tensor]
+    values: dict[int, Tensor]
+    chunk_doc: Tensor
+    doc_chunk_start: Tensor
+    num_docs: int
+
+    @classmethod
+    def load(cls, directory: Path, row: SegmentRow, fingerprint: str, device: torch.device, tier: str,
+             verify: bool = True) -> "LoadedSegment":  # fmt: skip
+        path = directory / row.file
+        if tier == "host":
+            t = load_segment(path, row.checksum, row.bytes, verify=verify)
+        elif tier == "disk":
+            t = map_segment(path, row.checksum, row.bytes, verify=verify)
+        else:
+            raise ValueError(f"content_tier must be one of {CONTENT_TIERS}, got {tier!r}")
+        meta_fp = segment_metadata(path).get("fingerprint")
+        if meta_fp != fingerprint:
+            raise BankCorruptError(str(path), f"segment fingerprint {meta_fp} differs from the bank's {fingerprint}")
+        layers = sorted({int(name.split(".")[0]) for name in t if name.endswith(".routing_keys")})
+        pin = device.type == "cuda" and tier == "host"
+        host = (lambda x: x.pin_memory()) if pin else (lambda x: x)  # noqa: E731
+        chunk_doc = t["chunk_doc"].long()
+        n = int(t["doc_ids"].numel())
+        if chunk_doc.numel() != row.num_chunks or n != row.num_docs:
+            raise BankCorruptError(str(path), "chunk/document counts differ from the catalog")
+        counts = torch.bincount(chunk_doc, minlength=n)
+        return cls(
+            file=row.file,
+            # clone: on the CPU .to() is a no-op and the disk tier must not route from the mapping
+            routing={i: t[f"{i}.routing_keys"].to(device).clone() for i in layers},
+            keys={i: host(t[f"{i}.keys"]) for i in layers},
+            values={i: host(t[f"{i}.values"]) for i in layers},
+            chunk_doc=chunk_doc.to(device),
+            doc_chunk_start=torch.cumsum(counts, 0) - counts,
+            num_docs=n,
+        )
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Chunks [c0, c1) = local documents [d0, d1) of segment ``seg`` (index in the snapshot)."""
+
+    seg: int
+    c0: int
+    c1: int
+    d0: int
+    d1: int
+
+
+class BankSnapshot:
+    """An immutable view of the live documents of a bank at one catalog state; a ``MemoryAccess``.
+
+    Document slots 0..N-1 follow the catalog's live order (segment order, then position in the
+    segment); ``slot_to_id`` [N] long maps them to bank ids; ``Routing.docs`` are slots.
+    """
+
+    def __init__(self, segments: list[LoadedSegment], rows: list[DocRow], seg_index: dict[int, int],
+                 generation: int, options: RoutingOptions, device: torch.device, tile_chunks: int,
+                 prefix: PrefixCache | None = None):  # fmt: skip
+        if tile_chunks < 1:
+            raise ValueError(f"tile_chunks must be >= 1, got {tile_chunks}")
+        self.segments = segments
+        self.generation = generation
+        self.options = options
+        self.device = device
+        self.tile_chunks = tile_chunks
+        self.prefix = prefix
+        slot_of = [torch.full((s.num_docs,), -1, dtype=torch.long) for s in segments]
+        ids, loc, lengths = [], [], []
+        for r in rows:
+            if r.deleted:
+                continue
+            si = seg_index[r.segment]
+            slot_of[si][r.seg_doc] = len(ids)
+            ids.append(r.id)
+            loc.append((si, r.chunk_start, r.num_chunks))
+            lengths.append(r.num_tokens)
+        self.slot_to_id = torch.tensor(ids, dtype=torch.long)
+        self.doc_lengths = torch.tensor(lengths, dtype=torch.long)
+        self._loc = loc
+        self._slot_of = [s.to(device) for s in slot_of]
+        self._tiles = self._make_tiles(slot_of)
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.slot_to_id.numel())
+
+    @property
+    def num_chunks(self) -> int:
+        return sum(n for _, _, n in self._loc)
+
+    def ids(self, docs: Tensor) -> Tensor:
+        """Map slots (any shape, -1 = none) to bank ids (-1 stays -1)."""
+        docs = docs.cpu().long()
+        out = torch.full_like(docs, -1)
+        ok = docs >= 0
+        out[ok] = self.slot_to_id[docs[ok]]
+        return out
+
+    def _make_tiles(self, slot_of: list[Tensor]) -> list[Tile]:
+        tiles = []
+        for si, seg in enumerate(self.segments):
+            starts = seg.doc_chunk_start.tolist() + [int(seg.chunk_doc.numel())]
+            live = (slot_of[si] >= 0).tolist()
+            d0 = 0
+            while d0 < seg.num_docs:
+                d1 = d0 + 1
+                while d1 < seg.num_docs and starts[d1 + 1] - starts[d0] <= self.tile_chunks:
+                    d1 += 1
+                if any(live[d0:d1]):
+                    tiles.append(Tile(si, starts[d0], starts[d1], d0, d1))
+                d0 = d1
+        return tiles
+
+    # -- MemoryAccess ------------------------------------------------------------------------------
+    def route(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int) -> Routing:
+        """q_router: [B, Tq, Hq, D]; query_mask: [B, Tq] bool -> Routing with docs [B, k] slots.
+
+        Exact: equal to scoring every live document at once and taking ``select_docs``.
+        """
+        b = q_router.shape[0]
+        docs = torch.full((b, k), -1, dtype=torch.long)
+        scores = torch.full((b, k), float("-inf"))
+        for s in range(b):
+            q = q_router[s].to(self.device)
+            m = query_mask[s].to(self.device)
+            best = torch.zeros(0, device=self.device)
+            best_slot = torch.zeros(0, dtype=torch.long, device=self.device)
+            for t in self._tiles:
+                seg = self.segments[t.seg]
+                sc = tile_doc_scores(q, seg.routing[layer][t.c0 : t.c1], seg.chunk_doc[t.c0 : t.c1] - t.d0,
+                                     t.d1 - t.d0, m, self.options)  # fmt: skip
+                slots = self._slot_of[t.seg][t.d0 : t.d1]
+                sc = sc.masked_fill(slots < 0, float("-inf"))
+                # Candidates so far all have lower slots than this tile's, so the stable selection
+                # over [best | tile] breaks ties towards the lower slot, as one global selection would.
+                cand, cand_slot = torch.cat([best, sc]), torch.cat([best_slot, slots])
+                top = MF.select_docs(cand, k)
+                best, best_slot = cand[top], cand_slot[top]
+            docs[s, : len(best)] = best_slot.cpu()
+            scores[s, : len(best)] = best.cpu() * self.options.coupled_scale
+        return Routing(docs, scores)
+
+    def fetch(self, layer: int, docs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """docs: [B, k] slots (-1 = none) -> keys, values [B, Cmax, Hkv, D] on the device (chunks of the
+        selected documents in the order given, zero padded) and valid [B, Cmax] bool."""
+        docs = docs.cpu().long()
+        b = docs.shape[0]
+        per = [[self._loc[int(x)] for x in row if int(x) >= 0] for row in docs]
+        cmax = max((sum(n for _, _, n in p) for p in per), default=0)
+        ref = self.segments[0].keys[layer] if self.segments else None
+        hkv, d = (ref.shape[1], ref.shape[2]) if ref is not None else (0, 0)
+        dtype = ref.dtype if ref is not None else torch.float32
+        pin = self.device.type == "cuda"
+        keys = torch.zeros(b, cmax, hkv, d, dtype=dtype, pin_memory=pin)
+        values = torch.zeros(b, cmax, hkv, d, dtype=dtype, pin_memory=pin)
+        valid = torch.zeros(b, cmax, dtype=torch.bool, pin_memory=pin)
+        for s, places in enumerate(per):
+            off = 0
+            for si, c0, n in places:
+                seg = self.segments[si]
+                keys[s, off : off + n] = seg.keys[layer][c0 : c0 + n]
+                values[s, off : off + n] = seg.values[layer][c0 : c0 + n]
+                off += n
+            valid[s, :off] = True
+        return self._to_device(keys, values, valid)
+
+    def _to_device(self, *host: Tensor) -> tuple[Tensor, ...]:
+        if self._copy_stream is None:
+            return tuple(t.to(self.device) for t in host)
+        # Pinned host -> device on a side stream; the compute stream waits on an event, and the
+        # allocator is told the results are used there.
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            out = tuple(t.to(self.device, non_blocking=True) for t in host)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        compute.wait_event(done)
+        for t in out:
+            t.record_stream(compute)
+        return out
+
+    # -- whole-memory view -------------------------------------------------------------------------
+    def materialize(self, device: torch.device | str = "cpu") -> CompressedMemory:
+        """The live documents as one resident CompressedMemory (slot order; doc_ids = bank ids)."""
+        layers: dict[int, list[list[Tensor]]] = {}
+        chunk_doc = []
+        for slot, (si, c0, n) in enumerate(self._loc):
+            seg = self.segments[si]
+            for layer in seg.routing:
+                parts = layers.setdefault(layer, [[], [], []])
+                parts[0].append(seg.routing[layer][c0 : c0 + n].to(device))
+                parts[1].append(seg.keys[layer][c0 : c0 + n].to(device))
+                parts[2].append(seg.values[layer][c0 : c0 + n].to(device))
+            chunk_doc.append(torch.full((n,), slot, dtype=torch.long))
+        if not chunk_doc:
+            raise ValueError("the snapshot holds no documents")
+        return CompressedMemory(
+            layers={i: LayerMemory(*(torch.cat(p) for p in parts)) for i, parts in layers.items()},
+            chunk_doc=torch.cat(chunk_doc),
+            doc_lengths=self.doc_lengths.clone(),
+            doc_ids=self.slot_to_id.clone(),
+        )

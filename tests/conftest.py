@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random MSA model and a tiny byte-level BPE tokenizer (built in memory)."""
+
+from __future__ import annotations
+
+import pytest
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_end|>"]
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Alice was born in Paris and works as a chemist.",
+    "Bob lives in Berlin; his sister is a pilot.",
+    "Please answer the question based on the above historical document information.",
+    "Memory sparse attention routes every question to the best documents.",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 and [brackets]. Question? Answer!",
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained on a few sentences, wrapped as an HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )  # fmt: skip
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )  # fmt: skip
+
+
+def build_tiny_model(seed: int = 0, **msa_overrides):
+    from msa import ModelConfig, MSAConfig, MSAForCausalLM
+
+    cfg = ModelConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, msa=MSAConfig(top_k_docs=4, pooling_kernel_size=8, **msa_overrides),
+    )  # fmt: skip
+    return MSAForCausalLM(cfg).init_weights(seed=seed).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_model):
+    return tiny_model.config
