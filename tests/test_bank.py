@@ -274,3 +274,13 @@ def test_orphans_are_ignored_and_removed(bank):
     assert bank.snapshot().num_docs == 3
     bank.add(make_texts(2, seed=5))
     assert not orphan.exists()
+
+
+def test_engine_view(tmp_path, tiny_model, tiny_tokenizer):
+    with MemoryBank.create(tmp_path / "v", tiny_model, tiny_tokenizer, model_source="tiny") as bank:
+        bank.add(["one.", "two."])
+        view = bank.access()
+        assert bank.access() is view and bank.slot_ids().tolist() == view.slot_to_id.tolist()
+        assert bank.text(1) == "two." and bank.text(99) is None and bank.model_source == "tiny"
+        bank.delete(0)
+        assert bank.access() is not view and bank.slot_ids().tolist() == [1]

@@ -129,13 +129,19 @@ class MemoryBank:
         self._lock = threading.RLock()
         self._cache: dict[str, LoadedSegment] = {}
         self._prefix: PrefixCache | None = None
+        self.model_source: str | None = manifest.get("model_source")
+        self._view: BankSnapshot | None = None
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, model, tokenizer, prompt: PromptFormat = OFFICIAL, *,
                settings: BankSettings | None = None, device: str | torch.device | None = None,
-               content_tier: str = "host", **setting_overrides: Any) -> "MemoryBank":  # fmt: skip
+               content_tier: str = "host", model_source: str | None = None,
+               **setting_overrides: Any) -> "MemoryBank":  # fmt: skip
         """Create an empty bank at ``path`` (must not exist, or be an empty directory).
+
+        model_source: where the model comes from (checkpoint dir or shipped name), recorded for tools
+        that reopen the bank without knowing the model (``bank.model_source``).
 
         The template prefix (``prompt.memory_prefix``) is encoded once and stored. The directory is built
         under a temporary name and renamed into place, so a crash leaves no half-created bank.
@@ -173,6 +179,7 @@ class MemoryBank:
                 "prefix": {"file": PREFIX_NAME, "checksum": checksum_bytes(data), "bytes": len(data)},
                 "settings": asdict(settings),
                 "created": time.time(),
+                "model_source": None if model_source is None else str(model_source),
             }
             Catalog.create(tmp / CATALOG_NAME, json.loads(json.dumps(manifest, default=str))).close()
             fsync_dir(tmp)
@@ -338,6 +345,24 @@ class MemoryBank:
                 tile_chunks or self.settings.tile_chunks, prefix=self.prefix,
             )  # fmt: skip
         raise BankError("could not take a snapshot")  # unreachable in practice
+
+    # -- the engine's MemoryView ------------------------------------------------------------------
+    def access(self) -> BankSnapshot:
+        """The current snapshot (a new one only when a write has committed since the last call)."""
+        if self._view is None or self._view.generation != self.generation:
+            self._view = self.snapshot()
+        return self._view
+
+    def slot_ids(self) -> torch.Tensor:
+        """[N] long bank id of every slot of the snapshot last returned by ``access``."""
+        return self.access().slot_to_id if self._view is None else self._view.slot_to_id
+
+    def text(self, doc_id: int) -> str | None:
+        """Stored text of a live document, None if unknown."""
+        try:
+            return self.get_text(doc_id)
+        except (UnknownDocumentError, TypeError):
+            return None
 
     def _load_segment(self, row: SegmentRow, verify: bool) -> LoadedSegment:
         with self._lock:
