@@ -1,8 +1,10 @@
 """msa: Memory Sparse Attention — a trainable, persistent memory of 100M+ tokens for decoder LLMs."""
 
 from msa.config import MSAConfig, ModelConfig
+from msa.engine import Answer, Engine
+from msa.memory import MemoryBank
 from msa.model import CompressedMemory, MSAForCausalLM, PackedBatch, PrefixCache
 
 __version__ = "0.1.0"
 
-__all__ = ["CompressedMemory", "MSAConfig", "MSAForCausalLM", "ModelConfig", "PackedBatch", "PrefixCache", "__version__"]
+__all__ = ["Answer", "CompressedMemory", "Engine", "MemoryBank", "MSAConfig", "MSAForCausalLM", "ModelConfig", "PackedBatch", "PrefixCache", "__version__"]

@@ -63,7 +63,7 @@ def cmd_bank(args) -> int:
 
     if args.bank_cmd == "create":
         model, tok = _load_model(args.model, args.device)
-        MemoryBank.create(args.bank, model, tok).close()
+        MemoryBank.create(args.bank, model, tok, model_source=str(args.model)).close()
         print(f"created {args.bank}")
         return 0
     if args.bank_cmd == "stats":
@@ -101,6 +101,8 @@ def _bank_model(bank: str, device: str | None):
 
     with MemoryBank.open(bank, readonly=True) as b:
         name = b.model_source
+    if not name:
+        raise UsageError(f"{bank} does not record which model encoded it; open it from Python with that model")
     return _load_model(name, device)
 
 
