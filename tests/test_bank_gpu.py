@@ -1,0 +1,40 @@
+"""The memory bank's CUDA tiers: device routing keys, pinned content, side-stream fetch. Skipped without CUDA."""
+
+import pytest
+import torch
+
+from conftest import build_tiny_model, build_tiny_tokenizer
+from msa.engine import Engine
+from msa.memory import MemoryBank
+from msa.model import DenseMemoryAccess
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+TEXTS = [f"Document {i}: Alice {i} was born in Paris and works as a chemist number {i * 7}." * (1 + i % 4) for i in range(60)]
+
+
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_bank_on_cuda_equals_dense(tmp_path, tier):
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model().to("cuda", torch.bfloat16)
+    bank = MemoryBank.create(tmp_path / "b", model, tok, segment_tokens=1500, tile_chunks=40)
+    bank.add(TEXTS)
+    bank.close()
+    bank = MemoryBank.open(tmp_path / "b", model, tok, device="cuda", content_tier=tier)
+    snap = bank.snapshot()
+    dense = DenseMemoryAccess(snap.materialize(), model.routing_options())
+    g = torch.Generator().manual_seed(0)
+    for layer in model.router_layers:
+        q = torch.randn(3, 9, 4, 16, generator=g).to("cuda", torch.bfloat16)
+        mask = torch.rand(3, 9, generator=g) < 0.7
+        mask[:, 0] = True
+        a = snap.route(layer, q, mask.cuda(), 4)
+        b = dense.route(layer, q, mask.cuda(), 4)
+        assert torch.equal(a.docs.cpu(), b.docs.cpu())
+        ka, va, ma = snap.fetch(layer, a.docs)
+        kb, vb, mb = dense.fetch(layer, b.docs)
+        assert ka.is_cuda and torch.equal(ka.cpu(), kb.cpu()) and torch.equal(va.cpu(), vb.cpu())
+        assert torch.equal(ma.cpu(), mb.cpu())
+    ans = Engine(model, tok, bank).ask("Where was Alice 3 born?", max_new_tokens=4, return_routing=True)
+    assert set(ans.rounds[0].routing) == set(model.router_layers)
+    bank.close()
