@@ -167,19 +167,19 @@ def _patch_interpreter_index():
 
 
 @pytest.mark.skipif(not (HAS_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
-@pytest.mark.parametrize("b,tq,k", [(1, 1, 4), (3, 5, 5), (2, 20, 3)])
-def test_triton_interpreter_tiny(b, tq, k):
+@pytest.mark.parametrize("b,tq,k,cosine", [(1, 1, 4, True), (3, 5, 5, False), (2, 20, 3, True)])
+def test_triton_interpreter_tiny(b, tq, k, cosine):
     from msa.kernels.routing import KernelConfig, doc_scores_batched_triton, route_topk_triton
 
     _patch_interpreter_index()
     # bf16 dot is not emulated by the interpreter: float32 keys exercise the same program.
     config = KernelConfig(block_c=16, block_k=16, block_n_max=16, programs_per_sm=2)
     q, k_router, chunk_doc, n, mask = _case(b, tq, 4, 2, 16, 150, 20, seed=b * 7 + tq)
-    keys = prepare_routing_keys(k_router, True, torch.float32)
+    keys = prepare_routing_keys(k_router, cosine, torch.float32)
     poison = (torch.full((b, k), -7, dtype=torch.long), torch.full((b, k), float("nan")))
     docs, scores = route_topk_triton(q, keys, chunk_doc, n, k, mask, config=config, out=poison)
     own = doc_scores_batched_triton(q, keys, chunk_doc, n, mask, config=config)
-    ref = _reference(q, k_router, chunk_doc, n, mask, True)
+    ref = _reference(q, k_router, chunk_doc, n, mask, cosine)
     torch.testing.assert_close(own, ref.float(), atol=1e-5, rtol=0)
     for i in range(b):
         want = select_docs(own[i], k)

@@ -62,7 +62,7 @@ def route_tiles_kernel(
 ):
     """Persistent pass over tiles of BC chunks; per program and question a running top-k of keys.
 
-    state: [programs, B_pad, KP] int64, filled with SENTINEL before the launch. A document may span
+    state: [programs, B_pad, KP] int64, written by the program's first tile. A document may span
     tiles: each tile offers the max over its own chunks; the best key of every document wins because a
     document's entries are knocked out together once its best one is taken.
     """
@@ -87,17 +87,22 @@ def route_tiles_kernel(
             key = (_ordered(cm).to(tl.int64) << 32) | low[:, None]  # [BC, QPB]
             key = tl.where(mask_c[:, None], key, SENTINEL)
             sp = state_base + (g * QPB + offs_q)[None, :] * KP + offs_r[:, None]  # [KP, QPB]
-            st = tl.load(sp)
-            new = tl.full([KP, QPB], SENTINEL, tl.int64)
-            for i in range(K_TOP):
-                m = tl.maximum(tl.max(key, axis=0), tl.max(st, axis=0))  # [QPB]
-                new = tl.where(offs_r[:, None] == i, m[None, :], new)
-                d = (m << 32)[None, :]
-                key = tl.where((key << 32) == d, SENTINEL, key)
-                st = tl.where((st << 32) == d, SENTINEL, st)
-            tl.debug_barrier()
-            tl.store(sp, new)
-            tl.debug_barrier()
+            st = tl.load(sp, mask=j > 0, other=SENTINEL)  # the first tile starts from an empty state
+            # Rows are kept best first, so row K_TOP-1 is the k-th best: a tile whose best key is
+            # below it for every question changes nothing and skips the selection.
+            kth = tl.min(tl.where(offs_r[:, None] < K_TOP, st, -SENTINEL), axis=0)  # [QPB]
+            gain = tl.max((tl.max(key, axis=0) > kth).to(tl.int32), axis=0)
+            if (gain > 0) | (j == 0):
+                new = tl.full([KP, QPB], SENTINEL, tl.int64)
+                for i in range(K_TOP):
+                    m = tl.maximum(tl.max(key, axis=0), tl.max(st, axis=0))  # [QPB]
+                    new = tl.where(offs_r[:, None] == i, m[None, :], new)
+                    d = (m << 32)[None, :]
+                    key = tl.where((key << 32) == d, SENTINEL, key)
+                    st = tl.where((st << 32) == d, SENTINEL, st)
+                tl.debug_barrier()
+                tl.store(sp, new)
+                tl.debug_barrier()
 
 
 @triton.jit
@@ -118,13 +123,15 @@ def merge_topk_kernel(
         j = j0 + offs
         ptrs = state_ptr + (j // KP).to(tl.int64) * B_pad * KP + b * KP + j % KP
         key = tl.load(ptrs, mask=j < n_cand, other=SENTINEL)
-        new = tl.full([KP], SENTINEL, tl.int64)
-        for i in range(K_TOP):
-            m = tl.maximum(tl.max(key, axis=0), tl.max(run, axis=0))
-            new = tl.where(offs_r == i, m, new)
-            key = tl.where((key << 32) == (m << 32), SENTINEL, key)
-            run = tl.where((run << 32) == (m << 32), SENTINEL, run)
-        run = new
+        kth = tl.min(tl.where(offs_r < K_TOP, run, -SENTINEL), axis=0)
+        if tl.max(key, axis=0) > kth:  # most blocks hold nothing better than the k-th best: skip them
+            new = tl.full([KP], SENTINEL, tl.int64)
+            for i in range(K_TOP):
+                m = tl.maximum(tl.max(key, axis=0), tl.max(run, axis=0))
+                new = tl.where(offs_r == i, m, new)
+                key = tl.where((key << 32) == (m << 32), SENTINEL, key)
+                run = tl.where((run << 32) == (m << 32), SENTINEL, run)
+            run = new
     ordered = (run >> 32).to(tl.int32)
     score = tl.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered).to(tl.float32, bitcast=True)
     doc = low_mask - (run & low_mask)
@@ -159,3 +166,45 @@ def doc_scores_kernel(
             qi = g * QPB + offs_q
             ptrs = out_ptr + qi.to(tl.int64)[None, :] * N + docs[:, None]
             tl.atomic_max(ptrs, _ordered(cm), mask=mask_c[:, None] & (qi < B)[None, :])
+
+
+@triton.jit
+def prepare_queries_kernel(
+    q_ptr, mask_ptr, out_ptr, bias_ptr, qscale_ptr,
+    B, Tq, stride_b, stride_t, stride_h, tq_pad, inv_hq, raw_scale,
+    HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HKV_P: tl.constexpr, D_P: tl.constexpr,
+    COSINE: tl.constexpr, HAS_MASK: tl.constexpr, FP8: tl.constexpr,
+):
+    """One padded token row: (1/Hq) * per-group sum of normalised (or 1/sqrt(D)-scaled) heads.
+
+    out: [b_pad*tq_pad, HKV*D] (bf16/fp32, or fp8 divided by qscale); bias: 0 or -inf per row.
+    """
+    r = tl.program_id(0)
+    b = r // tq_pad
+    t = r % tq_pad
+    live = (b < B) & (t < Tq)
+    offs_h = tl.arange(0, HKV_P)
+    offs_d = tl.arange(0, D_P)
+    m2 = (offs_h[:, None] < HKV) & (offs_d[None, :] < D) & live
+    acc = tl.zeros([HKV_P, D_P], dtype=tl.float32)
+    base = q_ptr + b.to(tl.int64) * stride_b + t * stride_t
+    for g in range(G):
+        x = tl.load(base + (offs_h * G + g)[:, None] * stride_h + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        if COSINE:
+            x = x / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-12)[:, None]
+        else:
+            x = x * raw_scale
+        acc += x
+    acc = acc * inv_hq
+    ok = live
+    if HAS_MASK:
+        ok = ok & (tl.load(mask_ptr + b * Tq + t, mask=live, other=0) != 0)
+    tl.store(bias_ptr + r, tl.where(ok, 0.0, float("-inf")))
+    out = out_ptr + r.to(tl.int64) * (HKV * D) + offs_h[:, None] * D + offs_d[None, :]
+    smask = (offs_h[:, None] < HKV) & (offs_d[None, :] < D)
+    if FP8:
+        scale = tl.maximum(tl.max(tl.max(tl.abs(acc), axis=1), axis=0), 1e-30) / 448.0
+        tl.store(qscale_ptr + r, scale)
+        tl.store(out, (acc / scale).to(out_ptr.dtype.element_ty), mask=smask)
+    else:
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=smask)

@@ -9,13 +9,14 @@ result is the top-k of the kernel's own document scores, ties towards the lower 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from msa.kernels.routing_prep import FP8_MAX, RoutingKeys, query_bias, router_query_matrix
+from msa.kernels.routing_prep import RoutingKeys
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,14 @@ class KernelConfig:
 
 
 DEFAULT_CONFIG = KernelConfig()
+# float8 rows are half as long: larger tiles keep the per-tile epilogue small against the bytes read
+# (H200 sweep, bench/NOTES_routing.md).
+DEFAULT_CONFIG_FP8 = KernelConfig(block_c=256, block_k=128, block_n_max=64, num_warps=8, num_stages=3)
+
+
+def default_config(keys: RoutingKeys) -> KernelConfig:
+    """Tile shape for the keys' dtype."""
+    return DEFAULT_CONFIG_FP8 if keys.keys.dtype == torch.float8_e4m3fn else DEFAULT_CONFIG
 
 
 @dataclass(frozen=True)
@@ -71,27 +80,44 @@ def _layout(b: int, tq: int, block_n_max: int) -> _Layout:
 def _kernel_queries(
     q_router: Tensor, keys: RoutingKeys, query_mask: Tensor | None, layout: _Layout
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Padded query matrix [b_pad*tq_pad, K] in the keys' GEMM dtype, token bias and per-row scale (float8)."""
-    q = router_query_matrix(q_router, keys.num_kv_heads, keys.cosine)  # [B, Tq, K] float32
-    b, tq, k = q.shape
+    """Padded query matrix [b_pad*tq_pad, K] in the keys' GEMM dtype, token bias and per-row scale (float8).
+
+    One launch (``prepare_queries_kernel``): the routing pass itself is ~1 ms, so a dozen small PyTorch
+    ops here would cost several percent.
+    """
+    from msa.kernels import _routing_triton as kern
+
+    b, tq, hq, d = q_router.shape
+    hkv = keys.num_kv_heads
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key heads ({hkv})")
     device = keys.keys.device
-    qp = torch.zeros(layout.b_pad, layout.tq_pad, k, device=device)
-    qp[:b, :tq] = q.to(device)
-    bias = torch.full((layout.b_pad, layout.tq_pad), -math.inf, device=device)
-    bias[:b, :tq] = query_bias(query_mask, b, tq, device)
-    qp = qp.view(-1, k)
-    if keys.keys.dtype == torch.float8_e4m3fn:
-        qscale = qp.abs().amax(dim=1).clamp_min(1e-30) / FP8_MAX
-        qm = (qp / qscale[:, None]).to(torch.float8_e4m3fn)
-    else:
-        qscale = bias.view(-1)  # unused placeholder pointer
-        qm = qp.to(keys.keys.dtype)
-    return qm, bias.view(-1), qscale
+    q = q_router if q_router.stride(-1) == 1 else q_router.contiguous()
+    rows = layout.b_pad * layout.tq_pad
+    qm = torch.empty(rows, hkv * d, dtype=keys.keys.dtype, device=device)
+    bias = torch.empty(rows, device=device)
+    fp8 = keys.keys.dtype == torch.float8_e4m3fn
+    qscale = torch.empty(rows, device=device) if fp8 else bias
+    mask = query_mask.to(device=device, dtype=torch.bool) if query_mask is not None else bias
+    if query_mask is not None and query_mask.shape != (b, tq):
+        raise ValueError(f"query_mask shape {tuple(query_mask.shape)} != {(b, tq)}")
+    kern.prepare_queries_kernel[(rows,)](
+        q, mask, qm, bias, qscale,
+        b, tq, q.stride(0), q.stride(1), q.stride(2), layout.tq_pad, 1.0 / hq, 1.0 / math.sqrt(d),
+        HKV=hkv, G=hq // hkv, D=d, HKV_P=_next_pow2(hkv), D_P=_next_pow2(d),
+        COSINE=keys.cosine, HAS_MASK=query_mask is not None, FP8=fp8, num_warps=4,
+    )
+    return qm, bias, qscale
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def _num_programs(keys: RoutingKeys, num_tiles: int, config: KernelConfig) -> int:
     if keys.keys.is_cuda:
-        sms = torch.cuda.get_device_properties(keys.keys.device).multi_processor_count
+        sms = _sm_count(keys.keys.device.index if keys.keys.device.index is not None else torch.cuda.current_device())
     else:  # the Triton interpreter
         sms = 2
     return max(1, min(num_tiles, sms * config.programs_per_sm))
@@ -123,7 +149,7 @@ def route_topk_triton(
     k: int,
     query_mask: Tensor | None = None,
     cosine: bool | None = None,
-    config: KernelConfig = DEFAULT_CONFIG,
+    config: KernelConfig | None = None,
     out: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-k documents of B questions in one pass over the keys.
@@ -144,13 +170,14 @@ def route_topk_triton(
     from msa.kernels import _routing_triton as kern
 
     _check(keys, q_router, chunk_doc, cosine)
+    config = config or default_config(keys)
     b = q_router.shape[0]
     device = keys.keys.device
     layout, qm, bias, qscale, kscale, num_tiles = _launch_args(keys, q_router, query_mask, config)
     chunk_doc = chunk_doc.to(device=device, dtype=torch.int32)
     kp = _next_pow2(max(k, 1))
     programs = _num_programs(keys, num_tiles, config)
-    state = torch.full((programs, layout.b_pad, kp), kern.SENTINEL.value, dtype=torch.int64, device=device)
+    state = torch.empty(programs, layout.b_pad, kp, dtype=torch.int64, device=device)
     if out is None:
         out = (torch.empty(b, k, dtype=torch.int64, device=device), torch.empty(b, k, device=device))
     docs, scores = out
@@ -178,7 +205,7 @@ def doc_scores_batched_triton(
     num_docs: int,
     query_mask: Tensor | None = None,
     cosine: bool | None = None,
-    config: KernelConfig = DEFAULT_CONFIG,
+    config: KernelConfig | None = None,
 ) -> Tensor:
     """Document scores of B questions (same meaning as ``msa.functional.doc_scores`` per question).
 
@@ -191,6 +218,7 @@ def doc_scores_batched_triton(
     from msa.kernels import _routing_triton as kern
 
     _check(keys, q_router, chunk_doc, cosine)
+    config = config or default_config(keys)
     b = q_router.shape[0]
     device = keys.keys.device
     layout, qm, bias, qscale, kscale, num_tiles = _launch_args(keys, q_router, query_mask, config)
