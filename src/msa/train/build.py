@@ -1,0 +1,79 @@
+"""Builders from a TrainConfig: tokenizer, model, sample source, collator."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+from msa.data.bios import BiosWorld
+from msa.model.modeling import MSAForCausalLM
+from msa.train.collator import Collator
+from msa.train.config import DataConfig, ModelSpec, TrainConfig
+from msa.train.data import BiosSamples, JsonlSamples, SampleSource
+from msa.train.parallelize import DistInfo
+from msa.train.targets import target_format
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_tokenizer", "build_model", "build_source", "build_collator"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_tokenizer(data: DataConfig, info: DistInfo | None = None):
+    """Load ``data.tokenizer``; if missing, train one on the bios world's first documents (rank 0) and save it."""
+    from msa.tokenizer import load_tokenizer, train_tokenizer
+
+    path = data.tokenizer
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        if info is None or info.is_main:
+            world = BiosWorld(data.world)
+            n = min(data.tokenizer_docs, data.world.num_people)
+            logger.info("training a %d-token tokenizer on %d bios documents -> %s", data.tokenizer_vocab, n, path)
+            train_tokenizer(world.iter_documents(0, n), data.tokenizer_vocab, path)
+        if info is not None and info.distributed:
+            dist.barrier()
+    return load_tokenizer(path)
+
+
+def build_model(spec: ModelSpec) -> MSAForCausalLM:
+    """Random (seeded) init, an MSA checkpoint, or a base Qwen3 checkpoint with fresh routers."""
+    dtype = _DTYPES.get(spec.dtype)
+    if dtype is None:
+        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {spec.dtype!r}")
+    from msa.train.init import apply_router_init
+
+    if spec.init == "random":
+        model = MSAForCausalLM(spec.config).init_weights(spec.seed)
+        apply_router_init(model, spec.router_init)
+        return model.to(dtype)
+    cfg_file = os.path.join(spec.init, "config.json")
+    if not os.path.exists(cfg_file):
+        raise FileNotFoundError(f"model.init={spec.init!r}: no config.json there (use 'random' or a checkpoint dir)")
+    import json
+
+    with open(cfg_file, encoding="utf-8") as f:
+        has_msa = "msa_config" in json.load(f)
+    if has_msa:
+        return MSAForCausalLM.from_pretrained(spec.init, dtype=dtype)
+    model = MSAForCausalLM.from_base(spec.init, spec.config.msa, seed=spec.seed, dtype=dtype)
+    apply_router_init(model, spec.router_init)
+    return model
+
+
+def build_source(data: DataConfig) -> SampleSource:
+    if data.source == "jsonl":
+        return JsonlSamples(data.path)
+    return BiosSamples(data.world, data.curriculum[0].num_docs, data.kind, data.seed, data.multi_fraction)
+
+
+def build_collator(cfg: TrainConfig, tokenizer, model: MSAForCausalLM) -> Collator:
+    msa = model.config.msa
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return Collator(
+        tokenizer, msa.query_offset, target_format(cfg.data.target_format), max_doc_tokens=cfg.data.max_doc_tokens,
+        pad_id=0 if pad is None else int(pad), template_len=msa.template_len,
+    )  # fmt: skip

@@ -1,0 +1,160 @@
+"""Collator: training samples -> PackedBatch + LM labels + aux (routing) labels.
+
+Per sample, the packed row is (official layout, MSA_SPEC B 3.1, 3.5, 7)::
+
+    tokens     memory_prefix | doc 1 ... doc N                      | head+question+tail | turn_end | response_head | target segments
+    doc_ids    -2 ...        | 1 ... | ... | N ...                  | 0 ...              | -2 ...   | -1            | per segment (-1 / 0)
+    positions  0..P-1        | 0..len_1-1 | ... | 0..len_N-1        | q, q+1, ...  (q = msa.query_offset, continuing +1 to the end)
+    labels     -100 everywhere except the tokens of target segments (their own token id)
+
+Document i (1-based placement order) is ``fmt.document`` with the document's GLOBAL id:
+``<|im_start|>[{gid}]. {text}[{gid}]<|im_end|>``. Rows are right-padded (attention_mask False,
+doc_ids -1, positions 0, labels -100). ``labels[b, t]`` is the target for the logits at ``t - 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from msa.model.context import PackedBatch
+from msa.prompt import OFFICIAL, TEMPLATE, PromptFormat, query_segments
+from msa.train.data import TrainSample
+from msa.train.targets import Segment, TargetFormat, interleave_transcript, literal_target
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IGNORE", "TrainBatch", "Collator", "EncodedSample"]
+
+IGNORE = -100
+
+
+@dataclass
+class EncodedSample:
+    """One sample as flat lists (length L_b): input_ids, doc_ids, position_ids, labels; aux labels [N_b]."""
+
+    input_ids: list[int]
+    doc_ids: list[int]
+    position_ids: list[int]
+    labels: list[int]
+    aux_labels: list[int]
+
+
+@dataclass
+class TrainBatch:
+    """A collated micro-batch.
+
+    packed: the model input (PackedBatch, [B, L] tensors).
+    labels: [B, L] long, LM target token at t (predicted from logits at t-1), IGNORE elsewhere.
+    aux_labels: B tensors [N_b] long 0/1, 1 = positive document, in doc_ids order 1..N_b.
+    """
+
+    packed: PackedBatch
+    labels: Tensor
+    aux_labels: list[Tensor]
+
+    @property
+    def size(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.packed.attention_mask.sum())
+
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        return TrainBatch(self.packed.to(device), self.labels.to(device), [a.to(device) for a in self.aux_labels])
+
+    def lm_targets(self) -> tuple[Tensor, Tensor]:
+        """(logits_index [M] flat indices into B*L of positions t-1 whose next token is a target,
+        targets [M] token ids)."""
+        b, l = self.labels.shape
+        nxt = torch.full_like(self.labels, IGNORE)
+        nxt[:, :-1] = self.labels[:, 1:]
+        flat = nxt.flatten()
+        index = (flat != IGNORE).nonzero().squeeze(-1)
+        return index, flat[index]
+
+
+class Collator:
+    """Builds TrainBatch from TrainSample lists.
+
+    Args:
+        tokenizer: any object with ``encode(text, add_special_tokens=False) -> list[int]``.
+        query_offset: position of the first query token (``ModelConfig.msa.query_offset``).
+        target_format: a function of msa.train.targets (samples with a ``target`` use it verbatim).
+        fmt: prompt strings (official by default).
+        max_doc_tokens: truncate each formatted document to this many tokens (None: keep whole).
+        pad_id: token id of padding.
+        template_len: expected token count of ``fmt.memory_prefix`` (a mismatch is logged once).
+    """
+
+    def __init__(self, tokenizer, query_offset: int, target_format: TargetFormat = interleave_transcript,
+                 fmt: PromptFormat = OFFICIAL, max_doc_tokens: int | None = None, pad_id: int = 0,
+                 template_len: int | None = None):  # fmt: skip
+        self.tokenizer = tokenizer
+        self.query_offset = query_offset
+        self.target_format = target_format
+        self.fmt = fmt
+        self.max_doc_tokens = max_doc_tokens
+        self.pad_id = pad_id
+        self.prefix = self._encode(fmt.memory_prefix)
+        if template_len is not None and len(self.prefix) != template_len:
+            logger.warning(
+                "memory prefix %r is %d tokens but msa.template_len is %d", fmt.memory_prefix, len(self.prefix), template_len
+            )
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def encode(self, sample: TrainSample) -> EncodedSample:
+        """Lay one sample out (see the module docstring)."""
+        ids = list(self.prefix)
+        doc_ids = [TEMPLATE] * len(ids)
+        pos = list(range(len(ids)))
+        labels = [IGNORE] * len(ids)
+        for i, doc in enumerate(sample.memory, start=1):
+            t = self._encode(self.fmt.format_document(doc.id, doc.text))
+            if self.max_doc_tokens is not None:
+                t = t[: self.max_doc_tokens]
+            ids += t
+            doc_ids += [i] * len(t)
+            pos += range(len(t))
+            labels += [IGNORE] * len(t)
+        fmt_fn = literal_target if sample.target is not None else self.target_format
+        stream = [Segment(text, did, False) for text, did in query_segments(self.fmt, sample.question)]
+        stream += fmt_fn(sample, self.fmt)
+        p = self.query_offset
+        for seg in stream:
+            t = self._encode(seg.text)
+            ids += t
+            doc_ids += [seg.doc_id] * len(t)
+            pos += range(p, p + len(t))
+            p += len(t)
+            labels += t if seg.target else [IGNORE] * len(t)
+        return EncodedSample(ids, doc_ids, pos, labels, sample.labels())
+
+    def __call__(self, samples: list[TrainSample]) -> TrainBatch:
+        return self.pad([self.encode(s) for s in samples])
+
+    def pad(self, encoded: list[EncodedSample]) -> TrainBatch:
+        """Right-pad encoded samples into one batch."""
+        if not encoded:
+            raise ValueError("cannot collate an empty batch")
+        b, l = len(encoded), max(len(e.input_ids) for e in encoded)
+        input_ids = torch.full((b, l), self.pad_id, dtype=torch.long)
+        doc_ids = torch.full((b, l), -1, dtype=torch.long)
+        pos = torch.zeros((b, l), dtype=torch.long)
+        labels = torch.full((b, l), IGNORE, dtype=torch.long)
+        mask = torch.zeros((b, l), dtype=torch.bool)
+        for r, e in enumerate(encoded):
+            n = len(e.input_ids)
+            input_ids[r, :n] = torch.tensor(e.input_ids)
+            doc_ids[r, :n] = torch.tensor(e.doc_ids)
+            pos[r, :n] = torch.tensor(e.position_ids)
+            labels[r, :n] = torch.tensor(e.labels)
+            mask[r, :n] = True
+        aux = [torch.tensor(e.aux_labels, dtype=torch.long) for e in encoded]
+        return TrainBatch(PackedBatch(input_ids, doc_ids, pos, mask), labels, aux)

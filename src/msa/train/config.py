@@ -1,0 +1,195 @@
+"""Typed, nested training configuration. Recipes (``recipes/*.py``) are functions returning a TrainConfig;
+``key.sub=value`` overrides are applied by msa.train.overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from msa.config import MSAConfig, ModelConfig
+from msa.data.bios import BiosConfig
+
+__all__ = [
+    "ModelSpec",
+    "CurriculumStage",
+    "DataConfig",
+    "OptimizerConfig",
+    "Phase",
+    "ScheduleConfig",
+    "CheckpointConfig",
+    "LoggingConfig",
+    "ParallelConfig",
+    "TrainConfig",
+]
+
+
+@dataclass
+class ModelSpec:
+    """The model to train.
+
+    config: architecture + MSA options (ignored where ``init`` is a checkpoint that carries its own).
+    init: "random" (seeded init), or a directory: an MSA checkpoint (config.json has msa_config) or a
+        base Qwen3 checkpoint (routers freshly initialised with ``config.msa``).
+    seed: init seed. dtype: parameter (master weight) dtype, "float32" or "bfloat16".
+    router_init: a name in msa.train.init.ROUTER_INITS applied after a random / base init.
+    """
+
+    config: ModelConfig = field(default_factory=ModelConfig)
+    init: str = "random"
+    seed: int = 0
+    dtype: str = "float32"
+    router_init: str = "default"
+
+
+@dataclass
+class CurriculumStage:
+    """Memory size of an SFT curriculum stage: ``num_docs`` documents per sample for ``steps`` steps
+    (the last stage lasts until the end of training)."""
+
+    steps: int
+    num_docs: int
+
+
+@dataclass
+class DataConfig:
+    """Training data.
+
+    source: "bios" (generated samples, see BiosSamples) or "jsonl" (``path``, the JSONL training format).
+    world / kind / seed / multi_fraction: bios source options.
+    curriculum: memory sizes by stage (bios only; JSONL samples carry their own memory).
+    target_format: a name in msa.train.targets.TARGET_FORMATS.
+    tokenizer: tokenizer directory; when it does not exist it is trained on ``tokenizer_docs`` bios
+        documents with ``tokenizer_vocab`` tokens and saved there.
+    micro_batch_size: samples per forward per rank; grad_accum: micro-batches per optimizer step.
+    Global batch = micro_batch_size * grad_accum * world_size.
+    """
+
+    source: str = "bios"
+    path: str = ""
+    world: BiosConfig = field(default_factory=BiosConfig)
+    kind: str = "single"
+    seed: int = 0
+    multi_fraction: float = 0.5
+    curriculum: list[CurriculumStage] = field(default_factory=lambda: [CurriculumStage(0, 16)])
+    target_format: str = "interleave_transcript"
+    max_doc_tokens: int | None = None
+    tokenizer: str = "runs/tokenizer"
+    tokenizer_vocab: int = 1024
+    tokenizer_docs: int = 2048
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW; the learning rate comes from the schedule."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class Phase:
+    """One training phase: its length, peak lr, loss weights and lr shape (linear warm-up over
+    ``warmup_steps``, then ``decay`` "cosine" down to ``min_lr_ratio * lr`` or "constant")."""
+
+    name: str
+    steps: int
+    lr: float
+    lm_weight: float
+    aux_weight: float
+    warmup_steps: int = 0
+    decay: str = "constant"
+    min_lr_ratio: float = 0.1
+
+
+def _paper_phases() -> list[Phase]:
+    return [
+        Phase("warmup", steps=1000, lr=1e-4, lm_weight=0.1, aux_weight=1.0, warmup_steps=50),
+        Phase("main", steps=10000, lr=6e-6, lm_weight=1.0, aux_weight=0.1, decay="cosine"),
+    ]
+
+
+@dataclass
+class ScheduleConfig:
+    """Phases run in order; the paper's two: warm-up (0.1 LM + 1.0 AUX, lr 1e-4), main (1.0 LM + 0.1 AUX, lr 6e-6)."""
+
+    phases: list[Phase] = field(default_factory=_paper_phases)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+
+@dataclass
+class CheckpointConfig:
+    """dir: checkpoint directory ("" = none); every: save each N steps (0 = only at the end);
+    keep: newest checkpoints kept; resume: continue from the newest checkpoint in dir if any."""
+
+    dir: str = ""
+    every: int = 0
+    keep: int = 2
+    resume: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    """every: log each N steps; metrics_file: JSONL of the logged metrics ("" = none)."""
+
+    every: int = 10
+    metrics_file: str = ""
+    level: str = "INFO"
+
+
+@dataclass
+class ParallelConfig:
+    """device: "auto" (cuda if available), "cpu", "cuda". data_parallel: "ddp" or "fsdp" (FSDP2,
+    fully_shard per decoder layer), used when launched with torchrun (WORLD_SIZE > 1).
+    autocast: "auto" (bf16 on CUDA, off on CPU), "bf16", "none". threads: CPU threads (0 = torch default)."""
+
+    device: str = "auto"
+    data_parallel: str = "ddp"
+    autocast: str = "auto"
+    threads: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Re-check the model config after overrides and the schedule / data values."""
+        cfg = self.model.config
+        cfg.__post_init__()
+        if not self.schedule.phases or self.schedule.total_steps < 1:
+            raise ValueError("schedule.phases must hold at least one step")
+        for p in self.schedule.phases:
+            if p.decay not in ("constant", "cosine"):
+                raise ValueError(f"phase {p.name!r}: decay must be 'constant' or 'cosine', got {p.decay!r}")
+        if self.data.source not in ("bios", "jsonl"):
+            raise ValueError(f"data.source must be 'bios' or 'jsonl', got {self.data.source!r}")
+        if self.data.source == "jsonl" and not self.data.path:
+            raise ValueError("data.source='jsonl' needs data.path")
+        if not self.data.curriculum:
+            raise ValueError("data.curriculum needs at least one stage")
+        if self.parallel.data_parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel.data_parallel must be 'ddp' or 'fsdp', got {self.parallel.data_parallel!r}")
+
+
+def tiny_model_config(vocab_size: int, **msa: object) -> ModelConfig:
+    """A small Qwen3-shaped model for CPU tests and recipes (2 layers, layer 1 routes)."""
+    kw: dict[str, object] = dict(top_k_docs=4, pooling_kernel_size=16)
+    kw.update(msa)
+    return ModelConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, rope_theta=10000.0, max_position_embeddings=4096,
+        msa=MSAConfig(**kw),  # type: ignore[arg-type]
+    )  # fmt: skip

@@ -1,0 +1,232 @@
+"""Training samples: the JSONL training format, a streaming reader, and a bios sample generator.
+
+JSONL training format (one sample per line, UTF-8)::
+
+    {"question":  str,                                   # the user question (routing query)
+     "memory":    [{"id": int, "text": str}, ...],       # the sample's memory documents, in the order
+                                                         #   they are placed (doc_ids 1..N); "id" is the
+                                                         #   document's GLOBAL id, written as [id]
+     "positives": [int, ...],                            # global ids of the gold documents, in reasoning
+                                                         #   order (multi-hop: hop 1 first); each must
+                                                         #   appear in the memory
+     "target":    str | null,                            # optional literal response text (overrides the
+                                                         #   recipe's target format; all of it is a target)
+     "answer":    str | null}                            # the answer, used by the target formats
+
+Instead of "memory" a line may carry ``"memory_ref": {"world": {...BiosConfig fields...}, "ids": [...]}``:
+the documents are the bios world's documents with those ids (generated on the fly, nothing stored).
+Unknown keys are ignored; a missing "question" or "positives", a positive absent from the memory, or
+both/neither of "memory" and "memory_ref" are errors naming the line.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from msa.data.bios import BiosConfig, BiosWorld
+from msa.data.jsonl import read_jsonl
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Document",
+    "TrainSample",
+    "SampleSource",
+    "JsonlSamples",
+    "BiosSamples",
+    "sample_from_json",
+    "sample_to_json",
+]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One memory document: its global id (shown to the model as ``[id]``) and its text."""
+
+    id: int
+    text: str
+
+
+@dataclass
+class TrainSample:
+    """One training sample (see the module docstring for the JSON form).
+
+    memory: documents in placement order; positives: global ids of gold documents in reasoning order.
+    """
+
+    question: str
+    memory: list[Document]
+    positives: list[int]
+    target: str | None = None
+    answer: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ids = [d.id for d in self.memory]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"memory document ids must be unique, got {ids}")
+        missing = sorted(set(self.positives) - set(ids))
+        if missing:
+            raise ValueError(f"positives {missing} are not in the sample's memory")
+
+    def labels(self) -> list[int]:
+        """0/1 per memory slot (placement order), 1 = positive: the aux-loss labels."""
+        pos = set(self.positives)
+        return [int(d.id in pos) for d in self.memory]
+
+
+@functools.lru_cache(maxsize=8)
+def _world(num_people: int, seed: int, marriage_rate: float) -> BiosWorld:
+    return BiosWorld(BiosConfig(num_people=num_people, seed=seed, marriage_rate=marriage_rate))
+
+
+def sample_from_json(obj: dict[str, Any]) -> TrainSample:
+    """Parse one JSONL record (see the module docstring); raises ValueError on a malformed record."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"a training sample must be a JSON object, got {type(obj).__name__}")
+    for key in ("question", "positives"):
+        if key not in obj:
+            raise ValueError(f"training sample lacks {key!r}")
+    has_mem, has_ref = "memory" in obj, "memory_ref" in obj
+    if has_mem == has_ref:
+        raise ValueError("a training sample needs exactly one of 'memory' and 'memory_ref'")
+    if has_mem:
+        memory = [Document(int(d["id"]), str(d["text"])) for d in obj["memory"]]
+    else:
+        ref = obj["memory_ref"]
+        world = _world(**{**{"num_people": 1024, "seed": 0, "marriage_rate": 0.6}, **ref.get("world", {})})
+        memory = [Document(int(i), world.document(int(i))) for i in ref["ids"]]
+    known = {"question", "memory", "memory_ref", "positives", "target", "answer"}
+    return TrainSample(
+        question=str(obj["question"]),
+        memory=memory,
+        positives=[int(i) for i in obj["positives"]],
+        target=obj.get("target"),
+        answer=obj.get("answer"),
+        extra={k: v for k, v in obj.items() if k not in known},
+    )
+
+
+def sample_to_json(sample: TrainSample, world: BiosConfig | None = None) -> dict[str, Any]:
+    """The JSONL record of a sample; with ``world`` the memory is written as a ``memory_ref``."""
+    out: dict[str, Any] = {"question": sample.question}
+    if world is not None:
+        cfg = {"num_people": world.num_people, "seed": world.seed, "marriage_rate": world.marriage_rate}
+        out["memory_ref"] = {"world": cfg, "ids": [d.id for d in sample.memory]}
+    else:
+        out["memory"] = [{"id": d.id, "text": d.text} for d in sample.memory]
+    out.update(positives=list(sample.positives), target=sample.target, answer=sample.answer)
+    return out
+
+
+class SampleSource(Protocol):
+    """Where the training loop gets samples. ``iterate(start)`` yields the samples of global indices
+    start, start+1, ... (forever, cycling a finite set), so the data position is one integer.
+    ``num_docs`` asks for that many memory documents per sample where the source can make them
+    (the curriculum); fixed datasets ignore it."""
+
+    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]: ...
+
+
+class JsonlSamples:
+    """Streams a JSONL training file (see the module docstring), cycling through it in file order.
+
+    Resuming at position ``start`` skips ``start`` records (modulo the file length) without parsing them.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = os.fspath(path)
+        self._len: int | None = None
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in read_jsonl(self.path))
+        return self._len
+
+    def __iter__(self) -> Iterator[TrainSample]:
+        for lineno, obj in enumerate(read_jsonl(self.path), start=1):
+            yield self._parse(obj, lineno)
+
+    def _parse(self, obj: Any, lineno: int) -> TrainSample:
+        try:
+            return sample_from_json(obj)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{self.path}: record {lineno}: {err}") from err
+
+    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
+        n = len(self)
+        if n == 0:
+            raise ValueError(f"{self.path} holds no training samples")
+        skip = start % n
+        while True:
+            records = itertools.islice(read_jsonl(self.path), skip, None)
+            for lineno, obj in enumerate(records, start=skip + 1):
+                yield self._parse(obj, lineno)
+            skip = 0
+
+
+class BiosSamples:
+    """Generates bios QA samples on the fly: sample ``i`` is a pure function of ``(world, seed, kind, i,
+    num_docs)``.
+
+    memory = the question's gold documents plus ``num_docs - len(gold)`` distinct random distractor
+    documents of the world, shuffled; positives = the gold ids in reasoning order; answer = the answer.
+
+    Args:
+        world: the bios world configuration.
+        num_docs: memory documents per sample (default; the curriculum may pass another).
+        kind: "single", "multi", or "mixed" (multi-hop with probability ``multi_fraction``).
+        seed: sample stream seed (different seeds give disjoint-looking streams, e.g. train vs held-out).
+    """
+
+    def __init__(self, world: BiosConfig, num_docs: int = 16, kind: str = "single", seed: int = 0,
+                 multi_fraction: float = 0.5):  # fmt: skip
+        if kind not in ("single", "multi", "mixed"):
+            raise ValueError(f"kind must be 'single', 'multi' or 'mixed', got {kind!r}")
+        if num_docs < 2 and kind != "single":
+            raise ValueError("multi-hop samples need num_docs >= 2")
+        if num_docs > world.num_people:
+            raise ValueError(f"num_docs={num_docs} exceeds the world's {world.num_people} documents")
+        self.config = world
+        self.world = _world(world.num_people, world.seed, world.marriage_rate)
+        self.num_docs = num_docs
+        self.kind = kind
+        self.seed = seed
+        self.multi_fraction = multi_fraction
+
+    def sample(self, index: int, num_docs: int | None = None) -> TrainSample:
+        n_docs = self.num_docs if num_docs is None else num_docs
+        n_people = self.config.num_people
+        rng = np.random.default_rng([self.seed, index, 0x5A17])
+        kind = self.kind
+        if kind == "mixed":
+            kind = "multi" if rng.random() < self.multi_fraction else "single"
+        for _ in range(10_000):
+            try:
+                q = self.world.question(int(rng.integers(0, n_people)), kind)
+                break
+            except ValueError:
+                continue
+        else:
+            raise ValueError(f"could not draw a {kind}-hop question from this world")
+        gold = list(q.gold_ids)
+        if n_docs < len(gold):
+            raise ValueError(f"num_docs={n_docs} is smaller than the {len(gold)} gold documents")
+        draw = rng.choice(n_people, size=min(n_people, n_docs + len(gold)), replace=False).tolist()
+        gold_set = set(gold)
+        ids = gold + [int(i) for i in draw if i not in gold_set][: n_docs - len(gold)]
+        rng.shuffle(ids)
+        memory = [Document(i, self.world.document(i)) for i in ids]
+        return TrainSample(q.text, memory, gold, None, q.answer, {"kind": q.kind})
+
+    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
+        for i in itertools.count(start):
+            yield self.sample(i, num_docs)

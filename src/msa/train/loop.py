@@ -1,0 +1,238 @@
+"""The training loop: phases, curriculum, accumulation, autocast, clipping, checkpoints, logging, DDP/FSDP2.
+
+Data assignment: step s consumes the global samples [p, p + G) with p = ``data_position`` and
+G = micro_batch_size * grad_accum * world_size; micro-batch m of rank r holds samples
+p + (m * world_size + r) * micro_batch_size + [0, micro_batch_size). The loss of a step is normalised
+by global counts (target tokens, aux pairs) so that any split over ranks and micro-batches trains
+exactly like one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from msa.train.build import build_collator, build_model, build_source, build_tokenizer
+from msa.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from msa.train.collator import Collator, TrainBatch
+from msa.train.config import TrainConfig
+from msa.train.data import SampleSource, TrainSample
+from msa.train.objective import LossWeights, Metrics, Objective
+from msa.train.parallelize import DistInfo, init_distributed, parallelize
+from msa.train.schedule import lr_at, num_docs_at, phase_at, weights_at
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "evaluate"]
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Owns the model, optimizer, data stream and progress of one training run.
+
+    Args:
+        config: the run configuration (validated here).
+        tokenizer / source: override what the config would build (tests, custom data).
+    """
+
+    def __init__(self, config: TrainConfig, tokenizer=None, source: SampleSource | None = None):
+        config.validate()
+        self.config = config
+        self.info: DistInfo = init_distributed(config.parallel.device)
+        if config.parallel.threads:
+            torch.set_num_threads(config.parallel.threads)
+        _seed_all(config.seed)
+        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.data, self.info)
+        self.model = build_model(config.model).to(self.info.device)
+        vocab = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else None
+        if vocab is not None and vocab > self.model.config.vocab_size:
+            raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is {self.model.config.vocab_size}")
+        self.fsdp = self.info.distributed and config.parallel.data_parallel == "fsdp"
+        self.wrapper: nn.Module = parallelize(self.model, self.info, config.parallel.data_parallel)
+        self.params = [p for p in self.wrapper.parameters() if p.requires_grad]
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=lr_at(config.schedule, 0), betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay
+        )
+        self.objective = Objective(self.model.config, getattr(self.model, "b", None))
+        self.collator: Collator = build_collator(config, self.tokenizer, self.model)
+        self.source: SampleSource = source if source is not None else build_source(config.data)
+        self.state = TrainState()
+        self._stream: tuple[int, int | None, Iterator[TrainSample]] | None = None
+        ck = config.checkpoint
+        if ck.dir and ck.resume:
+            path = latest_checkpoint(ck.dir)
+            if path is not None:
+                self.state = load_checkpoint(path, self.wrapper, self.model, self.optimizer, self.info, self.fsdp)
+        n = sum(p.numel() for p in self.model.parameters())
+        logger.info("model: %.2fM parameters on %s, %d rank(s)", n / 1e6, self.info.device, self.info.world_size)
+
+    # -- data ------------------------------------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        d = self.config.data
+        return d.micro_batch_size * d.grad_accum * self.info.world_size
+
+    def _samples(self, start: int, count: int, num_docs: int | None) -> list[TrainSample]:
+        """Global samples [start, start + count) of the current stream."""
+        src = self.source
+        if hasattr(src, "sample"):
+            return [src.sample(i, num_docs) for i in range(start, start + count)]  # type: ignore[attr-defined]
+        if self._stream is None or self._stream[0] != start or self._stream[1] != num_docs:
+            self._stream = (start, num_docs, src.iterate(start, num_docs))
+        out = list(itertools.islice(self._stream[2], count))
+        self._stream = (start + count, num_docs, self._stream[2])
+        return out
+
+    def _micro_batches(self, num_docs: int) -> list[TrainBatch]:
+        d, w, r = self.config.data, self.info.world_size, self.info.rank
+        mb = d.micro_batch_size
+        every = self._samples(self.state.data_position, self.global_batch, num_docs)
+        return [self.collator(every[(m * w + r) * mb : (m * w + r + 1) * mb]) for m in range(d.grad_accum)]
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _autocast(self):
+        mode = self.config.parallel.autocast
+        dev = self.info.device.type
+        on = mode == "bf16" or (mode == "auto" and dev == "cuda")
+        return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=on)
+
+    def _global_sum(self, values: list[float]) -> list[float]:
+        if not self.info.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.info.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step; returns the step's metrics (global means)."""
+        t0 = time.perf_counter()
+        cfg, step = self.config, self.state.step
+        lr = lr_at(cfg.schedule, step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        weights: LossWeights = weights_at(cfg.schedule, step)
+        num_docs = num_docs_at(cfg.data.curriculum, step)
+        batches = self._micro_batches(num_docs)
+        counts = [self.objective.denominators(b) for b in batches]
+        lm_den, aux_den, tokens = self._global_sum(
+            [float(sum(c[0] for c in counts)), float(sum(c[1] for c in counts)), float(sum(b.num_tokens for b in batches))]
+        )
+        metrics = Metrics()
+        ddp = hasattr(self.wrapper, "no_sync")
+        for m, batch in enumerate(batches):
+            batch = batch.to(self.info.device)
+            index, targets = batch.lm_targets()
+            sync = contextlib.nullcontext() if (not ddp or m == len(batches) - 1) else self.wrapper.no_sync()  # type: ignore[operator]
+            with sync:
+                with self._autocast():
+                    out = self.wrapper(batch.packed, index)
+                loss, mm = self.objective(out, targets, batch, weights, lm_den, aux_den)
+                # DDP / FSDP average gradients over ranks; the loss is already a global mean.
+                (loss * self.info.world_size).backward()
+            metrics.merge(mm)
+        grad_norm = float("nan")
+        if cfg.optimizer.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optimizer.grad_clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics.all_reduce()
+        self.state.step += 1
+        self.state.data_position += self.global_batch
+        means = metrics.means()
+        aux = means.get("aux_loss", float("nan"))
+        total = weights.lm * means["lm_loss"] + (weights.aux * aux if not math.isnan(aux) else 0.0)
+        dt = time.perf_counter() - t0
+        phase, _ = phase_at(cfg.schedule, step)
+        return {
+            "step": self.state.step, "phase": phase.name, "lr": lr, "num_docs": num_docs, "loss": total,
+            **means, "grad_norm": grad_norm, "tokens": int(tokens), "tokens_per_s": tokens / dt, "step_time": dt,
+        }  # fmt: skip
+
+    # -- the run -----------------------------------------------------------------------------------
+    def save(self) -> str | None:
+        ck = self.config.checkpoint
+        if not ck.dir:
+            return None
+        return save_checkpoint(
+            ck.dir, self.state, self.wrapper, self.model, self.optimizer, self.info,
+            dataclasses.asdict(self.config), keep=ck.keep, fsdp=self.fsdp,
+        )  # fmt: skip
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        if not self.info.is_main:
+            return
+        lg = self.config.logging
+        if lg.every and (rec["step"] % lg.every == 0 or rec["step"] == 1):
+            recalls = " ".join(f"{k}={v:.3f}" for k, v in rec.items() if k.startswith("recall@"))
+            logger.info(
+                "step %d [%s] loss %.4f lm %.4f aux %.4f lr %.2e docs %d %s %.0f tok/s",
+                rec["step"], rec["phase"], rec["loss"], rec["lm_loss"], rec.get("aux_loss", float("nan")), rec["lr"],
+                rec["num_docs"], recalls, rec["tokens_per_s"],
+            )  # fmt: skip
+        if lg.metrics_file:
+            os.makedirs(os.path.dirname(os.path.abspath(lg.metrics_file)), exist_ok=True)
+            with open(lg.metrics_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def fit(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Train up to global step ``until`` (default: the schedule's end); returns the step metrics.
+
+        Checkpoints every ``checkpoint.every`` steps and at the end (when ``checkpoint.dir`` is set)."""
+        total = self.config.schedule.total_steps if until is None else min(until, self.config.schedule.total_steps)
+        ck = self.config.checkpoint
+        history = []
+        self.wrapper.train()
+        saved_at = -1
+        while self.state.step < total:
+            rec = self.train_step()
+            history.append(rec)
+            self._log(rec)
+            if ck.dir and ck.every and self.state.step % ck.every == 0:
+                self.save()
+                saved_at = self.state.step
+        if ck.dir and saved_at != self.state.step and history:
+            self.save()
+        return history
+
+    @torch.no_grad()
+    def evaluate(self, samples: list[TrainSample], batch_size: int | None = None) -> dict[str, float]:
+        """Routing recall and losses on ``samples`` (this rank's; no gradient)."""
+        return evaluate(self.model, self.collator, samples, batch_size or self.config.data.micro_batch_size,
+                        self.info.device, self._autocast)  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(model, collator: Collator, samples: list[TrainSample], batch_size: int = 4,
+             device: torch.device | str = "cpu", autocast=contextlib.nullcontext) -> dict[str, float]:  # fmt: skip
+    """Mean LM loss, aux loss and router recall@1/@16 per aux layer over ``samples``."""
+    objective = Objective(model.config, getattr(model, "b", None))
+    metrics = Metrics()
+    for i in range(0, len(samples), batch_size):
+        batch = collator(samples[i : i + batch_size]).to(device)
+        index, targets = batch.lm_targets()
+        with autocast():
+            out = model.forward_train(batch.packed, index)
+        _, m = objective(out, targets, batch, LossWeights(1.0, 1.0), 1.0, 1.0)
+        metrics.merge(m)
+    return metrics.means()

@@ -1,0 +1,142 @@
+"""Training objective: L = w_lm * L_LM + w_aux * L_aux (MSA_SPEC A 7, B 5), plus routing metrics.
+
+L_LM is token cross-entropy over the target tokens. L_aux is the mean, over the pairs
+(router layer with index >= num_layers // 2) x (sample with >= 1 positive), of
+``routing_loss(aux_loss_method, scores of the sample's N_b documents, 0/1 labels, tau)``.
+
+Both are computed as SUMS here and divided by global denominators passed in by the loop (the target
+token count and the pair count of the whole optimizer step, over micro-batches and ranks), so that
+gradient accumulation and data parallelism give exactly the loss of one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from msa.config import ModelConfig
+from msa.functional.losses import recall_at, routing_loss
+from msa.model.modeling import TrainOutput
+from msa.train.collator import TrainBatch
+
+__all__ = ["LossWeights", "Metrics", "Objective", "aux_layers"]
+
+RECALL_AT = (1, 16)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    lm: float
+    aux: float
+
+
+@dataclass
+class Metrics:
+    """Named (sum, count) pairs; ``means()`` gives sum / count. Reduced over ranks as one tensor."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, value: float, count: float = 1.0) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value
+        self.counts[name] = self.counts.get(name, 0.0) + count
+
+    def merge(self, other: "Metrics") -> None:
+        for k in other.sums:
+            self.add(k, other.sums[k], other.counts[k])
+
+    def all_reduce(self) -> None:
+        """Sum over the ranks of the default process group (no-op without one). Every rank must hold
+        the same metric names (they do: names depend on the config only)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        names = sorted(self.sums)
+        t = torch.tensor([[self.sums[n], self.counts[n]] for n in names], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        t = t.cpu()
+        for i, n in enumerate(names):
+            self.sums[n], self.counts[n] = float(t[i, 0]), float(t[i, 1])
+
+    def means(self) -> dict[str, float]:
+        return {k: (self.sums[k] / self.counts[k] if self.counts[k] else float("nan")) for k in sorted(self.sums)}
+
+
+def aux_layers(config: ModelConfig) -> tuple[int, ...]:
+    """Router layers that carry the aux loss: idx >= num_layers // 2 (the official rule)."""
+    return tuple(i for i in config.router_layers if i >= config.num_hidden_layers // 2)
+
+
+class Objective:
+    """Computes the weighted loss of one micro-batch and its metrics.
+
+    Args:
+        config: the model config (router layers, aux_loss_method, tau).
+        bce_bias: the model's learnable bias ``b`` for the BCE method (else unused).
+    """
+
+    def __init__(self, config: ModelConfig, bce_bias: Tensor | None = None):
+        self.config = config
+        self.layers = aux_layers(config)
+        self.method = config.msa.aux_loss_method or "INFONCE_DECOUPLE"
+        self.tau = config.msa.tau
+        self.bce_bias = bce_bias
+
+    def denominators(self, batch: TrainBatch) -> tuple[int, int]:
+        """(LM target tokens, aux (layer, sample) pairs) of a micro-batch."""
+        lm = int((batch.labels[:, 1:] != -100).sum())
+        aux = len(self.layers) * sum(int(a.sum() > 0) for a in batch.aux_labels)
+        return lm, aux
+
+    def __call__(self, out: TrainOutput, targets: Tensor, batch: TrainBatch, weights: LossWeights,
+                 lm_denominator: float, aux_denominator: float) -> tuple[Tensor, Metrics]:  # fmt: skip
+        """Loss of one micro-batch (already divided by the global denominators) and its metrics.
+
+        Args:
+            out: forward_train output; ``out.logits`` [M, V] at the positions of ``targets`` [M].
+            batch: the micro-batch (for aux labels).
+            lm_denominator / aux_denominator: global target-token / pair counts of the whole step.
+        """
+        m = Metrics()
+        m.add("aux_loss", 0.0, 0.0)
+        for layer in self.layers:
+            for k in RECALL_AT:
+                m.add(f"recall@{k}/layer{layer}", 0.0, 0.0)
+        if targets.numel():
+            lm_sum = F.cross_entropy(out.logits.float(), targets, reduction="sum")
+        else:
+            lm_sum = out.logits.float().sum() * 0.0
+        m.add("lm_loss", float(lm_sum.detach()), float(targets.numel()))
+        aux_sum = out.logits.new_zeros((), dtype=torch.float32)
+        for layer in self.layers:
+            scores = out.doc_scores[layer]  # [B, Nmax]
+            # touch every router layer's scores so data-parallel wrappers see their gradient path
+            aux_sum = aux_sum + scores.masked_fill(~torch.isfinite(scores), 0.0).sum() * 0.0
+            for b, labels in enumerate(batch.aux_labels):
+                n = labels.numel()
+                if n == 0 or int(labels.sum()) == 0:
+                    continue
+                s = scores[b, :n]
+                if not bool(torch.isfinite(s).all()):
+                    raise ValueError(f"sample {b} has {n} aux labels but layer {layer} scored fewer documents")
+                loss = routing_loss(self.method, s, labels, self.tau, self.bce_bias if self.bce_bias is not None else -20.0)
+                aux_sum = aux_sum + loss
+                m.add("aux_loss", float(loss.detach()))
+                for k in RECALL_AT:
+                    m.add(f"recall@{k}/layer{layer}", recall_at(s.detach(), labels, k))
+        total = weights.lm * lm_sum / max(lm_denominator, 1.0) + weights.aux * aux_sum / max(aux_denominator, 1.0)
+        return total, m
+
+
+def mean_recall(metrics: dict[str, float], k: int, layers: Sequence[int]) -> float:
+    """Mean over layers of recall@k from ``Metrics.means()`` output (NaN-free layers only)."""
+    vals = [metrics[f"recall@{k}/layer{l}"] for l in layers if not math.isnan(metrics.get(f"recall@{k}/layer{l}", math.nan))]
+    return sum(vals) / len(vals) if vals else math.nan

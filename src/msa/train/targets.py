@@ -1,0 +1,121 @@
+"""Target formats: what follows the response head in a training sequence, and which tokens are targets.
+
+A target format is a function ``(sample, fmt) -> list[Segment]``. Each segment is tokenised on its own
+and appended after ``<|im_start|>`` (the response head). ``target=True`` segments are LM-loss targets;
+the others are context the inference engine would have appended itself (they are attended to but not
+predicted). ``doc_id`` follows MSA_SPEC B 3.1: 0 = routing-query token, -1 = other context.
+
+Which tokens are targets, per format (``fmt`` = the official PromptFormat):
+
+``ids_only`` (generative retrieval, continual pre-training)
+    target ``[g1][g2]...<|object_ref_end|>``.
+``ids_then_answer`` (compact single-sequence SFT, no appended text; not an engine transcript)
+    target ``[g1]...<|object_ref_end|>The answer to the question is: {answer}<|im_end|>``.
+``answer_only``
+    target ``The answer to the question is: {answer}<|im_end|>``.
+``interleave_transcript`` (official Memory Interleave transcript, MSA_SPEC B 7, all rounds in one sequence)
+    for each positive g in reasoning order:
+        ``[g]<|object_ref_end|>``                         target   (-1)   model writes the id, ends the round
+        ``[g]. {text of g}\\n``                            context  (0 for the LAST positive, -1 before)
+        ``<|object_ref_end|>``                            context  (-1)   appended by the engine
+    then ``<End-of-Retrieve>``                            target   (-1)
+         ``<|im_start|>The user's question is: {q}\\n<|object_ref_end|>``   context (-1)
+         ``The answer to the question is: {answer}<|im_end|>``            target  (-1)
+    The doc_ids mirror the last regenerate prompt of the official engine: the routing query is the
+    question plus the most recently appended document text; earlier appended text is plain context.
+    Caveat: one training sequence routes once, with that final query, so the selection the early
+    ``[g1]`` tokens see was made with the later appended text; this equals the engine only when all of
+    the sample's documents fit in top-k.
+
+A sample whose ``target`` field is set uses it verbatim as one target segment (``literal_target``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from msa.prompt import QUERY, RESPONSE, PromptFormat
+from msa.train.data import TrainSample
+
+__all__ = [
+    "Segment",
+    "TargetFormat",
+    "TARGET_FORMATS",
+    "ids_only",
+    "ids_then_answer",
+    "answer_only",
+    "interleave_transcript",
+    "literal_target",
+    "target_format",
+]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the response side: text, its doc_id, and whether its tokens are LM targets."""
+
+    text: str
+    doc_id: int
+    target: bool
+
+
+TargetFormat = Callable[[TrainSample, PromptFormat], list[Segment]]
+
+
+def _ids(sample: TrainSample) -> str:
+    return "".join(f"[{g}]" for g in sample.positives)
+
+
+def _answer(sample: TrainSample, fmt: PromptFormat) -> str:
+    if sample.answer is None:
+        raise ValueError("this target format needs the sample's 'answer'")
+    return fmt.answer_lead + sample.answer + fmt.end_of_turn
+
+
+def ids_only(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
+    return [Segment(_ids(sample) + fmt.round_end, RESPONSE, True)]
+
+
+def ids_then_answer(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
+    return [Segment(_ids(sample) + fmt.round_end + _answer(sample, fmt), RESPONSE, True)]
+
+
+def answer_only(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
+    return [Segment(_answer(sample, fmt), RESPONSE, True)]
+
+
+def interleave_transcript(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
+    text = {d.id: d.text for d in sample.memory}
+    out: list[Segment] = []
+    for n, g in enumerate(sample.positives):
+        last = n == len(sample.positives) - 1
+        out.append(Segment(f"[{g}]" + fmt.round_end, RESPONSE, True))
+        out.append(Segment(f"[{g}]. {text[g]}\n", QUERY if last else RESPONSE, False))
+        out.append(Segment(fmt.round_end, RESPONSE, False))
+    out.append(Segment(fmt.end_of_retrieval, RESPONSE, True))
+    out.append(Segment(fmt.question_block.format(question=sample.question), RESPONSE, False))
+    out.append(Segment(_answer(sample, fmt), RESPONSE, True))
+    return out
+
+
+def literal_target(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
+    if sample.target is None:
+        raise ValueError("literal_target needs the sample's 'target'")
+    return [Segment(sample.target, RESPONSE, True)]
+
+
+TARGET_FORMATS: dict[str, TargetFormat] = {
+    "ids_only": ids_only,
+    "ids_then_answer": ids_then_answer,
+    "answer_only": answer_only,
+    "interleave_transcript": interleave_transcript,
+    "literal_target": literal_target,
+}
+
+
+def target_format(name: str) -> TargetFormat:
+    try:
+        return TARGET_FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown target format {name!r}; expected one of {sorted(TARGET_FORMATS)}") from None
