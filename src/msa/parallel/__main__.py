@@ -1,0 +1,3 @@
+from msa.parallel.cli import ask_main
+
+raise SystemExit(ask_main())

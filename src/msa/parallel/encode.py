@@ -1,0 +1,157 @@
+"""Encode documents into a bank with every rank of a process group.
+
+``parallel_add`` cuts the input exactly as a single-process ``bank.add`` would (same ids, same pieces,
+same commit groups = segments), gives every rank a contiguous run of groups balanced by tokens,
+and every rank encodes its groups and writes their segment files (written + fsynced + renamed by
+``write_segment``). After a barrier rank 0 gathers the segment metadata and commits every segment in
+ONE catalog transaction, in the single-process order, so the resulting bank equals a single-process
+add (same documents, slots and routing). Rank 0 holds the bank's writer lock from the id assignment
+to the commit, so no other writer removes the not-yet-committed files as orphans; a crash of any
+rank before the commit leaves only orphan files, removed by the next write.
+
+Limitations: ``job=`` resumable adds are not supported here; tokenisation/splitting runs on rank 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from msa.memory import DuplicateDocumentError, MemoryBank
+from msa.memory.bank import LOCK_NAME, SEGMENTS_DIR, DocId, _check_ids, _check_texts
+from msa.memory.catalog import Catalog
+from msa.memory.encode import Piece, commit_groups, encode_group, text_hash
+from msa.memory.segments import SegmentInfo, write_segment
+from msa.parallel.dist import DistContext
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _writer_lock(bank: MemoryBank) -> Iterator[None]:
+    """The bank's writer flock (what ``MemoryBank`` writes hold), with orphans removed first."""
+    with open(bank.path / LOCK_NAME, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            bank._remove_orphans()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def split_groups(sizes: Sequence[int], world: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) runs of groups per rank with about equal token totals."""
+    total = sum(sizes) or 1
+    bounds, acc, r = [0], 0, 1
+    for i, s in enumerate(sizes):
+        acc += s
+        while r < world and acc >= total * r / world:
+            bounds.append(i + 1)
+            r += 1
+    bounds += [len(sizes)] * (world + 1 - len(bounds))
+    return [(bounds[r], bounds[r + 1]) for r in range(world)]
+
+
+def _plan(bank: MemoryBank, texts: list[str], ids: Sequence[DocId] | None) -> tuple[list[int], list[list[Piece]], dict[int, str]]:
+    """Rank 0: ids of every text, the pieces to encode (skipping texts already stored) and new string keys.
+    Mirrors ``MemoryBank.add`` without jobs."""
+    keys = _check_ids(ids, len(texts))
+    hashes = [text_hash(t) for t in texts]
+    result: list[int] = [-1] * len(texts)
+    with bank.catalog.read() as c:
+        manifest = Catalog.manifest(c)
+        next_id = max(int(manifest["next_id"]), Catalog.max_id(c) + 1,
+                      max((k for k in keys if isinstance(k, int)), default=-1) + 1)  # fmt: skip
+        new_keys: dict[int, str] = {}
+        todo: list[tuple[int, int]] = []
+        for i, (k, h) in enumerate(zip(keys, hashes)):
+            if isinstance(k, str):
+                doc_id = Catalog.key_id(c, k)
+                if doc_id is None:
+                    doc_id, next_id = next_id, next_id + 1
+                    new_keys[doc_id] = k
+            elif isinstance(k, int):
+                doc_id = k
+            else:
+                doc_id, next_id = next_id, next_id + 1
+            row = Catalog.live_doc(c, doc_id) if k is not None else None
+            if row is not None:
+                if row.parent is None and row.source_hash == h:
+                    result[i] = doc_id
+                    continue
+                raise DuplicateDocumentError(f"document id {k!r} already holds another text (use update)")
+            todo.append((i, doc_id))
+    items = []
+    for i, doc_id in todo:
+        pieces, next_id = bank._pieces(texts[i], doc_id, None, hashes[i], i, next_id)
+        items.append(pieces)
+        result[i] = doc_id
+    return result, items, new_keys
+
+
+def _commit_all(bank: MemoryBank, written: list[tuple[SegmentInfo, list[Piece], list[int], list[int]]],
+                new_keys: dict[int, str]) -> None:  # fmt: skip
+    """One transaction making every written segment visible, in order (``MemoryBank._commit``'s rows)."""
+    with bank.catalog.write() as c:
+        for info, pieces, starts, counts in written:
+            seg_id = Catalog.insert_segment(c, info)
+            c.executemany(
+                "INSERT INTO documents (id, parent, text, source_hash, num_tokens, segment, seg_doc, chunk_start, num_chunks)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(p.doc_id, p.parent, p.text, p.source_hash, p.length, seg_id, j, starts[j], counts[j])
+                 for j, p in enumerate(pieces)],
+            )  # fmt: skip
+            c.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)",
+                          [(new_keys[p.doc_id], p.doc_id) for p in pieces if p.index == 0 and p.doc_id in new_keys])  # fmt: skip
+        top = max((p.doc_id for _, ps, _, _ in written for p in ps), default=-1) + 1
+        Catalog.set_manifest(c, "next_id", max(int(Catalog.manifest(c)["next_id"]), top))
+
+
+def parallel_add(bank_path: str | Path, texts: Sequence[str], ids: Sequence[DocId] | None, model, tokenizer,
+                 ctx: DistContext) -> list[int]:  # fmt: skip
+    """Add ``texts`` to the bank with every rank encoding a share; call on every rank (same arguments;
+    ``texts``/``ids`` are only read on rank 0). Returns the id of every text on every rank.
+
+    Raises what ``MemoryBank.add`` raises (on every rank), ``RankFailureError`` when a rank dies.
+    """
+    rank = ctx.rank
+    bank = MemoryBank.open(bank_path, model, tokenizer, device=model.device, readonly=rank != 0)
+    try:
+        with _writer_lock(bank) if rank == 0 else nullcontext():
+            plan = None
+            if rank == 0:
+                try:
+                    result, items, new_keys = _plan(bank, _check_texts(texts), ids)
+                    groups = commit_groups(items, bank.settings.segment_tokens)
+                    spans = split_groups([sum(p.length for p in g) for g in groups], ctx.world)
+                    plan = (result, new_keys, [groups[a:b] for a, b in spans])
+                except Exception as e:
+                    plan = e
+            plan = ctx.broadcast_object(plan, 0, "add.plan")
+            if isinstance(plan, Exception):
+                raise plan
+            result, new_keys, shares = plan
+            written = []
+            for group in shares[rank]:
+                memory = encode_group(model, group, bank.settings.batch_tokens)  # reorders ``group``
+                info = write_segment(bank.path / SEGMENTS_DIR, memory, bank.fingerprint)
+                written.append((info, group, memory.doc_chunk_offsets().tolist(), memory.doc_chunk_counts().tolist()))
+            log.info("rank %d wrote %d segment(s)", rank, len(written))
+            everything = ctx.all_gather_object(written, "add.segments")
+            failure: Exception | None = None
+            if rank == 0:
+                flat = [w for part in everything for w in part]
+                try:
+                    if flat:
+                        _commit_all(bank, flat, new_keys)
+                except Exception as e:
+                    failure = e
+            failure = ctx.broadcast_object(failure, 0, "add.committed")
+            if failure is not None:
+                raise failure
+        return [int(r) for r in result]
+    finally:
+        bank.close()
