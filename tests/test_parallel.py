@@ -7,6 +7,7 @@ reference computed here.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -95,7 +96,7 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
             elif kind == "add":
                 path, texts, ids = arg
                 results[name] = parallel_add(path, texts, ids, model, tok, ctx)
-            elif kind == "kill":
+            elif kind in ("kill", "hang"):
                 bank_path, victim, layer_calls = arg
                 engine = distributed_engine(model, tok, bank_path, ctx=ctx)
                 if rank == victim:
@@ -105,6 +106,8 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
                         def route(self, *a):
                             calls[0] += 1
                             if calls[0] > layer_calls:
+                                if kind == "hang":
+                                    time.sleep(timeout_s + 4)
                                 os._exit(3)
                             return inner.route(*a)
 
@@ -117,7 +120,7 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
         except Exception as e:
             results[name] = {"error": type(e).__name__, "message": str(e), "seconds": time.perf_counter() - t0,
                              "ranks": getattr(e, "ranks", None), "trace": traceback.format_exc()}  # fmt: skip
-            if kind == "kill":
+            if kind in ("kill", "hang"):
                 torch.save(results, Path(out) / f"rank{rank}.pt")
                 os._exit(0)  # the group is broken: skip the collective teardown
         torch.save(results, Path(out) / f"rank{rank}.pt")
@@ -245,3 +248,26 @@ def test_missing_file_error_names_file():
     e = ShardMissingError({1: [("/b/segments/seg-x.safetensors", "segment file is missing")]})
     assert "seg-x" in str(e) and "rank 1" in str(e) and isinstance(e, Exception)
     assert RankFailureError([2], "route", "dead").ranks == [2]
+
+
+def test_hung_rank_is_named(banks, tmp_path):
+    """A rank that hangs inside routing (alive, heartbeat running) is named once the timeout expires."""
+    root, _, _ = banks
+    res = _launch(2, [("kill", "hang", (str(root / "ab"), 1, 1))], tmp_path / "out", expect_dead=(1,))
+    hang = res[0]["kill"]
+    assert hang["error"] == "RankFailureError" and hang["ranks"] == [1] and "hung" in hang["message"], hang
+    assert hang["seconds"] < TIMEOUT_S + 5, hang
+
+
+def test_bench_quick_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), str(root / "bench" / "parallel.py"), "--quick", "--out", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "parallel_cpu_w2_quick.json").read_text())
+    assert res["world"] == 2 and res["ttft_ms"] > 0 and "RANDOM-TENSOR" in out.stdout
