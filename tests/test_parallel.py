@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 from conftest import build_tiny_model, build_tiny_tokenizer
 from msa.engine import Engine
 from msa.memory import MemoryBank
+from msa.memory.catalog import Catalog
 from msa.parallel import RankFailureError, ShardMissingError, assign_segments, merge_topk
 from msa.parallel.encode import split_groups
 
@@ -204,7 +205,7 @@ def test_three_ranks_empty_and_single_document_shard(banks, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(root / "ab", broken)
     with MemoryBank.open(broken, readonly=True) as b, b.catalog.read() as c:
-        lost = [s.file for s in __import__("msa.memory.catalog", fromlist=["Catalog"]).Catalog.segments(c)][1]
+        lost = [s.file for s in Catalog.segments(c)][1]
     (broken / "segments" / lost).unlink()
     tasks = [("route", "route", str(root / "ab")), ("engine", "engine", str(root / "ab")),
              ("add", "add", (str(tmp_path / "par"), texts, None)), ("missing", "route", str(broken)),

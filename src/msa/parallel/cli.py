@@ -47,7 +47,7 @@ def _load_model(bank: str, device):
 def ask_main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m msa.parallel`` (run under torchrun on every rank)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s rank? %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     from msa.parallel.dist import init_distributed
     from msa.parallel.engine import distributed_engine
 
