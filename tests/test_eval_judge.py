@@ -87,3 +87,27 @@ def test_judge_unreachable_is_a_failure():
     judge = LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, retries=0, timeout=2)
     r = judge.score(JudgeItem("q", "a", "b"))
     assert r.score is None and r.error
+
+
+def test_bench_judge_cli_over_records(server, tmp_path, capsys):
+    from msa.eval.cli import bench_main
+
+    records = tmp_path / "r.records.jsonl"
+    rows = [
+        {"section": "bios/single", "memory_tokens": 2048, "question": "q", "answers": ["Paris"], "prediction": "Paris"},
+        {"section": "bios/single", "memory_tokens": 2048, "question": "q NODIGIT", "answers": ["a"], "prediction": "b"},
+        {"section": "rag/k1/single", "memory_tokens": 2048, "question": "q", "answers": ["x"], "prediction": "close"},
+    ]
+    records.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "judge.json"
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    rc = bench_main(["judge", "--records", str(records), "--base-url", url, "--judge-model", "m",
+                     "--api-key-env", "MSA_UNSET_KEY_FOR_TEST", "--workers", "2", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["overall"]["graded"] == 2 and rep["overall"]["failures"] == 1
+    assert rep["sections"]["bios/single@2048"] == {"mean": 5.0, "graded": 1, "failures": 1}
+    assert rep["sections"]["rag/k1/single@2048"]["mean"] == 4.0
+    assert bench_main(["judge", "--records", str(tmp_path / "missing"), "--base-url", url, "--judge-model", "m"]) == 2
+    with pytest.raises(SystemExit):
+        bench_main(["scaling", "--work-dir", "w", "--out", "o", "--sizes", "12Q"])

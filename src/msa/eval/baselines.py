@@ -29,12 +29,12 @@ from msa.eval.metrics import contains_answer, exact_match, retrieval_scores, tok
 from msa.eval.rag import DenseIndex, Embedder, HashingEmbedder, MiniLMEmbedder, Reader, full_context_documents
 from msa.eval.scaling import (
     DEFAULT_SIZES,
+    _cached_people,
     _environment,
     _load,
     _question_dicts,
     format_size,
     held_out_questions,
-    people_for_sizes,
     summarize_records,
 )
 from msa.prompt import OFFICIAL
@@ -109,7 +109,8 @@ def run_baselines(cfg: RagConfig, model=None, tokenizer=None, embedder: Embedder
     rec_path = out_path.with_suffix(".records.jsonl")
     rec_file = rec_path.open("w", encoding="utf-8")
     sizes = sorted(cfg.sizes)
-    people = people_for_sizes(tokenizer, sizes, cfg.world_seed)
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    people = _cached_people(tokenizer, sizes, cfg.world_seed, Path(cfg.work_dir))
     n0 = people[sizes[0]][0]
     qs = held_out_questions(cfg.world_seed, n0, cfg.num_single, cfg.num_multi, cfg.question_seed)
     kinds = {"single": _question_dicts(qs["single"]), "multi": _question_dicts(qs["multi"])}

@@ -20,8 +20,8 @@ Metrics per size (``metric_definitions`` in the JSON repeats these):
   the reported value is the mean over questions. ``router_recall_any`` uses the union of R_l over
   layers instead. For multi-hop, ``router_recall_first_hop`` uses G = {first gold document} (the one
   the question names; the second hop is only reachable after interleave).
-* ``retrieval_recall`` / ``_precision`` / ``_f1``: the document ids the engine retrieved over all
-  rounds (ids the model generated that exist, de-duplicated) against G.
+* ``retrieval_recall`` / ``_precision`` / ``_f1``: the document ids the model generated over all
+  rounds that exist in the memory (de-duplicated; with or without interleave) against G.
 * ``latency_s``: wall time of ``Engine.ask_batch`` divided by the batch size, per question
   (``batch_size=1``: the latency of one ``ask``); mean, p50, p90.
 
@@ -80,7 +80,7 @@ METRIC_DEFINITIONS = {
     "router_recall": "round-1 routing: mean over router layers of |gold ∩ top-k(layer)| / |gold|, averaged over questions",
     "router_recall_any": "round-1 routing: |gold ∩ union over layers of top-k(layer)| / |gold|, averaged over questions",
     "router_recall_first_hop": "router_recall with gold = {first gold document} (multi-hop only)",
-    "retrieval_recall": "|gold ∩ ids retrieved by the engine over all rounds| / |gold|",
+    "retrieval_recall": "|gold ∩ ids the model generated (existing in memory) over all rounds| / |gold|",
     "retrieval_precision": "|gold ∩ retrieved| / |retrieved| (0 when nothing retrieved)",
     "latency_s": "ask_batch wall time / batch size, per question",
     "ruler_score": "RULER string_match_all: fraction of expected values found in the answer (case-insensitive)",
@@ -136,6 +136,19 @@ def _doc_token_counts(tokenizer, world: BiosWorld, start: int, stop: int) -> lis
 
     docs = [OFFICIAL.format_document(start + j, t) for j, t in enumerate(world.iter_documents(start, stop))]
     return [len(x) for x in tokenizer(docs, add_special_tokens=False)["input_ids"]]
+
+
+def _cached_people(tokenizer, sizes: list[int], world_seed: int, work: Path) -> dict[int, tuple[int, int]]:
+    """people_for_sizes, remembered in ``work`` per (world seed, tokenizer) so 100M-token plans are counted once."""
+    from msa.memory.encode import tokenizer_fingerprint
+
+    path = work / f"plan-w{world_seed}-{(tokenizer_fingerprint(tokenizer) or 'tok')[:12]}.json"
+    plan = {int(k): tuple(v) for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+    missing = [s for s in sizes if s not in plan]
+    if missing:
+        plan.update(people_for_sizes(tokenizer, missing, world_seed))
+        path.write_text(json.dumps({str(k): list(v) for k, v in sorted(plan.items())}))
+    return {s: plan[s] for s in sizes}  # type: ignore[misc]
 
 
 def people_for_sizes(tokenizer, sizes: list[int], world_seed: int, batch: int = 8192) -> dict[int, tuple[int, int]]:
@@ -238,7 +251,9 @@ def evaluate_questions(engine, questions: list[dict[str, Any]], interleave: bool
             rec["router_recall"], rec["router_recall_any"] = router_recall(routing, set(gold))
             if len(gold) > 1:
                 rec["router_recall_first_hop"] = router_recall(routing, {gold[0]})[0]
-            retrieved = [d for ids in a.doc_ids for d in ids]
+            # ids the model named that exist in memory, every round (the last round names ids but
+            # fetches nothing, so Answer.doc_ids would miss them without interleave)
+            retrieved = list(dict.fromkeys(d for r in a.rounds for d in r.requested if d not in r.unknown))
             rec["retrieved"] = retrieved
             if gold:
                 r = retrieval_scores(retrieved, gold)
@@ -331,7 +346,7 @@ def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any
         "bios": [],
         "ruler": [],
     }
-    people = people_for_sizes(tokenizer, sizes, cfg.world_seed) if sizes else {}
+    people = _cached_people(tokenizer, sizes, cfg.world_seed, work) if sizes else {}
     if sizes:
         n0 = people[sizes[0]][0]
         qs = held_out_questions(cfg.world_seed, n0, cfg.num_single, cfg.num_multi, cfg.question_seed)
