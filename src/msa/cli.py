@@ -110,6 +110,15 @@ def cmd_ask(args) -> int:
     from msa.engine import Engine
     from msa.memory import MemoryBank
 
+    if args.nproc > 1:  # Memory Parallel: relaunch under torchrun, every rank serving a shard
+        import os
+
+        flags = ["--max-rounds", str(args.max_rounds), "--max-new-tokens", str(args.max_new_tokens)]
+        flags += ["--json"] * args.json + ["--routing"] * args.routing + ["--no-interleave"] * args.no_interleave
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}", "-m", "msa.parallel",
+               "ask", args.bank, args.question, *flags]  # fmt: skip
+        os.execvp(cmd[0], cmd)
+
     model, tok = _bank_model(args.bank, args.device)
     with MemoryBank.open(args.bank, model=model, tokenizer=tok, device=args.device, readonly=True) as bank:
         engine = Engine(model, tok, bank, device=args.device)
@@ -171,10 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-new-tokens", type=int, default=256)
     q.add_argument("--routing", action="store_true", help="include per-layer routing in --json output")
     q.add_argument("--device", default=None)
+    q.add_argument("--nproc", type=int, default=1, help="Memory Parallel over N processes (torchrun)")
 
     dm = sub.add_parser("demo", help="the end-to-end demo (`make demo`)")
     dm.add_argument("--documents", type=int, default=2048)
     dm.add_argument("--questions", type=int, default=4)
+
+    b = sub.add_parser("bench", help="evaluation runs: msa bench {scaling,rag,judge} ... (see msa bench --help)",
+                       add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
 
     t = sub.add_parser("train", help="run a training recipe: msa train RECIPE [key=value ...]")
     t.add_argument("recipe")
@@ -182,10 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"bank": cmd_bank, "ask": cmd_ask, "demo": cmd_demo, "train": cmd_train}
+def cmd_bench(args) -> int:
+    from msa.eval.cli import bench_main
+
+    return bench_main(args.rest)
+
+
+COMMANDS = {"bank": cmd_bank, "ask": cmd_ask, "bench": cmd_bench, "demo": cmd_demo, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser: msa bench {scaling,rag,judge} ...
+        from msa.eval.cli import bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from msa.memory import BankError

@@ -116,15 +116,22 @@ class Engine:
     Args:
         model: the MSA model (moved to ``device``).
         tokenizer: a HF fast tokenizer with the template's special tokens.
-        bank: a MemoryBank (or any MemoryView).
+        bank: a MemoryBank (or any MemoryView); with ``distributed=True`` a bank (or its path) that every
+            rank of a torchrun launch serves a shard of (Memory Parallel, ``msa.parallel``).
         prompt: the prompt layout (official by default).
+        timeout_s: with ``distributed``, a dead or hung rank fails the others after this long, by name.
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank, device: str | torch.device | None = None,
-                 prompt: PromptFormat = OFFICIAL):  # fmt: skip
+                 prompt: PromptFormat = OFFICIAL, distributed: bool = False, timeout_s: float = 120.0):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        if distributed:  # Memory Parallel: this rank serves its shard of the bank (launched by torchrun)
+            from msa.parallel import DistributedBankView, init_distributed
+
+            path = getattr(bank, "path", bank)
+            bank = DistributedBankView(path, init_distributed(timeout_s=timeout_s), model, tokenizer, device=self.device)
         self.bank = bank
         self.prompt = prompt
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
