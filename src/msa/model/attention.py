@@ -12,6 +12,7 @@ from msa.config import ModelConfig
 from msa.model.context import EncodeContext, QueryContext, TrainContext
 from msa.model.layers import RMSNorm, apply_rope, attend
 from msa.model.memory import LayerMemory, Routing
+from msa.model.train_attention import train_attention
 
 
 class MemorySparseAttention(nn.Module):
@@ -98,7 +99,7 @@ class MemorySparseAttention(nn.Module):
     def _train(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: TrainContext) -> Tensor:
         """Packed samples: local masks everywhere; router layers add the selected documents' chunks."""
         if not self.is_router:
-            return attend(q, k, v, ctx.local_mask)
+            return train_attention(q, k, v, ctx.layout)
         b, l = x.shape[:2]
         flat = lambda t: t.flatten(0, 1).index_select(0, ctx.doc_tokens)  # noqa: E731
         kr_bar, chunk_doc = MF.chunk_mean_pool(flat(self._router_k(x, k)), ctx.doc_lengths, self.msa.chunk_size)
@@ -140,10 +141,7 @@ class MemorySparseAttention(nn.Module):
         cv[ks, slot] = v_bar[kept].to(v.dtype)
         first = torch.full((b, cmax), l, dtype=torch.long, device=x.device)
         first[ks, slot] = chunk_first[kept]
-        pos = torch.arange(l, device=x.device)
-        chunk_mask = ctx.stream_mask[:, :, None] & (first[:, None, :] < pos[None, :, None])  # [B, L, Cmax]
-        mask = torch.cat([ctx.local_mask, chunk_mask], dim=-1)
-        return attend(q, torch.cat([k, ck], 1), torch.cat([v, cv], 1), mask)
+        return train_attention(q, torch.cat([k, ck], 1), torch.cat([v, cv], 1), ctx.layout, first)
 
     def _query(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: QueryContext) -> Tensor:
         """Prefill (route + assemble [prefix | chunks | query]) or decode against the cached context."""

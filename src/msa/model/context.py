@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from msa.model.memory import LayerMemory, MemoryAccess, PrefixCache, Routing
+
+if TYPE_CHECKING:
+    from msa.model.train_attention import TrainLayout
 
 
 @dataclass
@@ -34,8 +38,7 @@ class PackedBatch:
 class TrainContext:
     """Layout of a packed batch, computed once per forward.
 
-    local_mask: [B, L, L] bool: documents causal within themselves, stream tokens (doc_ids < 1)
-        causal among the sample's stream tokens, padding rows see themselves only.
+    layout: per-token document / stream / padding description the attention backends build masks from.
     doc_tokens: [T] long flat indices (into B*L) of all document tokens, sample-major, document order.
     doc_lengths: [N] long tokens of every (sample, document), sample-major.
     doc_sample: [N] long sample of every document; doc_local: [N] long its 0-based index in the sample.
@@ -45,7 +48,7 @@ class TrainContext:
     selected: filled by router layers: layer -> Routing (document indices 0-based within the sample).
     """
 
-    local_mask: Tensor
+    layout: "TrainLayout"
     doc_tokens: Tensor
     doc_lengths: Tensor
     doc_sample: Tensor
@@ -59,16 +62,13 @@ class TrainContext:
 
     @classmethod
     def from_batch(cls, batch: PackedBatch, top_k: int) -> "TrainContext":
+        from msa.model.train_attention import TrainLayout
+
         doc_ids, valid = batch.doc_ids, batch.attention_mask.bool()
-        b, l = doc_ids.shape
+        l = doc_ids.shape[1]
         is_doc = (doc_ids > 0) & valid
         stream = (doc_ids < 1) & valid
-        idx = torch.arange(l, device=doc_ids.device)
-        causal = idx[None, :, None] >= idx[None, None, :]  # [1, L, L]
-        same_doc = (doc_ids[:, :, None] == doc_ids[:, None, :]) & is_doc[:, :, None] & is_doc[:, None, :]
-        both_stream = stream[:, :, None] & stream[:, None, :]
-        local = causal & (same_doc | both_stream)
-        local = local | torch.eye(l, dtype=torch.bool, device=doc_ids.device)[None]
+        layout = TrainLayout(doc=torch.where(is_doc, doc_ids, torch.full_like(doc_ids, -1)), stream=stream, valid=valid)
         # Documents: runs of equal (sample, doc id) among document tokens, in sequence order.
         base = int(doc_ids.max().clamp(min=0)) + 1
         flat_doc = torch.where(is_doc, doc_ids, torch.zeros_like(doc_ids)).flatten()
@@ -80,7 +80,7 @@ class TrainContext:
             raise ValueError("every document's tokens must be contiguous within its sample")
         max_docs = int(doc_local.max()) + 1 if len(uniq) else 0
         return cls(
-            local_mask=local,
+            layout=layout,
             doc_tokens=doc_tokens,
             doc_lengths=counts,
             doc_sample=doc_sample,
