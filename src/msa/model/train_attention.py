@@ -21,7 +21,13 @@ from torch import Tensor
 
 from msa.model.layers import attend
 
-PAD_MULTIPLE = 128  # flex shapes are bucketed so a compiled kernel is reused across batches
+
+
+def bucket(n: int) -> int:
+    """Padded length for n (>= 1): a multiple of 128 and of n's power-of-two scale / 8, so compiled
+    FlexAttention kernels are reused across batches (at most ~12% padding, few distinct shapes)."""
+    step = max(128, 1 << max(0, n.bit_length() - 4))
+    return -(-n // step) * step
 
 
 @dataclass
@@ -78,8 +84,8 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Ten
 
     b, l = layout.doc.shape
     c = 0 if chunk_first is None else chunk_first.shape[1]
-    lp = -(-l // PAD_MULTIPLE) * PAD_MULTIPLE
-    cp = -(-c // PAD_MULTIPLE) * PAD_MULTIPLE if c else 0
+    lp = bucket(l)
+    cp = bucket(c) if c else 0
     doc = _pad_to(layout.doc, 1, lp, -1)
     stream = _pad_to(layout.stream, 1, lp, False)
     first = _pad_to(chunk_first, 1, cp, lp) if c else None
