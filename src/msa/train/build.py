@@ -12,7 +12,7 @@ from msa.data.bios import BiosWorld
 from msa.model.modeling import MSAForCausalLM
 from msa.train.collator import Collator
 from msa.train.config import DataConfig, ModelSpec, TrainConfig
-from msa.train.data import BiosSamples, JsonlSamples, SampleSource
+from msa.train.data import BiosSamples, InterleaveRounds, JsonlSamples, SampleSource
 from msa.train.parallelize import DistInfo
 from msa.train.targets import target_format
 
@@ -66,8 +66,10 @@ def build_model(spec: ModelSpec) -> MSAForCausalLM:
 
 def build_source(data: DataConfig) -> SampleSource:
     if data.source == "jsonl":
-        return JsonlSamples(data.path)
-    return BiosSamples(data.world, data.curriculum[0].num_docs, data.kind, data.seed, data.multi_fraction)
+        source: SampleSource = JsonlSamples(data.path)
+    else:
+        source = BiosSamples(data.world, data.curriculum[0].num_docs, data.kind, data.seed, data.multi_fraction)
+    return InterleaveRounds(source) if data.target_format == "interleave_round" else source
 
 
 def build_collator(cfg: TrainConfig, tokenizer, model: MSAForCausalLM) -> Collator:

@@ -230,3 +230,22 @@ class BiosSamples:
     def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
         for i in itertools.count(start):
             yield self.sample(i, num_docs)
+
+
+class InterleaveRounds:
+    """Turns each sample of ``inner`` into ONE Memory Interleave round (for ``interleave_round`` targets).
+
+    Sample i keeps its memory and question; its round r in 0..R (R = number of gold documents) is a
+    pure function of i; ``positives`` becomes the document that round must retrieve ([g_r], empty for
+    the final answer round), and ``extra`` carries the full ``chain`` and the ``round``.
+    """
+
+    def __init__(self, inner: "SampleSource"):
+        self.inner = inner
+
+    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
+        for i, s in enumerate(self.inner.iterate(start, num_docs), start):
+            chain = list(s.positives)
+            r = (i * 7919 + 13) % (len(chain) + 1)
+            yield TrainSample(s.question, s.memory, chain[r : r + 1], s.target, s.answer,
+                              {**s.extra, "chain": chain, "round": r})  # fmt: skip

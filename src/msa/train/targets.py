@@ -27,6 +27,13 @@ Which tokens are targets, per format (``fmt`` = the official PromptFormat):
     ``[g1]`` tokens see was made with the later appended text; this equals the engine only when all of
     the sample's documents fit in top-k.
 
+``interleave_round`` (one engine round per training sequence; see ``InterleaveRounds``)
+    round r < R (R = number of gold documents): the earlier rounds' transcript as context (the ids
+    ``[g]<|object_ref_end|>`` too), then target ``[g_r]<|object_ref_end|>``; round R: the whole
+    retrieval transcript as context, then target ``<End-of-Retrieve>``, context question block, target
+    the answer. The routing query (doc_id 0) is the question plus the latest appended text, exactly as
+    the engine routes that round, so routing and id generation are trained on the query they will see.
+
 A sample whose ``target`` field is set uses it verbatim as one target segment (``literal_target``).
 """
 
@@ -46,6 +53,7 @@ __all__ = [
     "ids_then_answer",
     "answer_only",
     "interleave_transcript",
+    "interleave_round",
     "literal_target",
     "target_format",
 ]
@@ -99,6 +107,26 @@ def interleave_transcript(sample: TrainSample, fmt: PromptFormat) -> list[Segmen
     return out
 
 
+def interleave_round(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
+    chain = sample.extra.get("chain")
+    r = sample.extra.get("round")
+    if chain is None or r is None:
+        raise ValueError("interleave_round needs samples from InterleaveRounds (extra 'chain' and 'round')")
+    text = {d.id: d.text for d in sample.memory}
+    out: list[Segment] = []
+    for n, g in enumerate(chain[:r]):
+        out.append(Segment(f"[{g}]" + fmt.round_end, RESPONSE, False))
+        out.append(Segment(f"[{g}]. {text[g]}\n", QUERY if n == r - 1 else RESPONSE, False))
+        out.append(Segment(fmt.round_end, RESPONSE, False))
+    if r < len(chain):
+        out.append(Segment(f"[{chain[r]}]" + fmt.round_end, RESPONSE, True))
+        return out
+    out.append(Segment(fmt.end_of_retrieval, RESPONSE, True))
+    out.append(Segment(fmt.question_block.format(question=sample.question), RESPONSE, False))
+    out.append(Segment(_answer(sample, fmt), RESPONSE, True))
+    return out
+
+
 def literal_target(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
     if sample.target is None:
         raise ValueError("literal_target needs the sample's 'target'")
@@ -110,6 +138,7 @@ TARGET_FORMATS: dict[str, TargetFormat] = {
     "ids_then_answer": ids_then_answer,
     "answer_only": answer_only,
     "interleave_transcript": interleave_transcript,
+    "interleave_round": interleave_round,
     "literal_target": literal_target,
 }
 
