@@ -1,5 +1,6 @@
 """Pure tensor math of MSA: pooling, routing, positions, routing losses. The readable reference."""
 
+from msa.functional.dispatch import route_topk
 from msa.functional.losses import (
     bce_loss,
     decoupled_focal_infonce_loss,
@@ -27,6 +28,7 @@ __all__ = [
     "query_position_ids",
     "recall_at",
     "reduce_chunks_to_docs",
+    "route_topk",
     "routing_loss",
     "select_docs",
 ]

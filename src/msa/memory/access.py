@@ -4,19 +4,27 @@ Routing keys of every router layer are resident on the compute device, per segme
 shares the segments it has in common with the previous one and loads only new ones). Content K/V stay
 on the host: in (pinned, on CUDA) RAM with ``content_tier="host"``, or memory-mapped from the segment
 files with ``content_tier="disk"``. ``fetch`` copies only the selected chunks to the device.
-Routing walks document-aligned tiles of at most ``tile_chunks`` chunks with a running exact top-k.
+Routing, fused path (CUDA, or float8 keys; default reductions): every segment holds its routing keys
+prepared for the routing GEMM (``msa.kernels.prepare_routing_keys``, bfloat16 or float8 + scales), the
+snapshot concatenates them into one [C, Hkv*D] matrix per router layer and routes all B questions in
+one ``msa.kernels.route_topk`` call. Chunks of deleted documents map to a dummy slot N; k+1 documents
+are requested and the dummy dropped, so the result is the exact top-k over live documents.
+Routing, tiled path (CPU, other reductions): document-aligned tiles of at most ``tile_chunks`` chunks
+with a running exact top-k, scored by ``tile_doc_scores``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from msa import functional as MF
+from msa.kernels import RoutingKeys, prepare_routing_keys
 from msa.memory.catalog import DocRow, SegmentRow
 from msa.memory.errors import BankCorruptError
 from msa.memory.segments import load_segment, map_segment, segment_metadata
@@ -25,6 +33,37 @@ from msa.model.memory import CompressedMemory, LayerMemory, PrefixCache, Routing
 log = logging.getLogger(__name__)
 
 CONTENT_TIERS = ("host", "disk")
+ROUTING_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
+
+
+def fused_routing(options: RoutingOptions) -> bool:
+    """Whether the options are the ones the fused routing kernel computes (head mean, query max, chunk max)."""
+    return (options.head_reduce, options.query_reduce, options.chunk_reduce) == ("mean", "max", "max")
+
+
+@dataclass(frozen=True)
+class RoutingPrep:
+    """How a segment prepares its routing keys for the fused path: GEMM dtype and cosine normalisation."""
+
+    dtype: torch.dtype
+    cosine: bool
+
+    @classmethod
+    def choose(cls, routing_dtype: str, options: RoutingOptions, device: torch.device) -> "RoutingPrep | None":
+        """The preparation for a bank opened with ``routing_dtype`` ("bf16" | "fp8"), or None (tiled path).
+
+        bfloat16 keys take the fused path on CUDA only (on the CPU the float32 tiled path is exact and
+        as fast); float8 keys always do (their point is halving the resident bytes).
+        """
+        if routing_dtype not in ROUTING_DTYPES:
+            raise ValueError(f"routing_dtype must be one of {tuple(ROUTING_DTYPES)}, got {routing_dtype!r}")
+        if not fused_routing(options):
+            if routing_dtype == "fp8":
+                raise ValueError("routing_dtype='fp8' needs the default reductions (head mean, query max, chunk max)")
+            return None
+        if routing_dtype == "bf16" and device.type != "cuda":
+            return None
+        return cls(ROUTING_DTYPES[routing_dtype], options.cosine)
 
 
 def tile_doc_scores(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, query_mask: Tensor,
@@ -43,9 +82,11 @@ def tile_doc_scores(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_d
 class LoadedSegment:
     """One segment's tensors in their tiers.
 
-    routing: layer -> [C, Hkv, D] on the compute device; keys, values: layer -> [C, Hkv, D] on the host
-    (pinned RAM or a read-only file mapping). chunk_doc: [C] long local document (compute device).
-    doc_chunk_start: [n] long first chunk of every local document (CPU).
+    routing: layer -> [C, Hkv, D] raw router keys, on the compute device for the tiled path, on the host
+    when ``prepared`` is set; keys, values: layer -> [C, Hkv, D] on the host (pinned RAM or a read-only
+    file mapping). chunk_doc: [C] long local document (compute device). doc_chunk_start: [n] long first
+    chunk of every local document (CPU). prepared: layer -> RoutingKeys ([C, Hkv*D] bfloat16 or float8
+    + [C] scales) on the compute device for the fused path, else None.
     """
 
     file: str
@@ -55,10 +96,11 @@ class LoadedSegment:
     chunk_doc: Tensor
     doc_chunk_start: Tensor
     num_docs: int
+    prepared: dict[int, RoutingKeys] | None = field(default=None)
 
     @classmethod
     def load(cls, directory: Path, row: SegmentRow, fingerprint: str, device: torch.device, tier: str,
-             verify: bool = True) -> "LoadedSegment":  # fmt: skip
+             verify: bool = True, prep: RoutingPrep | None = None) -> "LoadedSegment":  # fmt: skip
         path = directory / row.file
         if tier == "host":
             t = load_segment(path, row.checksum, row.bytes, verify=verify)
@@ -77,15 +119,23 @@ class LoadedSegment:
         if chunk_doc.numel() != row.num_chunks or n != row.num_docs:
             raise BankCorruptError(str(path), "chunk/document counts differ from the catalog")
         counts = torch.bincount(chunk_doc, minlength=n)
+        prepared = None
+        if prep is not None:
+            # Only the prepared keys live on the device; the raw ones stay on the host for materialize().
+            prepared = {i: prepare_routing_keys(t[f"{i}.routing_keys"].to(device), prep.cosine, prep.dtype) for i in layers}
+            routing = {i: t[f"{i}.routing_keys"] for i in layers}
+        else:
+            # clone: on the CPU .to() is a no-op and the disk tier must not route from the mapping
+            routing = {i: t[f"{i}.routing_keys"].to(device).clone() for i in layers}
         return cls(
             file=row.file,
-            # clone: on the CPU .to() is a no-op and the disk tier must not route from the mapping
-            routing={i: t[f"{i}.routing_keys"].to(device).clone() for i in layers},
+            routing=routing,
             keys={i: host(t[f"{i}.keys"]) for i in layers},
             values={i: host(t[f"{i}.values"]) for i in layers},
             chunk_doc=chunk_doc.to(device),
             doc_chunk_start=torch.cumsum(counts, 0) - counts,
             num_docs=n,
+            prepared=prepared,
         )
 
 
@@ -134,6 +184,10 @@ class BankSnapshot:
         self._slot_of = [s.to(device) for s in slot_of]
         self._tiles = self._make_tiles(slot_of)
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._fused_lock = threading.Lock()
+        self._fused_keys: dict[int, RoutingKeys] = {}
+        self._chunk_slot: Tensor | None = None  # [C] int32 slot of every loaded chunk, N for deleted ones
+        self._has_dead = any(bool((s < 0).any()) for s in slot_of)
 
     @property
     def num_docs(self) -> int:
@@ -166,12 +220,67 @@ class BankSnapshot:
                 d0 = d1
         return tiles
 
+    # -- fused routing -----------------------------------------------------------------------------
+    def uses_fused_routing(self, layer: int) -> bool:
+        """Whether ``route`` of this layer runs the one-call fused path (all segments prepared)."""
+        return (
+            fused_routing(self.options) and bool(self.segments)
+            and all(s.prepared is not None and layer in s.prepared for s in self.segments)
+        )  # fmt: skip
+
+    def routing_keys(self, layer: int) -> tuple[RoutingKeys, Tensor]:
+        """The layer's prepared keys over all loaded segments ([C, Hkv*D]) and chunk slots [C] int32.
+
+        Built on first use. After concatenating, every segment's prepared keys become views of the
+        concatenation, so the per-segment copies are freed: one copy per layer stays resident.
+        """
+        with self._fused_lock:
+            if self._chunk_slot is None:
+                n = self.num_docs
+                parts = [torch.where(so[s.chunk_doc] >= 0, so[s.chunk_doc], n) for s, so in zip(self.segments, self._slot_of)]
+                self._chunk_slot = torch.cat(parts).to(torch.int32)
+            keys = self._fused_keys.get(layer)
+            if keys is None:
+                parts = [s.prepared[layer] for s in self.segments]  # type: ignore[index]
+                if len(parts) == 1:
+                    keys = parts[0]
+                else:
+                    scale = torch.cat([p.scale for p in parts]) if parts[0].scale is not None else None  # type: ignore[misc]
+                    keys = RoutingKeys(torch.cat([p.keys for p in parts]), scale, parts[0].num_kv_heads,
+                                       parts[0].head_dim, parts[0].cosine)  # fmt: skip
+                    off = 0
+                    for s, p in zip(self.segments, parts):
+                        c = p.num_chunks
+                        sc = keys.scale[off : off + c] if keys.scale is not None else None
+                        s.prepared[layer] = RoutingKeys(keys.keys[off : off + c], sc, p.num_kv_heads, p.head_dim, p.cosine)  # type: ignore[index]
+                        off += c
+                self._fused_keys[layer] = keys
+            return keys, self._chunk_slot
+
+    def _route_fused(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int) -> Routing:
+        from msa import kernels
+
+        b, n = q_router.shape[0], self.num_docs
+        keys, chunk_slot = self.routing_keys(layer)
+        extra = int(self._has_dead)  # the dummy slot n takes at most one place
+        docs, scores = kernels.route_topk(q_router.to(self.device), keys, chunk_slot, n + extra, k + extra,
+                                          query_mask.to(self.device), self.options.cosine)  # fmt: skip
+        if extra:
+            # a stable sort moving the dummy last keeps the live documents in order
+            order = torch.sort((docs == n).to(torch.int8), dim=1, stable=True).indices[:, :k]
+            docs, scores = docs.gather(1, order), scores.gather(1, order)
+        scores = torch.where(docs >= 0, scores, float("-inf"))
+        return Routing(docs.cpu().reshape(b, k), (scores * self.options.coupled_scale).cpu().reshape(b, k))
+
     # -- MemoryAccess ------------------------------------------------------------------------------
     def route(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int) -> Routing:
         """q_router: [B, Tq, Hq, D]; query_mask: [B, Tq] bool -> Routing with docs [B, k] slots.
 
-        Exact: equal to scoring every live document at once and taking ``select_docs``.
+        Exact: equal to scoring every live document at once and taking ``select_docs`` (the fused path
+        scores with the prepared keys' dtype: bfloat16 or float8 operands, float32 accumulation).
         """
+        if self.num_docs > 0 and k > 0 and self.uses_fused_routing(layer):
+            return self._route_fused(layer, q_router, query_mask, k)
         b = q_router.shape[0]
         docs = torch.full((b, k), -1, dtype=torch.long)
         scores = torch.full((b, k), float("-inf"))
@@ -182,7 +291,7 @@ class BankSnapshot:
             best_slot = torch.zeros(0, dtype=torch.long, device=self.device)
             for t in self._tiles:
                 seg = self.segments[t.seg]
-                sc = tile_doc_scores(q, seg.routing[layer][t.c0 : t.c1], seg.chunk_doc[t.c0 : t.c1] - t.d0,
+                sc = tile_doc_scores(q, seg.routing[layer][t.c0 : t.c1].to(self.device), seg.chunk_doc[t.c0 : t.c1] - t.d0,
                                      t.d1 - t.d0, m, self.options)  # fmt: skip
                 slots = self._slot_of[t.seg][t.d0 : t.d1]
                 sc = sc.masked_fill(slots < 0, float("-inf"))

@@ -41,7 +41,7 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from msa.memory.access import CONTENT_TIERS, BankSnapshot, LoadedSegment
+from msa.memory.access import CONTENT_TIERS, BankSnapshot, LoadedSegment, RoutingPrep
 from msa.memory.catalog import CATALOG_NAME, Catalog, SegmentRow
 from msa.memory.encode import (
     PLACEHOLDER_GID,
@@ -113,7 +113,7 @@ class MemoryBank:
     """
 
     def __init__(self, path: Path, catalog: Catalog, manifest: dict[str, Any], model, tokenizer,
-                 device: torch.device, readonly: bool, content_tier: str):  # fmt: skip
+                 device: torch.device, readonly: bool, content_tier: str, routing_dtype: str = "bf16"):  # fmt: skip
         self.path = path
         self.catalog = catalog
         self.model = model
@@ -131,6 +131,8 @@ class MemoryBank:
         self._prefix: PrefixCache | None = None
         self.model_source: str | None = manifest.get("model_source")
         self._view: BankSnapshot | None = None
+        self.routing_dtype = routing_dtype
+        self._routing_prep = RoutingPrep.choose(routing_dtype, self.routing_options, device)
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -195,11 +197,14 @@ class MemoryBank:
 
     @classmethod
     def open(cls, path: str | Path, model=None, tokenizer=None, device: str | torch.device | None = None,
-             readonly: bool = False, content_tier: str = "host") -> "MemoryBank":  # fmt: skip
+             readonly: bool = False, content_tier: str = "host", routing_dtype: str = "bf16") -> "MemoryBank":  # fmt: skip
         """Open a bank. With a model, its fingerprint must equal the bank's (``BankModelMismatch``).
 
         device: where routing keys and fetched chunks go (default: the model's device, else CPU).
         content_tier: "host" (content K/V in RAM, pinned on CUDA) or "disk" (memory-mapped segments).
+        routing_dtype: "bf16" or "fp8": the routing keys the device keeps for the fused routing kernel
+            (fp8: e4m3 + a scale per chunk, half the bytes and device memory; the segment files are
+            unchanged). Applies with the default reductions; bf16 on the CPU routes by the exact tiled path.
         """
         path = Path(path)
         if not (path / CATALOG_NAME).exists():
@@ -228,7 +233,7 @@ class MemoryBank:
             raise
         if device is None:
             device = model.device if model is not None else "cpu"
-        return cls(path, catalog, manifest, model, tokenizer, torch.device(device), readonly, content_tier)
+        return cls(path, catalog, manifest, model, tokenizer, torch.device(device), readonly, content_tier, routing_dtype)
 
     def close(self) -> None:
         self.catalog.close()
@@ -369,7 +374,8 @@ class MemoryBank:
             hit = self._cache.get(row.file)
         if hit is not None:
             return hit
-        seg = LoadedSegment.load(self.path / SEGMENTS_DIR, row, self.fingerprint, self.device, self.content_tier, verify)
+        seg = LoadedSegment.load(self.path / SEGMENTS_DIR, row, self.fingerprint, self.device, self.content_tier, verify,
+                                 prep=self._routing_prep)  # fmt: skip
         with self._lock:
             self._cache[row.file] = seg
         return seg

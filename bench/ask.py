@@ -1,0 +1,269 @@
+"""One question against a memory of 1M / 10M / 100M tokens: time to first token, decode tokens/s, per stage.
+
+MSA-4B shape on one GPU: 36 layers, router layers 18..35, RANDOM weights. The memory is RANDOM TENSORS,
+not encoded documents: documents of 1..4 full chunks (64..256 tokens), routing keys random on the GPU,
+prepared for the fused kernel as bfloat16 or float8 (+ per-chunk scales), in one segment of a library
+``BankSnapshot`` (the routing path measured is the library's). Content K/V: 116 GB at 100M would not fit
+a 128 GB host, so every layer's content is a POOL of --pool-chunks random chunks in pinned host memory
+and document d's chunks are read at pool offset (chunk start mod pool size): the library's ``fetch``
+copies exactly the selected chunks' bytes, only their values are meaningless.
+
+Stages (per question, B=1, Tq = --query-tokens): route and fetch summed over the 18 router layers
+(device-synchronised wrappers), prefill = the rest of ``model.prefill``, TTFT = ``model.prefill``
+without the wrappers; decode = ``model.decode`` one token at a time. Floors, measured in the same run:
+routing bytes / read bandwidth; weight bytes / read bandwidth (prefill and every decode step; prefill
+also the FLOPs at the measured bf16 matmul rate); fetched bytes / pinned host-to-device bandwidth.
+
+    python bench/ask.py [--sizes 1M,10M,100M] [--dtypes fp8,bf16] [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from msa import MSAConfig, MSAForCausalLM, ModelConfig
+from msa.kernels import prepare_routing_keys
+from msa.memory import BankSnapshot, LoadedSegment
+from msa.memory.catalog import DocRow
+
+log = logging.getLogger("bench.ask")
+SIZES = {"1M": 1_000_000, "10M": 10_000_000, "100M": 100_000_000, "10K": 10_000, "2K": 2_000}
+DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
+
+
+def model_config(quick: bool) -> ModelConfig:
+    if quick:
+        return ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                           msa=MSAConfig(pooling_kernel_size=8, top_k_docs=4))  # fmt: skip
+    return ModelConfig()  # MSA-4B
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timed:
+    """Device-synchronised wall time of route and fetch of a MemoryAccess."""
+
+    def __init__(self, inner, device: torch.device):
+        self.inner, self.device = inner, device
+        self.route_s = self.fetch_s = 0.0
+        self.fetched_chunks = 0
+
+    def route(self, *a):
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = self.inner.route(*a)
+        sync(self.device)
+        self.route_s += time.perf_counter() - t0
+        return out
+
+    def fetch(self, *a):
+        t0 = time.perf_counter()
+        k, v, valid = self.inner.fetch(*a)
+        sync(self.device)
+        self.fetch_s += time.perf_counter() - t0
+        self.fetched_chunks += int(valid.sum())
+        return k, v, valid
+
+
+def random_snapshot(cfg: ModelConfig, options, tokens: int, device: torch.device, pool_chunks: int, seed: int = 0):
+    """A one-segment BankSnapshot of random routing keys (raw, prepared later) and pooled pinned content."""
+    g = torch.Generator().manual_seed(seed)
+    chunk = cfg.msa.chunk_size
+    total = max(1, tokens // chunk)
+    counts = torch.randint(1, 5, (total // 2 + 2,), generator=g)
+    counts = counts[: int((counts.cumsum(0) < total).sum()) + 1]
+    counts[-1] -= int(counts.sum()) - total
+    counts = counts[counts > 0]
+    n, c = int(counts.numel()), int(counts.sum())
+    hkv, d = cfg.num_key_value_heads, cfg.head_dim
+    pin = device.type == "cuda"
+    pool = {i: torch.randn(pool_chunks, hkv, d, generator=g).to(torch.bfloat16) for i in cfg.router_layers}
+    pool_v = {i: torch.randn(pool_chunks, hkv, d, generator=g).to(torch.bfloat16) for i in cfg.router_layers}
+    if pin:
+        pool = {i: t.pin_memory() for i, t in pool.items()}
+        pool_v = {i: t.pin_memory() for i, t in pool_v.items()}
+    starts = torch.cumsum(counts, 0) - counts
+    seg = LoadedSegment(file="random", routing={}, keys=pool, values=pool_v,
+                        chunk_doc=torch.repeat_interleave(torch.arange(n), counts).to(device),
+                        doc_chunk_start=starts, num_docs=n, prepared={})  # fmt: skip
+    cl, sl = counts.tolist(), starts.tolist()
+    rows = [DocRow(j, None, "", cl[j] * chunk, 0, j, sl[j], cl[j], False) for j in range(n)]
+    snap = BankSnapshot([seg], rows, {0: 0}, 0, options, device, tile_chunks=1 << 62)
+    # content pool: document j's chunks at pool offset start mod (pool - 4)
+    snap._loc = [(0, s % (pool_chunks - 4), k) for s, k in zip(sl, cl)]
+    return snap, {"documents": n, "chunks": c}
+
+
+def fill_routing_keys(snap: BankSnapshot, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, seed: int) -> int:
+    """Random raw router keys per layer, prepared as ``dtype`` on the device; returns routing bytes."""
+    seg = snap.segments[0]
+    seg.prepared = {}
+    snap._fused_keys = {}
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    c = seg.chunk_doc.numel()
+    g = torch.Generator(device=device).manual_seed(seed)
+    total = 0
+    for i in cfg.router_layers:
+        raw = torch.randn(c, cfg.num_key_value_heads, cfg.head_dim, device=device, dtype=torch.bfloat16, generator=g)
+        seg.prepared[i] = prepare_routing_keys(raw, True, dtype)
+        total += seg.prepared[i].nbytes
+        del raw
+    return total
+
+
+def ceilings(device: torch.device) -> dict:
+    n = (1 << 30) if device.type == "cuda" else (1 << 22)
+    x = torch.randn(n, device=device)
+    host = torch.empty(n // 4, pin_memory=device.type == "cuda")
+    dev = torch.empty(n // 4, device=device)
+
+    def t(fn, reps=10):
+        fn()
+        sync(device)
+        out = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            out.append(time.perf_counter() - t0)
+        return statistics.median(out)
+
+    read = 4 * n / t(lambda: x.sum()) / 1e9
+    h2d = 4 * (n // 4) / t(lambda: dev.copy_(host, non_blocking=True)) / 1e9
+    m = 8192 if device.type == "cuda" else 256
+    a = torch.randn(m, m, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    mm = 2 * m**3 / t(lambda: a @ a) / 1e12
+    del x, host, dev, a
+    return {"read_GBps": read, "h2d_pinned_GBps": h2d, "matmul_TFLOPs": mm}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1M,10M,100M")
+    ap.add_argument("--dtypes", default="fp8,bf16")
+    ap.add_argument("--query-tokens", type=int, default=32)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--pool-chunks", type=int, default=1 << 15)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="tiny model and memories on the CPU")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cuda = torch.cuda.is_available() and not args.quick
+    device = torch.device("cuda" if cuda else "cpu")
+    if args.quick:
+        args.sizes, args.pool_chunks, args.reps, args.decode_tokens, args.query_tokens = "2K,10K", 64, 1, 4, 8
+    cfg = model_config(args.quick)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = MSAForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1.0) if name.endswith("norm.weight") else p.normal_(0.0, cfg.initializer_range)
+    card = torch.cuda.get_device_name(device) if cuda else "cpu"
+    ceil = ceilings(device)
+    log.info("card %s ceilings %s", card, json.dumps({k: round(v, 1) for k, v in ceil.items()}))
+    elt = 2 if cuda else 4
+    emb = model.model.embed_tokens.weight.numel()
+    weight_bytes = sum(p.numel() for p in model.parameters()) * elt  # tied: the embedding is read as lm_head
+    prefix = model.encode_prefix([1, 2, 3])
+    g = torch.Generator().manual_seed(1)
+    q_ids = torch.randint(4, cfg.vocab_size, (1, args.query_tokens), generator=g)
+    rows = []
+    for size in args.sizes.split(","):
+        snap, info = random_snapshot(cfg, model.routing_options(), SIZES[size], device, args.pool_chunks)
+        for dname in args.dtypes.split(","):
+            try:
+                routing_bytes = fill_routing_keys(snap, cfg, DTYPES[dname], device, seed=2)
+            except torch.OutOfMemoryError:
+                log.info("%s %s: routing keys do not fit the device", size, dname)
+                continue
+            timed = Timed(snap, device)
+            for _ in range(2):  # warm-up: kernel compilation, concatenation (none: one segment)
+                model.prefill(q_ids, memory=snap, prefix=prefix, last_only=True)
+            ttft = []
+            for _ in range(args.reps):
+                sync(device)
+                t0 = time.perf_counter()
+                out = model.prefill(q_ids, memory=snap, prefix=prefix, last_only=True)
+                out.logits.argmax(-1).cpu()
+                ttft.append(time.perf_counter() - t0)
+            stage = {"route": [], "fetch": [], "prefill_rest": [], "fetched_chunks": 0}
+            for _ in range(args.reps):
+                timed.route_s = timed.fetch_s = 0.0
+                timed.fetched_chunks = 0
+                sync(device)
+                t0 = time.perf_counter()
+                out = model.prefill(q_ids, memory=timed, prefix=prefix, last_only=True)
+                out.logits.argmax(-1).cpu()
+                total = time.perf_counter() - t0
+                stage["route"].append(timed.route_s)
+                stage["fetch"].append(timed.fetch_s)
+                stage["prefill_rest"].append(total - timed.route_s - timed.fetch_s)
+                stage["fetched_chunks"] = timed.fetched_chunks
+            cache, tok = out.cache, out.logits.argmax(-1)[:, None]
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.decode_tokens):
+                tok = model.decode(tok.to(device), cache)[:, -1].argmax(-1)[:, None]
+            tok.cpu()
+            dec_s = (time.perf_counter() - t0) / args.decode_tokens
+            fetch_bytes = stage["fetched_chunks"] * 2 * cfg.num_key_value_heads * cfg.head_dim * elt
+            prefill_floor = max((weight_bytes - emb * elt) / ceil["read_GBps"] / 1e9,
+                                2 * sum(p.numel() for p in model.parameters()) * args.query_tokens / ceil["matmul_TFLOPs"] / 1e12)
+            floors = {
+                "route_ms": routing_bytes / ceil["read_GBps"] / 1e6,
+                "fetch_ms": fetch_bytes / ceil["h2d_pinned_GBps"] / 1e6,
+                "prefill_ms": prefill_floor * 1e3,
+                "decode_step_ms": weight_bytes / ceil["read_GBps"] / 1e6,
+            }
+            floors["ttft_ms"] = floors["route_ms"] + floors["fetch_ms"] + floors["prefill_ms"]
+            med = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
+            row = {
+                "size": size, "routing_dtype": dname, **info, "routing_bytes": routing_bytes, "fetch_bytes": fetch_bytes,
+                "ttft_ms": med(ttft), "route_ms": med(stage["route"]), "fetch_ms": med(stage["fetch"]),
+                "prefill_rest_ms": med(stage["prefill_rest"]), "decode_ms_per_token": dec_s * 1e3,
+                "decode_tokens_per_s": 1 / dec_s, "floors": floors, "ttft_over_floor": med(ttft) / floors["ttft_ms"],
+            }  # fmt: skip
+            rows.append(row)
+            log.info("%5s %4s TTFT %.2f ms (floor %.2f) route %.2f (%.2f) fetch %.2f (%.2f) prefill %.2f (%.2f) decode %.1f tok/s (floor %.1f)",
+                     size, dname, row["ttft_ms"], floors["ttft_ms"], row["route_ms"], floors["route_ms"], row["fetch_ms"],
+                     floors["fetch_ms"], row["prefill_rest_ms"], floors["prefill_ms"], row["decode_tokens_per_s"],
+                     1e3 / floors["decode_step_ms"])  # fmt: skip
+        snap.segments[0].prepared = {}
+        snap._fused_keys = {}
+        del snap
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+    result = {
+        "bench": "ask", "card": card, "torch": torch.__version__, "python": platform.python_version(), "quick": args.quick,
+        "memory": "RANDOM tensors: routing keys random on the device (prepared bf16 / fp8); content K/V a pinned "
+                  f"host pool of {args.pool_chunks} random chunks per layer, documents mapped into it modulo its size",
+        "weights": "random", "layers": cfg.num_hidden_layers, "router_layers": list(cfg.router_layers),
+        "query_tokens": args.query_tokens, "top_k": cfg.msa.top_k, "ceilings": ceil, "weight_bytes": weight_bytes,
+        "rows": rows,
+    }  # fmt: skip
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"ask_{card.replace(' ', '_')}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    log.info("-> %s", out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
