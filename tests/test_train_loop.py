@@ -73,7 +73,7 @@ def _ddp_worker(rank, world, port, tok_dir, mode, out):
         destroy_distributed()
 
 
-@pytest.mark.parametrize("mode", ["ddp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_ddp_two_processes_equal_one_process(tok_dir, tmp_path, mode):
     single = Trainer(config(tok_dir, steps=4, micro=2, accum=2)).fit(until=4)
     out = str(tmp_path / "ddp.pt")

@@ -113,13 +113,14 @@ def _assign(model: "MSAForCausalLM", tensors: dict[str, torch.Tensor], dtype, de
                 src = tensors[name]
             elif name in fresh:
                 src = torch.randn(param.shape, generator=g) * std
-            elif name == "temperature":
-                src = torch.tensor(float(model.config.msa.infonce_loss_temp or 0.1))
             elif name == "b":
                 src = torch.tensor(-20.0)
             else:  # tied lm_head, already covered by embed_tokens
                 continue
             param.data = src.to(device=device, dtype=dtype if src.is_floating_point() and src.dim() else src.dtype).contiguous()
+        if "temperature" in dict(model.named_buffers()):
+            src = tensors.get("temperature", torch.tensor(float(model.config.msa.infonce_loss_temp or 0.1)))
+            model.temperature = src.to(device=device, dtype=torch.float32)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
 

@@ -92,8 +92,8 @@ class MSAForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         method = config.msa.aux_loss_method or ""
-        if "INFONCE" in method:
-            self.temperature = nn.Parameter(torch.tensor(float(config.msa.infonce_loss_temp or 0.1)), requires_grad=False)
+        if "INFONCE" in method:  # the official checkpoint's frozen top-level scalar; a buffer, not trained
+            self.register_buffer("temperature", torch.tensor(float(config.msa.infonce_loss_temp or 0.1)))
         elif method == "BCE":
             self.b = nn.Parameter(torch.tensor(-20.0))
 
