@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from msa import MSAConfig, MSAForCausalLM, ModelConfig
+from msa.kernels import RoutingKeys
 from msa.memory import BankSnapshot, LoadedSegment
 from msa.memory.catalog import DocRow
 from msa.model.memory import RoutingOptions
@@ -69,11 +70,17 @@ def random_bank(cfg: ModelConfig, options: RoutingOptions, tokens: float, segmen
         c = chunks[a:b]
         c_total = int(c.sum())
         chunk_doc = torch.repeat_interleave(torch.arange(b - a), c)
+        placeholder = content.expand(c_total, hkv, d)  # raw keys: unused by routing, zero bytes
+        if device.type == "cuda":  # the fused kernel path a CUDA bank takes: prepared bf16 keys only
+            routing = {i: placeholder for i in cfg.router_layers}
+            prepared = {i: random_prepared(c_total, hkv, d, device) for i in cfg.router_layers}
+        else:
+            routing = {i: torch.randn(c_total, hkv, d, device=device, dtype=dtype) for i in cfg.router_layers}
+            prepared = None
         loaded.append(LoadedSegment(
             file=f"random-{s}", num_docs=b - a, chunk_doc=chunk_doc.to(device), doc_chunk_start=torch.cumsum(c, 0) - c,
-            routing={i: torch.randn(c_total, hkv, d, device=device, dtype=dtype) for i in cfg.router_layers},
-            keys={i: content.expand(c_total, hkv, d) for i in cfg.router_layers},
-            values={i: content.expand(c_total, hkv, d) for i in cfg.router_layers},
+            routing=routing, keys={i: placeholder for i in cfg.router_layers},
+            values={i: placeholder for i in cfg.router_layers}, prepared=prepared,
         ))  # fmt: skip
         offs = (torch.cumsum(c, 0) - c).tolist()
         rows += [DocRow(a + j, None, "", int(lengths[a + j]), si, j, offs[j], int(c[j]), False) for j in range(b - a)]
@@ -81,6 +88,15 @@ def random_bank(cfg: ModelConfig, options: RoutingOptions, tokens: float, segmen
     shard = BankSnapshot(loaded, rows, {i: i for i in range(len(loaded))}, -1, raw, device, tile_chunks)
     info = {"documents": n_docs, "chunks": int(chunks.sum()), "segments": n_segs, "rank_chunks": layout.rank_chunks()}
     return shard, layout, info
+
+
+def random_prepared(c: int, hkv: int, d: int, device: torch.device) -> RoutingKeys:
+    """Random cosine-prepared routing keys [C, Hkv*D] bf16, built per head without a float32 copy of all."""
+    keys = torch.empty(c, hkv * d, dtype=torch.bfloat16, device=device)
+    for r0 in range(0, c, 1 << 18):
+        k = torch.randn(min(1 << 18, c - r0), hkv, d, device=device)
+        keys[r0 : r0 + k.shape[0]] = torch.nn.functional.normalize(k, dim=-1).reshape(k.shape[0], hkv * d).to(torch.bfloat16)
+    return RoutingKeys(keys, None, hkv, d, True)
 
 
 class Timed:

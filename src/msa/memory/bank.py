@@ -369,6 +369,11 @@ class MemoryBank:
         except (UnknownDocumentError, TypeError):
             return None
 
+    @property
+    def routing_prep(self):
+        """How this bank's snapshots prepare routing keys (fused kernel path), or None (tiled path)."""
+        return self._routing_prep
+
     def _load_segment(self, row: SegmentRow, verify: bool) -> LoadedSegment:
         with self._lock:
             hit = self._cache.get(row.file)

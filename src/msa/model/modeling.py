@@ -109,7 +109,7 @@ class MSAForCausalLM(nn.Module):
                 elif name in ("temperature", "b"):
                     continue
                 else:
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
+                    p.copy_(torch.randn(p.shape, generator=g, device="cpu") * std)
         return self
 
     @property

@@ -144,9 +144,11 @@ def load_shard(bank: MemoryBank, plan: ShardPlan, rank: int, tile_chunks: int | 
                verify: bool = True) -> BankSnapshot:  # fmt: skip
     """``rank``'s shard as a BankSnapshot over local slots, routing keys on ``bank.device`` and content
     in ``bank.content_tier``, through the bank's own segment loader. Its scores are RAW
-    (``coupled_scale`` = 1): the distributed access applies the scale after the global merge."""
+    (``coupled_scale`` = 1): the distributed access applies the scale after the global merge. Keys are
+    prepared as the bank's own snapshots prepare them (fused kernel path), so scores equal one process's."""
     mine = [plan.segments[i] for i in plan.assignment[rank]]
-    loaded = [LoadedSegment.load(bank.path / SEGMENTS_DIR, s, bank.fingerprint, bank.device, bank.content_tier, verify)
+    loaded = [LoadedSegment.load(bank.path / SEGMENTS_DIR, s, bank.fingerprint, bank.device, bank.content_tier, verify,
+                                 prep=bank.routing_prep)
               for s in mine]  # fmt: skip
     ids = {s.id for s in mine}
     rows = [r for r in plan.rows if r.segment in ids]
