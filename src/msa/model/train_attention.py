@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ class TrainLayout:
     doc: Tensor
     stream: Tensor
     valid: Tensor
+    block_masks: dict = field(default_factory=dict)
 
     @functools.cached_property
     def local_mask(self) -> Tensor:
@@ -99,7 +100,13 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Ten
         ci = torch.clamp(ki - lp, min=0, max=cp - 1)
         return local | ((ki >= lp) & stream[bi, qi] & (first[bi, ci] < qi))
 
-    block_mask = create_block_mask(mask_mod, b, None, lp, lp + cp, device=q.device)
+    cache_key = (lp, cp) if first is None else None  # the local-only mask is shared by all non-router layers
+    block_mask = layout.block_masks.get(cache_key) if cache_key else None
+    if block_mask is None:
+        # _compile builds the mask block by block instead of materialising [B, L, L+C] (memory, speed)
+        block_mask = create_block_mask(mask_mod, b, None, lp, lp + cp, device=q.device, _compile=q.is_cuda)
+        if cache_key:
+            layout.block_masks[cache_key] = block_mask
     tok_k, chunk_k = k[:, :l], k[:, l:]
     tok_v, chunk_v = v[:, :l], v[:, l:]
     kk = torch.cat([_pad_to(tok_k, 1, lp), _pad_to(chunk_k, 1, cp)], 1) if c else _pad_to(tok_k, 1, lp)
