@@ -1,8 +1,9 @@
 """Routing of B questions with one call: the fused kernel where it applies, else the reference.
 
-``route_topk`` runs ``msa.kernels.route_topk`` (Triton) on CUDA tensors with the default reductions
-(head mean, query max, chunk max) when triton is importable and ``MSA_FORCE_REFERENCE`` is unset;
-otherwise ``doc_scores`` + ``select_docs`` per question. Both return the same layout.
+``route_topk`` runs ``msa.kernels.route_topk`` on CUDA tensors when ``MSA_FORCE_REFERENCE`` is unset: the
+Triton kernel for the default reductions (head mean, query max, chunk max; triton importable) and the
+one-row-per-question GEMV for query mean (head mean, query mean, chunk max). Otherwise ``doc_scores`` +
+``select_docs`` per question, in float32. Both return the same layout.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from torch import Tensor
 from msa.functional.routing import ChunkReduce, HeadReduce, QueryReduce, doc_scores, select_docs
 
 DEFAULT_REDUCTIONS = ("mean", "max", "max")  # head, query, chunk
+MEAN_REDUCTIONS = ("mean", "mean", "max")  # query mean: one query row per question, a GEMV
 
 
 def kernel_applies(t: Tensor, head_reduce: str = "mean", query_reduce: str = "max", chunk_reduce: str = "max") -> bool:
-    """Whether ``route_topk`` would run the fused kernel for tensors on t's device and these reductions."""
+    """Whether ``route_topk`` would run the fused path for tensors on t's device and these reductions."""
     if os.environ.get("MSA_FORCE_REFERENCE", "0") not in ("", "0"):
         return False
-    if (head_reduce, query_reduce, chunk_reduce) != DEFAULT_REDUCTIONS:
+    reductions = (head_reduce, query_reduce, chunk_reduce)
+    if reductions == MEAN_REDUCTIONS:
+        return t.is_cuda
+    if reductions != DEFAULT_REDUCTIONS:
         return False
     return t.is_cuda and importlib.util.find_spec("triton") is not None
 
@@ -54,7 +59,7 @@ def route_topk(
 
     Returns:
         docs [B, k] long, best first, ties towards the lower index, -1 where fewer than k documents
-        have a finite score; scores [B, k] float32, -inf there. On the kernel path the scores come from
+        have a finite score; scores [B, k] float32, -inf there. On the fused path the scores come from
         bfloat16 operands (relative error ~1e-2), on the reference path from float32.
     """
     b = q_router.shape[0]
@@ -64,7 +69,8 @@ def route_topk(
         from msa import kernels
 
         keys = kernels.prepare_routing_keys(k_router, cosine, torch.bfloat16)
-        return kernels.route_topk(q_router.to(k_router.device), keys, chunk_doc, num_docs, k, query_mask, cosine)
+        return kernels.route_topk(q_router.to(k_router.device), keys, chunk_doc, num_docs, k, query_mask, cosine,
+                                  query_reduce=query_reduce)  # fmt: skip
     device = k_router.device
     docs = torch.full((b, k), -1, dtype=torch.long, device=device)
     scores = torch.full((b, k), float("-inf"), device=device)

@@ -4,10 +4,10 @@ Routing keys of every router layer are resident on the compute device, per segme
 shares the segments it has in common with the previous one and loads only new ones). Content K/V stay
 on the host: in (pinned, on CUDA) RAM with ``content_tier="host"``, or memory-mapped from the segment
 files with ``content_tier="disk"``. ``fetch`` copies only the selected chunks to the device.
-Routing, fused path (CUDA, or float8 keys; default reductions): every segment holds its routing keys
-prepared for the routing GEMM (``msa.kernels.prepare_routing_keys``, bfloat16 or float8 + scales), the
-snapshot concatenates them into one [C, Hkv*D] matrix per router layer and routes all B questions in
-one ``msa.kernels.route_topk`` call. Chunks of deleted documents map to a dummy slot N; k+1 documents
+Routing, fused path (CUDA, or float8 keys; head mean, chunk max, query max or mean): every segment
+holds its routing keys prepared for the routing GEMM (``msa.kernels.prepare_routing_keys``, bfloat16 or
+float8 + scales), the snapshot concatenates them into one [C, Hkv*D] matrix per router layer and routes
+all B questions in one ``msa.kernels.route_topk`` call (query mean: one pre-reduced row per question). Chunks of deleted documents map to a dummy slot N; k+1 documents
 are requested and the dummy dropped, so the result is the exact top-k over live documents.
 Routing, tiled path (CPU, other reductions): document-aligned tiles of at most ``tile_chunks`` chunks
 with a running exact top-k, scored by ``tile_doc_scores``.
@@ -36,9 +36,15 @@ CONTENT_TIERS = ("host", "disk")
 ROUTING_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 
 
+FUSED_QUERY_REDUCE = ("max", "mean")
+
+
 def fused_routing(options: RoutingOptions) -> bool:
-    """Whether the options are the ones the fused routing kernel computes (head mean, query max, chunk max)."""
-    return (options.head_reduce, options.query_reduce, options.chunk_reduce) == ("mean", "max", "max")
+    """Whether the fused routing path computes these options (head mean, chunk max, query max or mean)."""
+    return (
+        options.head_reduce == "mean" and options.chunk_reduce == "max"
+        and options.query_reduce in FUSED_QUERY_REDUCE
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class RoutingPrep:
             raise ValueError(f"routing_dtype must be one of {tuple(ROUTING_DTYPES)}, got {routing_dtype!r}")
         if not fused_routing(options):
             if routing_dtype == "fp8":
-                raise ValueError("routing_dtype='fp8' needs the default reductions (head mean, query max, chunk max)")
+                raise ValueError("routing_dtype='fp8' needs head mean, chunk max and query max or mean reductions")
             return None
         if routing_dtype == "bf16" and device.type != "cuda":
             return None
@@ -264,7 +270,8 @@ class BankSnapshot:
         keys, chunk_slot = self.routing_keys(layer)
         extra = int(self._has_dead)  # the dummy slot n takes at most one place
         docs, scores = kernels.route_topk(q_router.to(self.device), keys, chunk_slot, n + extra, k + extra,
-                                          query_mask.to(self.device), self.options.cosine)  # fmt: skip
+                                          query_mask.to(self.device), self.options.cosine,
+                                          query_reduce=self.options.query_reduce)  # fmt: skip
         if extra:
             # a stable sort moving the dummy last keeps the live documents in order
             order = torch.sort((docs == n).to(torch.int8), dim=1, stable=True).indices[:, :k]

@@ -204,7 +204,8 @@ class MemoryBank:
         content_tier: "host" (content K/V in RAM, pinned on CUDA) or "disk" (memory-mapped segments).
         routing_dtype: "bf16" or "fp8": the routing keys the device keeps for the fused routing kernel
             (fp8: e4m3 + a scale per chunk, half the bytes and device memory; the segment files are
-            unchanged). Applies with the default reductions; bf16 on the CPU routes by the exact tiled path.
+            unchanged). Applies with head mean, chunk max and query max or mean reductions (fp8 with
+            others raises ValueError); bf16 on the CPU routes by the exact tiled path.
         """
         path = Path(path)
         if not (path / CATALOG_NAME).exists():
