@@ -51,7 +51,6 @@ def main(argv: list[str]) -> dict:
     trainer = Trainer(cfg)
     peak = matmul_rate()
     model = trainer.model
-    c = model.config
     n_params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
     recs = []
     for i in range(total):

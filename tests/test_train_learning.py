@@ -6,7 +6,6 @@ measured on this setup (300 steps), the official "max over query tokens" stays a
 because only the arg-max query token receives gradient, while "mean" goes from 0.30 to 0.95.
 """
 
-import pytest
 import torch
 
 from msa.data.bios import BiosConfig, BiosWorld

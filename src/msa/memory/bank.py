@@ -62,9 +62,9 @@ from msa.memory.errors import (
     DuplicateDocumentError,
     UnknownDocumentError,
 )
-from msa.memory.files import TMP_PREFIX, atomic_write, checksum_bytes, checksum_file, fsync_dir
+from msa.memory.files import TMP_PREFIX, atomic_write, checksum_bytes, fsync_dir
 from msa.memory.hooks import pause_point
-from msa.memory.segments import SUFFIX, read_header, segment_metadata, verify_segment, write_segment
+from msa.memory.segments import segment_metadata, verify_segment, write_segment
 from msa.model.memory import CompressedMemory, PrefixCache, RoutingOptions
 from msa.prompt import OFFICIAL, PromptFormat
 
@@ -473,44 +473,53 @@ class MemoryBank:
         keys = _check_ids(ids, len(texts))
         if job is not None and (not isinstance(job, str) or not job):
             raise ValueError("job must be a non-empty string")
-        hashes = [text_hash(t) for t in texts]
-        result: list[int | None] = [None] * len(texts)
         with self._writing():
-            with self.catalog.read() as c:
-                manifest = Catalog.manifest(c)
-                next_id = max(int(manifest["next_id"]), Catalog.max_id(c) + 1,
-                              max((k for k in keys if isinstance(k, int)), default=-1) + 1)  # fmt: skip
-                new_keys: dict[int, str] = {}
-                todo: list[tuple[int, int]] = []  # (item, id)
-                for i, (k, h) in enumerate(zip(keys, hashes)):
-                    if job is not None and (rec := Catalog.job_item(c, job, i)) is not None:
-                        if rec[0] != h:
-                            raise DuplicateDocumentError(f"job {job!r} item {i} was committed with another text")
-                        result[i] = rec[1]
-                        continue
-                    if isinstance(k, str):
-                        doc_id = Catalog.key_id(c, k)
-                        if doc_id is None:
-                            doc_id, next_id = next_id, next_id + 1
-                            new_keys[doc_id] = k
-                    elif isinstance(k, int):
-                        doc_id = k
-                    else:
-                        doc_id, next_id = next_id, next_id + 1
-                    row = Catalog.live_doc(c, doc_id) if k is not None else None
-                    if row is not None:
-                        if row.parent is None and row.source_hash == h:
-                            result[i] = doc_id
-                            continue
-                        raise DuplicateDocumentError(f"document id {k!r} already holds another text (use update)")
-                    todo.append((i, doc_id))
-            items = []
-            for i, doc_id in todo:
-                pieces, next_id = self._pieces(texts[i], doc_id, None, hashes[i], i, next_id)
-                items.append(pieces)
-                result[i] = doc_id
+            result, items, new_keys = self.plan_add(texts, keys, job)
             self._encode_and_commit(items, new_keys, job, progress)
         return [int(r) for r in result]  # type: ignore[arg-type]
+
+    def plan_add(self, texts: list[str], keys: list, job: str | None = None) -> tuple[list[int], list[list[Piece]], dict[int, str]]:
+        """The ids of every text, the pieces still to encode and the new string keys (call while writing).
+
+        Texts already stored with the same id and text (or committed by ``job``) are not re-encoded.
+        keys: per text None, an int id or a str key (validated by ``_check_ids``).
+        """
+        hashes = [text_hash(t) for t in texts]
+        result: list[int] = [-1] * len(texts)
+        with self.catalog.read() as c:
+            manifest = Catalog.manifest(c)
+            next_id = max(int(manifest["next_id"]), Catalog.max_id(c) + 1,
+                          max((k for k in keys if isinstance(k, int)), default=-1) + 1)  # fmt: skip
+            new_keys: dict[int, str] = {}
+            todo: list[tuple[int, int]] = []  # (item, id)
+            for i, (k, h) in enumerate(zip(keys, hashes)):
+                if job is not None and (rec := Catalog.job_item(c, job, i)) is not None:
+                    if rec[0] != h:
+                        raise DuplicateDocumentError(f"job {job!r} item {i} was committed with another text")
+                    result[i] = rec[1]
+                    continue
+                if isinstance(k, str):
+                    doc_id = Catalog.key_id(c, k)
+                    if doc_id is None:
+                        doc_id, next_id = next_id, next_id + 1
+                        new_keys[doc_id] = k
+                elif isinstance(k, int):
+                    doc_id = k
+                else:
+                    doc_id, next_id = next_id, next_id + 1
+                row = Catalog.live_doc(c, doc_id) if k is not None else None
+                if row is not None:
+                    if row.parent is None and row.source_hash == h:
+                        result[i] = doc_id
+                        continue
+                    raise DuplicateDocumentError(f"document id {k!r} already holds another text (use update)")
+                todo.append((i, doc_id))
+        items = []
+        for i, doc_id in todo:
+            pieces, next_id = self._pieces(texts[i], doc_id, None, hashes[i], i, next_id)
+            items.append(pieces)
+            result[i] = doc_id
+        return result, items, new_keys
 
     def update(self, doc_id: DocId, text: str, *, progress: bool | None = False) -> int:
         """Replace a live document's text; re-encodes only it (and its pieces). Same text: no-op."""

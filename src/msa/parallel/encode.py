@@ -20,10 +20,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from msa.memory import DuplicateDocumentError, MemoryBank
+from msa.memory import MemoryBank
 from msa.memory.bank import LOCK_NAME, SEGMENTS_DIR, DocId, _check_ids, _check_texts
 from msa.memory.catalog import Catalog
-from msa.memory.encode import Piece, commit_groups, encode_group, text_hash
+from msa.memory.encode import Piece, commit_groups, encode_group
 from msa.memory.segments import SegmentInfo, write_segment
 from msa.parallel.dist import DistContext
 
@@ -53,43 +53,6 @@ def split_groups(sizes: Sequence[int], world: int) -> list[tuple[int, int]]:
             r += 1
     bounds += [len(sizes)] * (world + 1 - len(bounds))
     return [(bounds[r], bounds[r + 1]) for r in range(world)]
-
-
-def _plan(bank: MemoryBank, texts: list[str], ids: Sequence[DocId] | None) -> tuple[list[int], list[list[Piece]], dict[int, str]]:
-    """Rank 0: ids of every text, the pieces to encode (skipping texts already stored) and new string keys.
-    Mirrors ``MemoryBank.add`` without jobs."""
-    keys = _check_ids(ids, len(texts))
-    hashes = [text_hash(t) for t in texts]
-    result: list[int] = [-1] * len(texts)
-    with bank.catalog.read() as c:
-        manifest = Catalog.manifest(c)
-        next_id = max(int(manifest["next_id"]), Catalog.max_id(c) + 1,
-                      max((k for k in keys if isinstance(k, int)), default=-1) + 1)  # fmt: skip
-        new_keys: dict[int, str] = {}
-        todo: list[tuple[int, int]] = []
-        for i, (k, h) in enumerate(zip(keys, hashes)):
-            if isinstance(k, str):
-                doc_id = Catalog.key_id(c, k)
-                if doc_id is None:
-                    doc_id, next_id = next_id, next_id + 1
-                    new_keys[doc_id] = k
-            elif isinstance(k, int):
-                doc_id = k
-            else:
-                doc_id, next_id = next_id, next_id + 1
-            row = Catalog.live_doc(c, doc_id) if k is not None else None
-            if row is not None:
-                if row.parent is None and row.source_hash == h:
-                    result[i] = doc_id
-                    continue
-                raise DuplicateDocumentError(f"document id {k!r} already holds another text (use update)")
-            todo.append((i, doc_id))
-    items = []
-    for i, doc_id in todo:
-        pieces, next_id = bank._pieces(texts[i], doc_id, None, hashes[i], i, next_id)
-        items.append(pieces)
-        result[i] = doc_id
-    return result, items, new_keys
 
 
 def _commit_all(bank: MemoryBank, written: list[tuple[SegmentInfo, list[Piece], list[int], list[int]]],
@@ -124,7 +87,7 @@ def parallel_add(bank_path: str | Path, texts: Sequence[str], ids: Sequence[DocI
             plan = None
             if rank == 0:
                 try:
-                    result, items, new_keys = _plan(bank, _check_texts(texts), ids)
+                    result, items, new_keys = bank.plan_add(_check_texts(texts), _check_ids(ids, len(texts)))
                     groups = commit_groups(items, bank.settings.segment_tokens)
                     spans = split_groups([sum(p.length for p in g) for g in groups], ctx.world)
                     plan = (result, new_keys, [groups[a:b] for a, b in spans])
