@@ -24,7 +24,7 @@ def test_encode_quick(tmp_path):
     out = tmp_path / "encode.json"
     res = _load("encode").main(["--quick", "--layers", "2", "--out", str(out)])
     assert json.loads(out.read_text())["bench"] == "encode"
-    assert set(res["results"]) == {"random", "sorted", "gemm_only_packed"}
+    assert set(res["results"]) == {"random", "sorted", "packed", "gemm_only_packed"}
     assert res["results"]["sorted"]["padding_waste"] <= res["results"]["random"]["padding_waste"]
 
 

@@ -309,3 +309,15 @@ def test_bf16_cpu_modes_agree(dtype):
     ref = tiny(dtype=torch.float32).prefill(query[None], memory=tiny().encode(docs), prefix=tiny().encode_prefix(template))
     assert res.logits.dtype == torch.bfloat16
     assert rel_err(res.logits.float(), ref.logits) < 3e-2
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_packed_encode_equals_padded(backend, monkeypatch):
+    monkeypatch.setenv("MSA_TRAIN_ATTENTION", backend)
+    model = tiny()
+    docs = [ids(n, 300 + n) for n in (3, 17, 8, 1, 30)]
+    a, b = model.encode(docs, packed=False), model.encode(docs, packed=True)
+    assert torch.equal(a.chunk_doc, b.chunk_doc)
+    for layer in model.router_layers:
+        for x, y in zip(a.layers[layer].tensors(), b.layers[layer].tensors()):
+            assert torch.allclose(x, y, atol=1e-5, rtol=1e-5)

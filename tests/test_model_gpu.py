@@ -130,3 +130,12 @@ def test_flex_train_attention_equals_sdpa_gpu(monkeypatch):
         grads[name] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert rel(outs["flex"], outs["sdpa"]) < 1e-4
     assert rel(grads["flex"], grads["sdpa"]) < 1e-3
+
+
+def test_packed_encode_equals_padded_gpu():
+    model = build("tiny", seed=11)
+    _, docs, _ = case(model, 9, 12)
+    a, b = model.encode(docs, packed=False), model.encode(docs)  # CUDA default: packed (FlexAttention)
+    for layer in model.router_layers:
+        for x, y in zip(a.layers[layer].tensors(), b.layers[layer].tensors()):
+            assert rel(y.float(), x.float()) < TOL

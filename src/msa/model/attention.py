@@ -87,13 +87,15 @@ class MemorySparseAttention(nn.Module):
         return self.o_proj(out.flatten(-2))
 
     def _encode(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: EncodeContext) -> Tensor:
-        """Each row is one document: causal attention; router layers pool K, V and router K."""
+        """Documents attend causally within themselves; router layers pool K, V and router K."""
         if self.is_router:
             flat = lambda t: t.flatten(0, 1).index_select(0, ctx.tokens)  # noqa: E731  [T, Hkv, D]
             kr = self._router_k(x, k)
             pooled = [MF.chunk_mean_pool(flat(t), ctx.lengths, self.msa.chunk_size) for t in (kr, k, v)]
             ctx.out[self.layer_idx] = LayerMemory(*(p for p, _ in pooled))
             ctx.chunk_doc = pooled[0][1]
+        if ctx.packed is not None:
+            return train_attention(q, k, v, ctx.packed)
         return attend(q, k, v, None, causal=True)
 
     def _train(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: TrainContext) -> Tensor:

@@ -94,15 +94,19 @@ class TrainContext:
 
 @dataclass
 class EncodeContext:
-    """Documents only, right-padded into [N, Lmax]; router layers write their pooled tensors to ``out``.
+    """Documents only; router layers write their pooled tensors to ``out``.
 
-    lengths: [N] long real tokens per document; tokens: [T] long flat indices of real tokens in N*Lmax.
+    Padded layout: [N, Lmax] rows, one document each, causal attention. Packed layout (``packed`` set):
+    one row [1, T] of all documents back to back, attention block-diagonal causal (no padding work).
+    lengths: [N] long real tokens per document; tokens: [T] long flat indices of real tokens in the batch.
+    packed: TrainLayout describing the packed row's documents, or None for the padded layout.
     """
 
     lengths: Tensor
     tokens: Tensor
     out: dict[int, LayerMemory] = field(default_factory=dict)
     chunk_doc: Tensor | None = None
+    packed: "TrainLayout | None" = None
 
 
 @dataclass

@@ -154,11 +154,13 @@ class MSAForCausalLM(nn.Module):
 
     # -- encode mode -------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, docs: list[Tensor] | list[list[int]]) -> CompressedMemory:
+    def encode(self, docs: list[Tensor] | list[list[int]], packed: bool | None = None) -> CompressedMemory:
         """Encode documents independently (causal within each, positions from 0).
 
         Args:
             docs: N token-id sequences (each non-empty).
+            packed: one row of all documents back to back with a block-diagonal causal mask (no padding
+                work; FlexAttention) instead of one padded row per document. Default: packed on CUDA.
 
         Returns:
             CompressedMemory over the N documents for every router layer (model dtype, model device).
@@ -173,15 +175,28 @@ class MSAForCausalLM(nn.Module):
             raise ValueError("this model has no router layers: nothing to encode")
         for s in seqs:
             self._check_ids(s)
-        n, lmax = len(seqs), int(lengths.max())
-        ids = torch.zeros(n, lmax, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = s
         device = self.device
-        real = torch.arange(lmax)[None, :] < lengths[:, None]
-        ctx = EncodeContext(lengths=lengths.to(device), tokens=real.flatten().nonzero().squeeze(-1).to(device))
-        positions = torch.arange(lmax, device=device).expand(n, lmax)
-        self.model.run(ids.to(device), positions, ctx, num_layers=max(self.router_layers) + 1)
+        if packed is None:
+            packed = device.type == "cuda"
+        if packed:
+            from msa.model.train_attention import TrainLayout
+
+            t = int(lengths.sum())
+            ids = torch.cat(seqs)[None].to(device)
+            doc = torch.repeat_interleave(torch.arange(len(seqs)), lengths)[None].to(device)
+            positions = MF.doc_position_ids(lengths)[None].to(device)
+            layout = TrainLayout(doc=doc, stream=torch.zeros_like(doc, dtype=torch.bool), valid=torch.ones_like(doc, dtype=torch.bool))
+            ctx = EncodeContext(lengths=lengths.to(device), tokens=torch.arange(t, device=device), packed=layout)
+        else:
+            n, lmax = len(seqs), int(lengths.max())
+            ids = torch.zeros(n, lmax, dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, : len(s)] = s
+            ids = ids.to(device)
+            real = torch.arange(lmax)[None, :] < lengths[:, None]
+            ctx = EncodeContext(lengths=lengths.to(device), tokens=real.flatten().nonzero().squeeze(-1).to(device))
+            positions = torch.arange(lmax, device=device).expand(n, lmax)
+        self.model.run(ids, positions, ctx, num_layers=max(self.router_layers) + 1)
         return CompressedMemory(layers=ctx.out, chunk_doc=ctx.chunk_doc.cpu(), doc_lengths=lengths)
 
     @torch.no_grad()
