@@ -135,7 +135,7 @@ def test_flex_train_attention_equals_sdpa_gpu(monkeypatch):
 def test_packed_encode_equals_padded_gpu():
     model = build("tiny", seed=11)
     _, docs, _ = case(model, 9, 12)
-    a, b = model.encode(docs, packed=False), model.encode(docs)  # CUDA default: packed (FlexAttention)
+    a, b = model.encode(docs, packed=False), model.encode(docs, packed=True)  # packed: FlexAttention
     for layer in model.router_layers:
         for x, y in zip(a.layers[layer].tensors(), b.layers[layer].tensors()):
             assert rel(y.float(), x.float()) < TOL
