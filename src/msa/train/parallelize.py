@@ -58,7 +58,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def destroy_distributed() -> None:
+    """Tear the process group down once every rank is done: destroying it while a peer still has
+    collectives in flight (FSDP2 on gloo) aborts that peer's process."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
