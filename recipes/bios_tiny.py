@@ -25,6 +25,7 @@ def recipe() -> TrainConfig:
         vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
         num_key_value_heads=2, head_dim=32, rope_theta=10000.0, max_position_embeddings=8192,
         msa=MSAConfig(router_layer_idx="half", top_k_docs=16, pooling_kernel_size=8, query_reduce_method="mean",
+                      template_len=4,  # our BPE splits "<|im_start|>user\n" into 4 tokens
                       routing_cosine=True),
     )  # fmt: skip
     return TrainConfig(
