@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -717,6 +717,11 @@ class BiosWorld:
     def document(self, i: int) -> str:
         """Text of document ``i`` (the biography of person ``i``); depends only on ``(seed, i)``."""
         return self._render(np.array([self._check(i)], dtype=np.int64))[0]
+
+    def documents(self, ids: Sequence[int]) -> list[str]:
+        """Texts of the documents ``ids`` (any order), rendered in one vectorised batch."""
+        idx = np.asarray([self._check(i) for i in ids], dtype=np.int64)
+        return self._render(idx) if len(idx) else []
 
     def iter_documents(self, start: int = 0, stop: int | None = None, batch_size: int = 4096) -> Iterator[str]:
         """Yield documents ``start..stop-1`` (``stop`` defaults to ``num_people``) in id order."""

@@ -224,7 +224,7 @@ class BiosSamples:
         gold_set = set(gold)
         ids = gold + [int(i) for i in draw if i not in gold_set][: n_docs - len(gold)]
         rng.shuffle(ids)
-        memory = [Document(i, self.world.document(i)) for i in ids]
+        memory = [Document(i, t) for i, t in zip(ids, self.world.documents(ids))]
         return TrainSample(q.text, memory, gold, None, q.answer, {"kind": q.kind})
 
     def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
