@@ -139,9 +139,9 @@ def test_non_router_layers_see_only_local_context():
 
 def test_document_memory_is_independent_of_batch_and_order():
     model = tiny()
-    docs = [ids(n, 100 + n) for n in (3, 17, 8, 1, 30)]
+    docs = [ids(n, 100 + n) for n in (3, 17, 8, 1, 30, 33, 70, 64, 100)]
     together = model.encode(docs)
-    order = [4, 2, 0, 3, 1]
+    order = [4, 2, 8, 0, 6, 3, 7, 5, 1]
     shuffled = model.encode([docs[i] for i in order])
     for i, d in enumerate(docs):
         alone = model.encode([d])
@@ -150,7 +150,7 @@ def test_document_memory_is_independent_of_batch_and_order():
         for layer in model.router_layers:
             for a, b, c in zip(alone.layers[layer].tensors(), in_batch.layers[layer].tensors(), in_other.layers[layer].tensors()):
                 assert a.shape[0] == (len(d) + 3) // 4
-                assert torch.allclose(a, b, atol=1e-6, rtol=0) and torch.allclose(a, c, atol=1e-6, rtol=0)
+                assert torch.equal(a, b) and torch.equal(a, c)  # bitwise on the CPU
 
 
 def test_cached_decoding_equals_full_recompute():

@@ -31,6 +31,9 @@ from msa.model.memory import (
 from msa import functional as MF
 
 
+ENCODE_PAD = 32  # encode pads documents to a multiple of this many tokens (see ``encode``)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -187,16 +190,36 @@ class MSAForCausalLM(nn.Module):
             positions = MF.doc_position_ids(lengths)[None].to(device)
             layout = TrainLayout(doc=doc, stream=torch.zeros_like(doc, dtype=torch.bool), valid=torch.ones_like(doc, dtype=torch.bool))
             ctx = EncodeContext(lengths=lengths.to(device), tokens=torch.arange(t, device=device), packed=layout)
-        else:
-            n, lmax = len(seqs), int(lengths.max())
-            ids = torch.zeros(n, lmax, dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, : len(s)] = s
-            ids = ids.to(device)
-            real = torch.arange(lmax)[None, :] < lengths[:, None]
-            ctx = EncodeContext(lengths=lengths.to(device), tokens=real.flatten().nonzero().squeeze(-1).to(device))
-            positions = torch.arange(lmax, device=device).expand(n, lmax)
-        self.model.run(ids, positions, ctx, num_layers=max(self.router_layers) + 1)
+            self.model.run(ids, positions, ctx, num_layers=max(self.router_layers) + 1)
+            return CompressedMemory(layers=ctx.out, chunk_doc=ctx.chunk_doc.cpu(), doc_lengths=lengths)
+        # Documents are grouped by padded length (a multiple of ENCODE_PAD tokens): a document's rows
+        # then have the same shapes whatever else is in the batch, so on the CPU its memory is bitwise
+        # the same alone, in any batch and in any order, and padding stays under ENCODE_PAD tokens.
+        pad = [-(-int(n) // ENCODE_PAD) * ENCODE_PAD for n in lengths]
+        order = sorted(range(len(seqs)), key=lambda i: (pad[i], i))
+        parts, start = [], 0
+        while start < len(order):
+            stop = start
+            while stop < len(order) and pad[order[stop]] == pad[order[start]]:
+                stop += 1
+            parts.append(self._encode_padded([seqs[i] for i in order[start:stop]], pad[order[start]]))
+            start = stop
+        memory = CompressedMemory.cat(parts) if len(parts) > 1 else parts[0]
+        if order != list(range(len(seqs))):
+            memory = memory.select(torch.tensor(order).argsort())
+        return memory
+
+    def _encode_padded(self, seqs: list[Tensor], width: int) -> CompressedMemory:
+        """Encode documents as rows of ``width`` tokens (right padding; causal, so pads change nothing)."""
+        device = self.device
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+        real = torch.arange(width)[None, :] < lengths[:, None]
+        ctx = EncodeContext(lengths=lengths.to(device), tokens=real.flatten().nonzero().squeeze(-1).to(device))
+        positions = torch.arange(width, device=device).expand(len(seqs), width)
+        self.model.run(ids.to(device), positions, ctx, num_layers=max(self.router_layers) + 1)
         return CompressedMemory(layers=ctx.out, chunk_doc=ctx.chunk_doc.cpu(), doc_lengths=lengths)
 
     @torch.no_grad()
