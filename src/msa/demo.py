@@ -16,6 +16,7 @@ import torch
 from msa.config import MSAConfig, ModelConfig
 from msa.data import BiosConfig, BiosWorld
 from msa.engine import Engine, InMemoryView
+from msa.eval.metrics import exact_match
 from msa.model import MSAForCausalLM, shipped_models
 from msa.tokenizer import train_tokenizer
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 class DemoConfig:
     documents: int = 2048
     questions: int = 4
+    eval_questions: int = 100
     seed: int = 0
 
 
@@ -71,4 +73,15 @@ def run(cfg: DemoConfig, out=print) -> dict:
                 f"model asked for {info.requested}, read {info.retrieved}, unknown {info.unknown}")  # fmt: skip
         out(f"  answer: {a.text[:80]!r}")
         out("  timings (s): " + ", ".join(f"{k} {v:.3f}" for k, v in a.timings.items()))
-    return {"documents": len(docs), "tokens": tokens, "encode_s": enc}
+    held = list(world.iter_questions(cfg.eval_questions // 2, "single", seed=cfg.seed + 1)) + list(
+        world.iter_questions(cfg.eval_questions - cfg.eval_questions // 2, "multi", seed=cfg.seed + 1)
+    )
+    t0 = time.perf_counter()
+    preds = []
+    for i in range(0, len(held), 25):
+        preds += engine.ask_batch([q.text for q in held[i : i + 25]], max_new_tokens=24)
+    em = {k: [exact_match(a.text, q.answer) for a, q in zip(preds, held) if q.kind == k] for k in ("single", "multi")}
+    summary = {k: sum(v) / max(1, len(v)) for k, v in em.items()}
+    out(f"\nexact match on {len(held)} held-out questions: single-hop {summary['single']:.1%}, "
+        f"2-hop {summary['multi']:.1%} ({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+    return {"documents": len(docs), "tokens": tokens, "encode_s": enc, "em": summary}
