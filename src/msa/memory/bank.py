@@ -429,8 +429,10 @@ class MemoryBank:
 
     # -- writes ------------------------------------------------------------------------------------
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Exclusive writer: thread lock + flock on writer.lock; then remove files the catalog does not name."""
+    def writing(self) -> Iterator[None]:
+        """Exclusive writer: thread lock + flock on writer.lock; then remove files the catalog does not name.
+
+        Every write of this bank holds it; code that commits segments itself (parallel encode) holds it too."""
         if self.readonly:
             raise BankReadOnlyError(f"{self.path} was opened read-only")
         with self._lock:
@@ -473,7 +475,7 @@ class MemoryBank:
         keys = _check_ids(ids, len(texts))
         if job is not None and (not isinstance(job, str) or not job):
             raise ValueError("job must be a non-empty string")
-        with self._writing():
+        with self.writing():
             result, items, new_keys = self.plan_add(texts, keys, job)
             self._encode_and_commit(items, new_keys, job, progress)
         return [int(r) for r in result]  # type: ignore[arg-type]
@@ -527,7 +529,7 @@ class MemoryBank:
         (text,) = _check_texts([text])
         i = self.resolve(doc_id)
         h = text_hash(text)
-        with self._writing():
+        with self.writing():
             with self.catalog.read() as c:
                 row = Catalog.live_doc(c, i)
                 if row is None:
@@ -546,7 +548,7 @@ class MemoryBank:
         if isinstance(ids, (int, str)):
             ids = [ids]
         ids = list(ids)
-        with self._writing():
+        with self.writing():
             with self.catalog.write() as c:
                 missing, victims = [], set()
                 for d in ids:
@@ -567,7 +569,7 @@ class MemoryBank:
         removed only after the catalog commit."""
         before = self.stats()
         rewritten = 0
-        with self._writing():
+        with self.writing():
             with self.catalog.read() as c:
                 segs = Catalog.segments(c)
                 rows = Catalog.all_docs(c)

@@ -14,32 +14,19 @@ Limitations: ``job=`` resumable adds are not supported here; tokenisation/splitt
 
 from __future__ import annotations
 
-import fcntl
 import logging
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from msa.memory import MemoryBank
-from msa.memory.bank import LOCK_NAME, SEGMENTS_DIR, DocId, _check_ids, _check_texts
+from msa.memory.bank import SEGMENTS_DIR, DocId, _check_ids, _check_texts
 from msa.memory.catalog import Catalog
 from msa.memory.encode import Piece, commit_groups, encode_group
 from msa.memory.segments import SegmentInfo, write_segment
 from msa.parallel.dist import DistContext
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _writer_lock(bank: MemoryBank) -> Iterator[None]:
-    """The bank's writer flock (what ``MemoryBank`` writes hold), with orphans removed first."""
-    with open(bank.path / LOCK_NAME, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            bank._remove_orphans()
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def split_groups(sizes: Sequence[int], world: int) -> list[tuple[int, int]]:
@@ -83,7 +70,7 @@ def parallel_add(bank_path: str | Path, texts: Sequence[str], ids: Sequence[DocI
     rank = ctx.rank
     bank = MemoryBank.open(bank_path, model, tokenizer, device=model.device, readonly=rank != 0)
     try:
-        with _writer_lock(bank) if rank == 0 else nullcontext():
+        with bank.writing() if rank == 0 else nullcontext():
             plan = None
             if rank == 0:
                 try:
