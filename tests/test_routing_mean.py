@@ -179,7 +179,7 @@ def test_bank_fp8_mean_model_routes(tmp_path):
     deleted = [2, 11, 30]
     bank.delete(deleted)
     bank.close()
-    fp8 = MemoryBank.open(tmp_path / "b", model, tok, routing_dtype="fp8")
+    fp8 = MemoryBank.open(tmp_path / "b", model, tok, routing_dtype="fp8", fp8_rescore=0)  # plain fp8 selection
     exact = MemoryBank.open(tmp_path / "b", model, tok, routing_dtype="bf16")
     snap, ref_snap = fp8.snapshot(), exact.snapshot()
     assert len(snap.segments) > 1
@@ -214,3 +214,29 @@ def test_bank_fp8_mean_model_routes(tmp_path):
     model.prefill(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.bool), memory=snap)
     fp8.close()
     exact.close()
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_fp8_with_exact_rescoring_equals_exact_routing(tmp_path, reduce):
+    """fp8 candidates (rescore * k) scored again from the raw keys: when the candidates cover every
+    document the result is exactly the float32 routing; otherwise it is a subset of the candidates."""
+    model, tok = build_tiny_model(query_reduce_method=reduce), build_tiny_tokenizer()
+    bank = MemoryBank.create(tmp_path / "b", model, tok, segment_tokens=600)
+    bank.add(TEXTS)
+    bank.delete([5])
+    bank.close()
+    fp8 = MemoryBank.open(tmp_path / "b", model, tok, routing_dtype="fp8")  # default fp8_rescore=4
+    snap = fp8.snapshot()
+    dense = DenseMemoryAccess(snap.materialize(), snap.options)
+    g = torch.Generator().manual_seed(1)
+    for layer in model.router_layers:
+        q = torch.randn(2, 5, 4, 16, generator=g)
+        mask = torch.ones(2, 5, dtype=torch.bool)
+        k_all = -(-snap.num_docs // 4)  # 4 * k >= N: every document is a candidate
+        got, want = snap.route(layer, q, mask, k_all), dense.route(layer, q, mask, k_all)
+        assert torch.equal(got.docs, want.docs) and torch.allclose(got.scores, want.scores)
+        small = snap.route(layer, q, mask, 3)
+        plain = MemoryBank.open(tmp_path / "b", model, tok, routing_dtype="fp8", fp8_rescore=0).snapshot()
+        cand = plain.route(layer, q, mask, 12).docs
+        assert all(set(small.docs[b].tolist()) <= set(cand[b].tolist()) for b in range(2))
+    fp8.close()

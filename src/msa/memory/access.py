@@ -53,9 +53,11 @@ class RoutingPrep:
 
     dtype: torch.dtype
     cosine: bool
+    rescore: int = 0
 
     @classmethod
-    def choose(cls, routing_dtype: str, options: RoutingOptions, device: torch.device) -> "RoutingPrep | None":
+    def choose(cls, routing_dtype: str, options: RoutingOptions, device: torch.device,
+               fp8_rescore: int = 4) -> "RoutingPrep | None":  # fmt: skip
         """The preparation for a bank opened with ``routing_dtype`` ("bf16" | "fp8"), or None (tiled path).
 
         bfloat16 keys take the fused path on CUDA only (on the CPU the float32 tiled path is exact and
@@ -69,7 +71,9 @@ class RoutingPrep:
             return None
         if routing_dtype == "bf16" and device.type != "cuda":
             return None
-        return cls(ROUTING_DTYPES[routing_dtype], options.cosine)
+        if fp8_rescore < 0:
+            raise ValueError(f"fp8_rescore must be >= 0, got {fp8_rescore}")
+        return cls(ROUTING_DTYPES[routing_dtype], options.cosine, fp8_rescore if routing_dtype == "fp8" else 0)
 
 
 def tile_doc_scores(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, query_mask: Tensor,
@@ -165,11 +169,12 @@ class BankSnapshot:
 
     def __init__(self, segments: list[LoadedSegment], rows: list[DocRow], seg_index: dict[int, int],
                  generation: int, options: RoutingOptions, device: torch.device, tile_chunks: int,
-                 prefix: PrefixCache | None = None):  # fmt: skip
+                 prefix: PrefixCache | None = None, rescore: int = 0):  # fmt: skip
         if tile_chunks < 1:
             raise ValueError(f"tile_chunks must be >= 1, got {tile_chunks}")
         self.segments = segments
         self.generation = generation
+        self.rescore = rescore  # fp8 fused path: exact rescoring of the top rescore*k candidates (0 = off)
         self.options = options
         self.device = device
         self.tile_chunks = tile_chunks
@@ -268,16 +273,43 @@ class BankSnapshot:
 
         b, n = q_router.shape[0], self.num_docs
         keys, chunk_slot = self.routing_keys(layer)
+        rescore = self.rescore if keys.keys.dtype == torch.float8_e4m3fn else 0
+        kc = min(n, k * rescore) if rescore else k  # candidates the kernel returns
         extra = int(self._has_dead)  # the dummy slot n takes at most one place
-        docs, scores = kernels.route_topk(q_router.to(self.device), keys, chunk_slot, n + extra, k + extra,
+        docs, scores = kernels.route_topk(q_router.to(self.device), keys, chunk_slot, n + extra, kc + extra,
                                           query_mask.to(self.device), self.options.cosine,
                                           query_reduce=self.options.query_reduce)  # fmt: skip
         if extra:
             # a stable sort moving the dummy last keeps the live documents in order
-            order = torch.sort((docs == n).to(torch.int8), dim=1, stable=True).indices[:, :k]
+            order = torch.sort((docs == n).to(torch.int8), dim=1, stable=True).indices[:, :kc]
             docs, scores = docs.gather(1, order), scores.gather(1, order)
+        if rescore:
+            docs, scores = self._rescore(layer, q_router, query_mask, docs.cpu(), k)
+            b = docs.shape[0]
         scores = torch.where(docs >= 0, scores, float("-inf"))
         return Routing(docs.cpu().reshape(b, k), (scores * self.options.coupled_scale).cpu().reshape(b, k))
+
+    def _rescore(self, layer: int, q_router: Tensor, query_mask: Tensor, cand: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Exact top-k among float8 candidates: every candidate document is scored again from its raw
+        routing keys (host) with the reference scoring. Equal to exact routing whenever the exact
+        top-k lies inside the candidates. cand: [B, kc] slots (-1 = none) -> docs, scores [B, k]."""
+        b = cand.shape[0]
+        docs = torch.full((b, k), -1, dtype=torch.long)
+        scores = torch.full((b, k), float("-inf"))
+        for s in range(b):
+            slots = torch.sort(cand[s][cand[s] >= 0]).values  # slot order: ties go to the lower slot
+            if slots.numel() == 0:
+                continue
+            places = [self._loc[int(x)] for x in slots]
+            kr = torch.cat([self.segments[si].routing[layer][c0 : c0 + m] for si, c0, m in places]).to(self.device)
+            counts = torch.tensor([m for _, _, m in places])
+            chunk_doc = torch.repeat_interleave(torch.arange(len(places)), counts).to(self.device)
+            sc = tile_doc_scores(q_router[s].to(self.device), kr, chunk_doc, len(places), query_mask[s].to(self.device),
+                                 self.options)  # fmt: skip
+            top = MF.select_docs(sc, k).cpu()
+            docs[s, : len(top)] = slots[top]
+            scores[s, : len(top)] = sc.cpu()[top]
+        return docs, scores
 
     # -- MemoryAccess ------------------------------------------------------------------------------
     def route(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int) -> Routing:

@@ -113,7 +113,8 @@ class MemoryBank:
     """
 
     def __init__(self, path: Path, catalog: Catalog, manifest: dict[str, Any], model, tokenizer,
-                 device: torch.device, readonly: bool, content_tier: str, routing_dtype: str = "bf16"):  # fmt: skip
+                 device: torch.device, readonly: bool, content_tier: str, routing_dtype: str = "bf16",
+                 fp8_rescore: int = 4):  # fmt: skip
         self.path = path
         self.catalog = catalog
         self.model = model
@@ -132,7 +133,7 @@ class MemoryBank:
         self.model_source: str | None = manifest.get("model_source")
         self._view: BankSnapshot | None = None
         self.routing_dtype = routing_dtype
-        self._routing_prep = RoutingPrep.choose(routing_dtype, self.routing_options, device)
+        self._routing_prep = RoutingPrep.choose(routing_dtype, self.routing_options, device, fp8_rescore)
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -197,7 +198,8 @@ class MemoryBank:
 
     @classmethod
     def open(cls, path: str | Path, model=None, tokenizer=None, device: str | torch.device | None = None,
-             readonly: bool = False, content_tier: str = "host", routing_dtype: str = "bf16") -> "MemoryBank":  # fmt: skip
+             readonly: bool = False, content_tier: str = "host", routing_dtype: str = "bf16",
+             fp8_rescore: int = 4) -> "MemoryBank":  # fmt: skip
         """Open a bank. With a model, its fingerprint must equal the bank's (``BankModelMismatch``).
 
         device: where routing keys and fetched chunks go (default: the model's device, else CPU).
@@ -206,6 +208,9 @@ class MemoryBank:
             (fp8: e4m3 + a scale per chunk, half the bytes and device memory; the segment files are
             unchanged). Applies with head mean, chunk max and query max or mean reductions (fp8 with
             others raises ValueError); bf16 on the CPU routes by the exact tiled path.
+        fp8_rescore: with fp8 keys, the kernel returns fp8_rescore * k candidates that are scored again
+            exactly from the raw keys on the host (0: plain fp8 selection). Measured on a trained
+            model's bank: see bench/results/fp8_recall_cpu.json.
         """
         path = Path(path)
         if not (path / CATALOG_NAME).exists():
@@ -234,7 +239,8 @@ class MemoryBank:
             raise
         if device is None:
             device = model.device if model is not None else "cpu"
-        return cls(path, catalog, manifest, model, tokenizer, torch.device(device), readonly, content_tier, routing_dtype)
+        return cls(path, catalog, manifest, model, tokenizer, torch.device(device), readonly, content_tier, routing_dtype,
+                   fp8_rescore)
 
     def close(self) -> None:
         self.catalog.close()
@@ -349,6 +355,7 @@ class MemoryBank:
             return BankSnapshot(
                 loaded, rows, {s.id: i for i, s in enumerate(segs)}, gen, self.routing_options, self.device,
                 tile_chunks or self.settings.tile_chunks, prefix=self.prefix,
+                rescore=self._routing_prep.rescore if self._routing_prep is not None else 0,
             )  # fmt: skip
         raise BankError("could not take a snapshot")  # unreachable in practice
 

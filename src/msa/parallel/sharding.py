@@ -153,7 +153,8 @@ def load_shard(bank: MemoryBank, plan: ShardPlan, rank: int, tile_chunks: int | 
     rows = [r for r in plan.rows if r.segment in ids]
     options = replace(bank.routing_options, coupled_scale=1.0)
     return BankSnapshot(loaded, rows, {s.id: i for i, s in enumerate(mine)}, plan.layout.generation, options,
-                        bank.device, tile_chunks or bank.settings.tile_chunks)  # fmt: skip
+                        bank.device, tile_chunks or bank.settings.tile_chunks,
+                        rescore=bank.routing_prep.rescore if bank.routing_prep is not None else 0)  # fmt: skip
 
 
 def read_plan(bank: MemoryBank, world: int) -> ShardPlan:
