@@ -58,3 +58,28 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_config(tiny_model):
     return tiny_model.config
+
+
+ROUTING_TEXTS = [f"Doc {i}: Alice {i} was born in Paris, works as chemist number {i * 7}." * (1 + i % 3) for i in range(40)]
+
+
+def routing_case(b: int, tq: int, hq: int, hkv: int, d: int, c: int, seed: int, device: str = "cpu"):
+    """Random routing inputs: q [B, Tq, Hq, D], k [C, Hkv, D], chunk_doc [C] (documents of 1-4 chunks),
+    N documents, mask [B, Tq] (the last question has no routing token when B > 1)."""
+    import torch
+
+    from msa.kernels import chunk_doc_from_offsets
+
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(1, 5, (c,), generator=g)
+    offs = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+    n = int((offs < c).sum())
+    offs = offs[: n + 1].clone()
+    offs[-1] = c
+    q = torch.randn(b, tq, hq, d, generator=g)
+    k = torch.randn(c, hkv, d, generator=g)
+    mask = torch.rand(b, tq, generator=g) > 0.3
+    mask[:, 0] = True
+    if b > 1:
+        mask[-1] = False
+    return q.to(device), k.to(device), chunk_doc_from_offsets(offs).long().to(device), n, mask.to(device)

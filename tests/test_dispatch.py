@@ -11,31 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import ROUTING_TEXTS, routing_case, build_tiny_model, build_tiny_tokenizer
 from msa.functional import doc_scores, route_topk, select_docs
-from msa.kernels import chunk_doc_from_offsets, prepare_routing_keys, route_topk_torch
+from msa.kernels import prepare_routing_keys, route_topk_torch
 from msa.memory import BankSnapshot, LoadedSegment, MemoryBank
 from msa.memory.catalog import DocRow
 from msa.model.memory import DenseMemoryAccess, RoutingOptions
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TOL = {torch.bfloat16: 1e-2, torch.float8_e4m3fn: 6e-2}
-TEXTS = [f"Doc {i}: Alice {i} was born in Paris, works as chemist number {i * 7}." * (1 + i % 3) for i in range(40)]
 
 
-def _case(b, tq, hq, hkv, d, c, seed, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(1, 5, (c,), generator=g)
-    offs = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
-    n = int((offs < c).sum())
-    offs = offs[: n + 1].clone()
-    offs[-1] = c
-    q = torch.randn(b, tq, hq, d, generator=g)
-    k = torch.randn(c, hkv, d, generator=g)
-    mask = torch.rand(b, tq, generator=g) > 0.3
-    mask[:, 0] = True
-    mask[-1] = False  # a question with no token: nothing selectable
-    return q.to(device), k.to(device), chunk_doc_from_offsets(offs).long().to(device), n, mask.to(device)
 
 
 def _reference(q, k, chunk_doc, n, mask, kk, cosine=True, **red):
@@ -50,7 +36,7 @@ def _reference(q, k, chunk_doc, n, mask, kk, cosine=True, **red):
 @pytest.mark.parametrize("cosine", [True, False])
 @pytest.mark.parametrize("red", [{}, {"head_reduce": "max"}, {"query_reduce": "mean", "chunk_reduce": "mean"}])
 def test_dispatch_cpu_equals_reference(cosine, red):
-    q, k, chunk_doc, n, mask = _case(4, 7, 6, 3, 12, 61, seed=1)
+    q, k, chunk_doc, n, mask = routing_case(4, 7, 6, 3, 12, 61, seed=1)
     docs, scores = route_topk(q, k, chunk_doc, n, 5, mask, cosine, **red)
     assert docs.shape == (4, 5) and scores.shape == (4, 5)
     assert torch.equal(docs, _reference(q, k, chunk_doc, n, mask, 5, cosine, **red))
@@ -106,7 +92,7 @@ def test_bank_fused_path_equals_tiled(dead):
 
 def _texts_bank(tmp_path, model, tok, **open_kw):
     bank = MemoryBank.create(tmp_path / "b", model, tok, segment_tokens=600, tile_chunks=16)
-    bank.add(TEXTS)
+    bank.add(ROUTING_TEXTS)
     bank.delete([2, 11])
     bank.close()
     return MemoryBank.open(tmp_path / "b", model, tok, **open_kw)
@@ -158,7 +144,7 @@ def _check(docs, scores, q, k, chunk_doc, n, mask, kk, tol):
 @pytest.mark.parametrize("shape", [(1, 1, 8, 2, 16, 300), (3, 17, 32, 8, 128, 5000), (5, 64, 4, 4, 64, 2049)])
 def test_dispatch_cuda_kernel(shape):
     b, tq, hq, hkv, d, c = shape
-    q, k, chunk_doc, n, mask = _case(b, tq, hq, hkv, d, c, seed=c, device="cuda")
+    q, k, chunk_doc, n, mask = routing_case(b, tq, hq, hkv, d, c, seed=c, device="cuda")
     docs, scores = route_topk(q.bfloat16(), k.bfloat16(), chunk_doc, n, 16, mask)
     assert docs.is_cuda
     _check(docs, scores, q.bfloat16().float(), k.bfloat16().float(), chunk_doc, n, mask, 16, TOL[torch.bfloat16])

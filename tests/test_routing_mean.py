@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import ROUTING_TEXTS, routing_case, build_tiny_model, build_tiny_tokenizer
 from msa.functional import doc_scores, route_topk, select_docs
 from msa.functional.dispatch import kernel_applies
-from msa.kernels import chunk_doc_from_offsets, prepare_routing_keys, route_topk_rows, router_query_rows
+from msa.kernels import prepare_routing_keys, route_topk_rows, router_query_rows
 from msa.kernels import route_topk as kernel_route_topk
 from msa.memory import BankSnapshot, LoadedSegment, MemoryBank
 from msa.memory.access import RoutingPrep
@@ -23,23 +23,8 @@ from msa.model.memory import DenseMemoryAccess, RoutingOptions
 MEAN = {"head_reduce": "mean", "query_reduce": "mean", "chunk_reduce": "max"}
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float8_e4m3fn: 6e-2}  # relative to the score scale
 SHAPES = [(1, 1, 8, 2, 16, 300), (4, 7, 6, 3, 12, 61), (3, 63, 4, 2, 60, 301)]  # B, Tq, Hq, Hkv, D, C
-TEXTS = [f"Doc {i}: Alice {i} was born in Paris, works as chemist number {i * 7}." * (1 + i % 3) for i in range(40)]
 
 
-def _case(b, tq, hq, hkv, d, c, seed):
-    g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(1, 5, (c,), generator=g)
-    offs = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
-    n = int((offs < c).sum())
-    offs = offs[: n + 1].clone()
-    offs[-1] = c
-    q = torch.randn(b, tq, hq, d, generator=g)
-    k = torch.randn(c, hkv, d, generator=g)
-    mask = torch.rand(b, tq, generator=g) > 0.3
-    mask[:, 0] = True
-    if b > 1:
-        mask[-1] = False  # a question with no routing token
-    return q, k, chunk_doc_from_offsets(offs).long(), n, mask
 
 
 def _reference_scores(q, k, chunk_doc, n, mask, cosine=True):
@@ -71,7 +56,7 @@ def _check(docs, scores, ref, kk, tol, scale=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn])
 @pytest.mark.parametrize("cosine", [True, False])
 def test_mean_rows_match_reference(shape, dtype, cosine):
-    q, k, chunk_doc, n, mask = _case(*shape, seed=shape[-1])
+    q, k, chunk_doc, n, mask = routing_case(*shape, seed=shape[-1])
     keys = prepare_routing_keys(k, cosine, dtype)
     ref = _reference_scores(q, k, chunk_doc, n, mask, cosine)
     for kk in (1, 5, n + 3):
@@ -81,7 +66,7 @@ def test_mean_rows_match_reference(shape, dtype, cosine):
 
 
 def test_rows_are_the_masked_token_mean():
-    q, _, _, _, mask = _case(3, 9, 4, 2, 8, 20, seed=3)
+    q, _, _, _, mask = routing_case(3, 9, 4, 2, 8, 20, seed=3)
     rows, has = router_query_rows(q, 2, True, mask)
     assert rows.shape == (3, 16) and has.tolist() == [True, True, False]
     assert torch.equal(rows[2], torch.zeros(16))
@@ -92,7 +77,7 @@ def test_rows_are_the_masked_token_mean():
 
 
 def test_no_routing_token_selects_nothing():
-    q, k, chunk_doc, n, _ = _case(2, 5, 4, 2, 8, 40, seed=5)
+    q, k, chunk_doc, n, _ = routing_case(2, 5, 4, 2, 8, 40, seed=5)
     mask = torch.zeros(2, 5, dtype=torch.bool)
     mask[0, 2] = True
     for dtype in (torch.float32, torch.float8_e4m3fn):
@@ -114,7 +99,7 @@ def test_ties_go_to_the_lower_document():
 
 
 def test_functional_dispatch_mean():
-    q, k, chunk_doc, n, mask = _case(4, 7, 6, 3, 12, 61, seed=1)
+    q, k, chunk_doc, n, mask = routing_case(4, 7, 6, 3, 12, 61, seed=1)
     assert not kernel_applies(k, **MEAN)  # CPU: the float32 reference
     docs, _ = route_topk(q, k, chunk_doc, n, 5, mask, **MEAN)
     ref = _reference_scores(q, k, chunk_doc, n, mask)
@@ -175,7 +160,7 @@ def test_bank_fp8_mean_model_routes(tmp_path):
     model, tok = build_tiny_model(query_reduce_method="mean"), build_tiny_tokenizer()
     assert model.routing_options().query_reduce == "mean"
     bank = MemoryBank.create(tmp_path / "b", model, tok, segment_tokens=600, tile_chunks=16)
-    bank.add(TEXTS)
+    bank.add(ROUTING_TEXTS)
     deleted = [2, 11, 30]
     bank.delete(deleted)
     bank.close()
@@ -222,7 +207,7 @@ def test_fp8_with_exact_rescoring_equals_exact_routing(tmp_path, reduce):
     document the result is exactly the float32 routing; otherwise it is a subset of the candidates."""
     model, tok = build_tiny_model(query_reduce_method=reduce), build_tiny_tokenizer()
     bank = MemoryBank.create(tmp_path / "b", model, tok, segment_tokens=600)
-    bank.add(TEXTS)
+    bank.add(ROUTING_TEXTS)
     bank.delete([5])
     bank.close()
     fp8 = MemoryBank.open(tmp_path / "b", model, tok, routing_dtype="fp8")  # default fp8_rescore=4
