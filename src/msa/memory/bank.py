@@ -660,15 +660,8 @@ class MemoryBank:
                 c.executemany("UPDATE documents SET deleted = 1, text = NULL WHERE id = ? AND deleted = 0",
                               [(d,) for d in replace])  # fmt: skip
             seg_id = Catalog.insert_segment(c, info)
-            c.executemany(
-                "INSERT INTO documents (id, parent, text, source_hash, num_tokens, segment, seg_doc, chunk_start, num_chunks)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(p.doc_id, p.parent, p.text, p.source_hash, p.length, seg_id, j, starts[j], counts[j])
-                 for j, p in enumerate(pieces)],
-            )  # fmt: skip
+            Catalog.insert_pieces(c, seg_id, pieces, starts, counts, new_keys)
             firsts = [p for p in pieces if p.index == 0]
-            c.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)",
-                          [(new_keys[p.doc_id], p.doc_id) for p in firsts if p.doc_id in new_keys])  # fmt: skip
             if job is not None:
                 c.executemany("INSERT INTO jobs VALUES (?, ?, ?, ?)", [(job, p.item, p.source_hash, p.doc_id) for p in firsts])
             top = max(p.doc_id for p in pieces) + 1

@@ -218,3 +218,17 @@ class Catalog:
              info.bytes_routing, info.bytes_content, info.fingerprint),
         )  # fmt: skip
         return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    @staticmethod
+    def insert_pieces(conn: sqlite3.Connection, seg_id: int, pieces: list[Any], starts: list[int],
+                      counts: list[int], new_keys: dict[int, str]) -> None:  # fmt: skip
+        """Document rows of one segment (pieces in segment order, with their first chunk and chunk
+        count) and the string keys of newly allocated ids (recorded on each document's first piece)."""
+        conn.executemany(
+            "INSERT INTO documents (id, parent, text, source_hash, num_tokens, segment, seg_doc, chunk_start, num_chunks)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(p.doc_id, p.parent, p.text, p.source_hash, p.length, seg_id, j, starts[j], counts[j])
+             for j, p in enumerate(pieces)],
+        )  # fmt: skip
+        conn.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)",
+                         [(new_keys[p.doc_id], p.doc_id) for p in pieces if p.index == 0 and p.doc_id in new_keys])  # fmt: skip

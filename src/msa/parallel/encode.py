@@ -47,15 +47,7 @@ def _commit_all(bank: MemoryBank, written: list[tuple[SegmentInfo, list[Piece], 
     """One transaction making every written segment visible, in order (``MemoryBank._commit``'s rows)."""
     with bank.catalog.write() as c:
         for info, pieces, starts, counts in written:
-            seg_id = Catalog.insert_segment(c, info)
-            c.executemany(
-                "INSERT INTO documents (id, parent, text, source_hash, num_tokens, segment, seg_doc, chunk_start, num_chunks)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(p.doc_id, p.parent, p.text, p.source_hash, p.length, seg_id, j, starts[j], counts[j])
-                 for j, p in enumerate(pieces)],
-            )  # fmt: skip
-            c.executemany("INSERT OR IGNORE INTO keys VALUES (?, ?)",
-                          [(new_keys[p.doc_id], p.doc_id) for p in pieces if p.index == 0 and p.doc_id in new_keys])  # fmt: skip
+            Catalog.insert_pieces(c, Catalog.insert_segment(c, info), pieces, starts, counts, new_keys)
         top = max((p.doc_id for _, ps, _, _ in written for p in ps), default=-1) + 1
         Catalog.set_manifest(c, "next_id", max(int(Catalog.manifest(c)["next_id"]), top))
 
