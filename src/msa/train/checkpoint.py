@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from msa.memory.files import fsync_dir
 from msa.train.parallelize import DistInfo
 
 logger = logging.getLogger(__name__)
@@ -58,14 +59,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _save(obj: Any, path: str) -> None:
@@ -125,12 +118,12 @@ def save_checkpoint(directory: str, state: TrainState, wrapper: nn.Module, model
         _write_text(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=2, default=str))
     _barrier(info)
     if info.is_main:
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         _write_text(os.path.join(directory, "latest"), name)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         done = sorted(d for d in os.listdir(directory) if d.startswith("step_") and not d.endswith(".tmp"))
         for old in done[: max(len(done) - keep, 0)]:
             shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
