@@ -173,10 +173,7 @@ class MemorySparseAttention(nn.Module):
         old_valid = cache.valid[i]
         s_old = old_valid.shape[1]
         new_valid = ctx.attention_mask.bool()
-        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        self_mask = causal[None] & new_valid[:, None, :]
-        self_mask = self_mask | torch.eye(t, dtype=torch.bool, device=x.device)[None]
-        mask = torch.cat([old_valid[:, None, :].expand(b, t, s_old), self_mask], dim=-1)
+        mask = torch.cat([old_valid[:, None, :].expand(b, t, s_old), ctx.self_mask], dim=-1)
         keys = torch.cat([cache.keys[i], k], 1)
         values = torch.cat([cache.values[i], v], 1)
         cache.keys[i], cache.values[i] = keys, values

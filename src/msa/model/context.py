@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -145,3 +146,13 @@ class QueryContext:
     top_k: int = 16
     routing: bool = True
     routings: dict[int, Routing] = field(default_factory=dict)
+
+    @functools.cached_property
+    def self_mask(self) -> Tensor:
+        """[B, T, T] bool: new token i sees real new tokens j <= i, and always itself (the same in every
+        layer, so built once per forward)."""
+        t = self.attention_mask.shape[1]
+        dev = self.attention_mask.device
+        causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+        eye = torch.eye(t, dtype=torch.bool, device=dev)
+        return (causal[None] & self.attention_mask.bool()[:, None, :]) | eye[None]
