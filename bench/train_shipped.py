@@ -1,11 +1,12 @@
 """Train msa-bios-tiny within a wall-clock budget, evaluate it, and write the files that ship.
 
-    python bench/train_shipped.py --minutes 8 --out runs/msa-bios-tiny [recipe overrides ...]
+    python bench/train_shipped.py --minutes 24 --out runs/msa-bios-tiny [recipe overrides ...]
 
-Steps: a short probe measures steps/s; the recipe's phases and curriculum are rescaled to fit the budget
-(warm-up 30%, main 70%; curriculum stages at 30% / 60%); training; the model (float32), tokenizer,
-training log and an evaluation on a world the model never saw (seed 7: single-hop and 2-hop questions,
-with and without Memory Interleave) are written to --out.
+Steps: a probe measures steps/s at the smallest and largest curriculum memory; the recipe's phases and
+curriculum are rescaled to fit the budget (warm-up 30%, main 70%; curriculum stages at 30% / 60%);
+training, with a snapshot of the model every ``--snapshot-minutes`` and a hard stop at the budget; the
+model (float32, shards under 12 MB), tokenizer, recipe, training log and an evaluation on a world the
+model never saw (seed 7: single-hop and 2-hop questions, with and without Memory Interleave) go to --out.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from msa.train.config import CurriculumStage
 from msa.train.loop import Trainer
 
 log = logging.getLogger("train_shipped")
+
+
+SHARD_BYTES = 12 << 20
 
 
 def rescale(cfg, steps: int):
@@ -67,9 +71,30 @@ def evaluate(model, tok, people: int, questions: int, seed: int = 7) -> dict:
     return out
 
 
+def _rate(overrides: list[str], num_docs: int, steps: int = 12) -> float:
+    """Steps/s of the recipe at a fixed memory size (after 4 warm-up steps)."""
+    cfg = load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides])
+    cfg.data.curriculum = [CurriculumStage(0, num_docs)]
+    probe = Trainer(cfg)
+    for _ in range(4):
+        probe.train_step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        probe.train_step()
+    return steps / (time.perf_counter() - t0)
+
+
+def save_model(trainer: Trainer, out: Path) -> None:
+    model = trainer.model
+    was = model.dtype
+    model.float().save_pretrained(out, max_shard_bytes=SHARD_BYTES)
+    model.to(was)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--minutes", type=float, default=8.0)
+    ap.add_argument("--minutes", type=float, default=8.0, help="training budget (probe included)")
+    ap.add_argument("--snapshot-minutes", type=float, default=5.0)
     ap.add_argument("--out", default="runs/msa-bios-tiny")
     ap.add_argument("--eval-people", type=int, default=2048)
     ap.add_argument("--eval-questions", type=int, default=50)
@@ -78,31 +103,41 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    probe = Trainer(load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides]))
-    for _ in range(5):
-        probe.train_step()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        probe.train_step()
-    rate = 20 / (time.perf_counter() - t0)
-    del probe
-    budget = args.minutes * 60 - (time.perf_counter() - t_start) - 30
-    steps = max(100, int(budget * rate * 0.85))  # later curriculum stages are longer sequences
-    log.info("probe: %.2f steps/s -> %d steps", rate, steps)
-    cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={out / 'training_log.jsonl'}", *overrides]), steps)
+    base = load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides])
+    sizes = [s.num_docs for s in base.data.curriculum]
+    r_small, r_large = _rate(overrides, sizes[0]), _rate(overrides, sizes[-1])
+    r_mid = 2 / (1 / r_small + 1 / r_large)
+    per_step = 0.3 / r_small + 0.3 / r_mid + 0.4 / r_large
+    budget = args.minutes * 60 - (time.perf_counter() - t_start) - 20
+    steps = max(100, int(budget / per_step * 0.95))
+    log.info("probe: %.2f steps/s at %d docs, %.2f at %d docs -> %d steps", r_small, sizes[0], r_large, sizes[-1], steps)
+    log_file = out / "training_log.jsonl"
+    log_file.unlink(missing_ok=True)
+    cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps)
     trainer = Trainer(cfg)
-    t0 = time.perf_counter()
-    trainer.fit()
+    deadline = t_start + args.minutes * 60
+    t0 = last_snap = time.perf_counter()
+    while trainer.state.step < steps and time.perf_counter() < deadline:
+        trainer.fit(until=min(steps, trainer.state.step + 50))
+        if time.perf_counter() - last_snap > args.snapshot_minutes * 60:
+            save_model(trainer, out)
+            last_snap = time.perf_counter()
+            log.info("snapshot at step %d", trainer.state.step)
     train_s = time.perf_counter() - t0
+    done = trainer.state.step
+    if done < steps:
+        log.warning("budget reached at step %d of %d", done, steps)
+    save_model(trainer, out)
     model = trainer.model.float().eval()
-    model.save_pretrained(out)
     tok_dir = Path(cfg.data.tokenizer)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tok_dir / f).exists():
             shutil.copy(tok_dir / f, out / f)
+    shutil.copy(Path(__file__).resolve().parents[1] / "recipes" / "bios_tiny.py", out / "recipe_bios_tiny.py")
     result = {
         "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__, "steps": steps, "train_seconds": train_s, "steps_per_s": steps / train_s,
+        "torch": torch.__version__, "steps_planned": steps, "steps": done, "train_seconds": train_s,
+        "steps_per_s": done / train_s, "overrides": overrides,
         "params": sum(p.numel() for p in model.parameters()),
         "eval": evaluate(model, trainer.tokenizer, args.eval_people, args.eval_questions),
     }  # fmt: skip

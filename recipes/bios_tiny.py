@@ -35,7 +35,7 @@ def recipe() -> TrainConfig:
             target_format="interleave_round",
             curriculum=[CurriculumStage(1500, 16), CurriculumStage(1500, 32), CurriculumStage(0, 64)],
             tokenizer="runs/bios_tiny/tokenizer", tokenizer_vocab=2048, tokenizer_docs=20000,
-            micro_batch_size=8, grad_accum=1,
+            micro_batch_size=16, grad_accum=1, workers=6,
         ),
         optimizer=OptimizerConfig(grad_clip=1.0),
         schedule=ScheduleConfig([

@@ -203,6 +203,18 @@ def test_save_load_roundtrip_is_bitwise(tmp_path):
     assert tiny(seed=4).fingerprint() != model.fingerprint()
 
 
+def test_sharded_save_loads_the_same_model(tmp_path):
+    model = tiny(seed=3)
+    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, max_shard_bytes=20_000)  # replaces the single file
+    shards = sorted(p.name for p in tmp_path.glob("model*.safetensors"))
+    assert len(shards) > 2 and "model.safetensors" not in shards
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    loaded = MSAForCausalLM.from_pretrained(tmp_path)
+    assert loaded.fingerprint() == model.fingerprint()
+
+
 def test_bad_checkpoints_fail_with_one_clear_message(tmp_path):
     from safetensors.torch import load_file, save_file
 

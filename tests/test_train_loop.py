@@ -26,12 +26,12 @@ def tok_dir(tmp_path_factory):
     return str(path)
 
 
-def config(tok_dir, steps=6, micro=2, accum=1, ckpt="", every=0, mode="ddp"):
+def config(tok_dir, steps=6, micro=2, accum=1, ckpt="", every=0, mode="ddp", workers=0, fmt="interleave_transcript"):
     return TrainConfig(
         model=ModelSpec(config=tiny_model_config(320, top_k_docs=2, pooling_kernel_size=8), seed=1),
         data=DataConfig(world=WORLD, curriculum=[CurriculumStage(3, 3), CurriculumStage(0, 4)],
-                        target_format="interleave_transcript", tokenizer=tok_dir, micro_batch_size=micro,
-                        grad_accum=accum, max_doc_tokens=24, kind="mixed"),
+                        target_format=fmt, tokenizer=tok_dir, micro_batch_size=micro,
+                        grad_accum=accum, max_doc_tokens=24, kind="mixed", workers=workers),
         schedule=ScheduleConfig([Phase("warmup", 3, 3e-3, 0.1, 1.0, warmup_steps=2),
                                   Phase("main", 3, 1e-3, 1.0, 0.1, decay="cosine")]),
         checkpoint=CheckpointConfig(dir=ckpt, every=every),
@@ -51,6 +51,15 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tok_dir, tmp_path):
     losses = [r["loss"] for r in full]
     assert [r["loss"] for r in first + rest] == losses  # bitwise
     assert [r["num_docs"] for r in full] == [3, 3, 3, 4, 4, 4] and full[3]["phase"] == "main"
+
+
+@pytest.mark.parametrize("fmt", ["interleave_transcript", "interleave_round"])
+def test_worker_processes_feed_the_same_batches(tok_dir, tmp_path, fmt):
+    base = [r["loss"] for r in Trainer(config(tok_dir, accum=2, fmt=fmt)).fit()]
+    ck = str(tmp_path / "ck")
+    first = Trainer(config(tok_dir, accum=2, fmt=fmt, workers=2, ckpt=ck, every=2)).fit(until=2)
+    rest = Trainer(config(tok_dir, accum=2, fmt=fmt, workers=2, ckpt=ck, every=2)).fit()  # resumes at step 2
+    assert [r["loss"] for r in first + rest] == base
 
 
 def _free_port():

@@ -154,7 +154,10 @@ def load_base(cls, path, msa_config: MSAConfig | None, seed=0, dtype=None, devic
     return model.eval()
 
 
-def save_pretrained(model: "MSAForCausalLM", path) -> None:
+def save_pretrained(model: "MSAForCausalLM", path, max_shard_bytes: int | None = None) -> None:
+    """Write config.json and the weights (official layout). With ``max_shard_bytes`` the weights are split
+    into ``model-0000i-of-0000n.safetensors`` files of at most that size (one tensor may exceed it) plus
+    ``model.safetensors.index.json``, as Hugging Face shards them; stale weight files are removed."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
@@ -163,9 +166,29 @@ def save_pretrained(model: "MSAForCausalLM", path) -> None:
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     cfg = model.config.to_hf_dict()
     cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
-    tmp = path / "model.safetensors.tmp"
-    save_file(sd, str(tmp), metadata={"format": "pt"})
-    tmp.replace(path / "model.safetensors")
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in sd.items():
+        nbytes = v.numel() * v.element_size()
+        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    for old in [*path.glob("model*.safetensors"), path / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        weight_map = {k: n for n, shard in zip(names, shards) for k in shard}
+        total = sum(v.numel() * v.element_size() for v in sd.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for name, shard in zip(names, shards):
+        tmp = path / (name + ".tmp")
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        tmp.replace(path / name)
     (path / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 

@@ -319,11 +319,12 @@ class MSAForCausalLM(nn.Module):
                 f"token ids must be in [0, {self.config.vocab_size}), got range [{int(ids.min())}, {int(ids.max())}]"
             )
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json + model.safetensors in the official MSA checkpoint format."""
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int | None = None) -> None:
+        """Write config.json + model.safetensors in the official MSA checkpoint format (sharded with an
+        index file when ``max_shard_bytes`` is given)."""
         from msa.model.checkpoint import save_pretrained
 
-        save_pretrained(self, path)
+        save_pretrained(self, path, max_shard_bytes)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> "MSAForCausalLM":

@@ -61,6 +61,8 @@ class DataConfig:
         documents with ``tokenizer_vocab`` tokens and saved there.
     micro_batch_size: samples per forward per rank; grad_accum: micro-batches per optimizer step.
     Global batch = micro_batch_size * grad_accum * world_size.
+    workers: processes that generate and collate the next steps' batches while the model trains (0 = in
+        the training process). Needs a source with random access (bios); a JSONL stream ignores it.
     """
 
     source: str = "bios"
@@ -77,6 +79,7 @@ class DataConfig:
     tokenizer_docs: int = 2048
     micro_batch_size: int = 4
     grad_accum: int = 1
+    workers: int = 0
 
 
 @dataclass
@@ -180,6 +183,8 @@ class TrainConfig:
             raise ValueError("data.source='jsonl' needs data.path")
         if not self.data.curriculum:
             raise ValueError("data.curriculum needs at least one stage")
+        if self.data.workers < 0:
+            raise ValueError(f"data.workers must be >= 0, got {self.data.workers}")
         if self.parallel.data_parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel.data_parallel must be 'ddp' or 'fsdp', got {self.parallel.data_parallel!r}")
 

@@ -242,10 +242,18 @@ class InterleaveRounds:
 
     def __init__(self, inner: "SampleSource"):
         self.inner = inner
+        if hasattr(inner, "sample"):
+            self.sample = self._sample  # random access where the inner source has it
+
+    def _round(self, i: int, s: TrainSample) -> TrainSample:
+        chain = list(s.positives)
+        r = (i * 7919 + 13) % (len(chain) + 1)
+        return TrainSample(s.question, s.memory, chain[r : r + 1], s.target, s.answer,
+                           {**s.extra, "chain": chain, "round": r})  # fmt: skip
+
+    def _sample(self, index: int, num_docs: int | None = None) -> TrainSample:
+        return self._round(index, self.inner.sample(index, num_docs))  # type: ignore[attr-defined]
 
     def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
         for i, s in enumerate(self.inner.iterate(start, num_docs), start):
-            chain = list(s.positives)
-            r = (i * 7919 + 13) % (len(chain) + 1)
-            yield TrainSample(s.question, s.memory, chain[r : r + 1], s.target, s.answer,
-                              {**s.extra, "chain": chain, "round": r})  # fmt: skip
+            yield self._round(i, s)

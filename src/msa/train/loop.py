@@ -40,6 +40,33 @@ logger = logging.getLogger(__name__)
 __all__ = ["Trainer", "evaluate"]
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Item k = the micro-batches of global step ``first_step + k`` (a pure function of the step, so
+    DataLoader workers can build them ahead of the training process)."""
+
+    def __init__(self, trainer: "Trainer", first_step: int, first_position: int):
+        self.source, self.collator = trainer.source, trainer.collator
+        self.curriculum = trainer.config.data.curriculum
+        self.mb, self.accum = trainer.config.data.micro_batch_size, trainer.config.data.grad_accum
+        self.rank, self.world = trainer.info.rank, trainer.info.world_size
+        self.first_step, self.first_position = first_step, first_position
+        self.total = trainer.config.schedule.total_steps
+        self.global_batch = trainer.global_batch
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.first_step)
+
+    def __getitem__(self, k: int) -> list[TrainBatch]:
+        step = self.first_step + k
+        pos = self.first_position + k * self.global_batch
+        num_docs = num_docs_at(self.curriculum, step)
+        out = []
+        for m in range(self.accum):
+            lo = pos + (m * self.world + self.rank) * self.mb
+            out.append(self.collator([self.source.sample(i, num_docs) for i in range(lo, lo + self.mb)]))  # type: ignore[attr-defined]
+        return out
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -78,6 +105,10 @@ class Trainer:
         self.source: SampleSource = source if source is not None else build_source(config.data)
         self.state = TrainState()
         self._stream: tuple[int, int | None, Iterator[TrainSample]] | None = None
+        self._prefetch: tuple[int, Iterator[list[TrainBatch]]] | None = None
+        if config.data.workers and not hasattr(self.source, "sample"):
+            logger.warning("data.workers=%d ignored: the %s source has no random access", config.data.workers,
+                           config.data.source)  # fmt: skip
         ck = config.checkpoint
         if ck.dir and ck.resume:
             path = latest_checkpoint(ck.dir)
@@ -105,9 +136,23 @@ class Trainer:
 
     def _micro_batches(self, num_docs: int) -> list[TrainBatch]:
         d, w, r = self.config.data, self.info.world_size, self.info.rank
+        if d.workers and hasattr(self.source, "sample"):
+            return self._prefetched()
         mb = d.micro_batch_size
         every = self._samples(self.state.data_position, self.global_batch, num_docs)
         return [self.collator(every[(m * w + r) * mb : (m * w + r + 1) * mb]) for m in range(d.grad_accum)]
+
+    def _prefetched(self) -> list[TrainBatch]:
+        """The current step's micro-batches from the worker processes (restarted if the step moved)."""
+        step = self.state.step
+        if self._prefetch is None or self._prefetch[0] != step:
+            ds = _StepBatches(self, step, self.state.data_position)
+            loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.config.data.workers,
+                                                 prefetch_factor=4, persistent_workers=False)  # fmt: skip
+            self._prefetch = (step, iter(loader))
+        batches = next(self._prefetch[1])
+        self._prefetch = (step + 1, self._prefetch[1])
+        return batches
 
     # -- one step ----------------------------------------------------------------------------------
     def _autocast(self):
