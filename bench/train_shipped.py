@@ -34,10 +34,10 @@ log = logging.getLogger("train_shipped")
 SHARD_BYTES = 12 << 20
 
 
-def rescale(cfg, steps: int):
+def rescale(cfg, steps: int, lr_scale: float = 1.0):
     warm = max(50, int(steps * 0.3))
     p0, p1 = cfg.schedule.phases
-    cfg.schedule.phases = [replace(p0, steps=warm), replace(p1, steps=steps - warm)]
+    cfg.schedule.phases = [replace(p0, steps=warm, lr=p0.lr * lr_scale), replace(p1, steps=steps - warm, lr=p1.lr * lr_scale)]
     n = [s.num_docs for s in cfg.data.curriculum]
     cfg.data.curriculum = [CurriculumStage(warm, n[0]), CurriculumStage(int(steps * 0.3), n[1]), CurriculumStage(0, n[2])]
     return cfg
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/msa-bios-tiny")
     ap.add_argument("--eval-people", type=int, default=2048)
     ap.add_argument("--eval-questions", type=int, default=50)
+    ap.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
     args, overrides = ap.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
@@ -113,7 +114,7 @@ def main() -> None:
     log.info("probe: %.2f steps/s at %d docs, %.2f at %d docs -> %d steps", r_small, sizes[0], r_large, sizes[-1], steps)
     log_file = out / "training_log.jsonl"
     log_file.unlink(missing_ok=True)
-    cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps)
+    cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps, args.lr_scale)
     trainer = Trainer(cfg)
     deadline = t_start + args.minutes * 60
     t0 = last_snap = time.perf_counter()
@@ -137,7 +138,7 @@ def main() -> None:
     result = {
         "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "steps_planned": steps, "steps": done, "train_seconds": train_s,
-        "steps_per_s": done / train_s, "overrides": overrides,
+        "steps_per_s": done / train_s, "overrides": overrides, "lr_scale": args.lr_scale,
         "params": sum(p.numel() for p in model.parameters()),
         "eval": evaluate(model, trainer.tokenizer, args.eval_people, args.eval_questions),
     }  # fmt: skip

@@ -24,9 +24,10 @@ from msa.model.layers import attend
 
 
 def bucket(n: int) -> int:
-    """Padded length for n (>= 1): a multiple of 128 and of n's power-of-two scale / 8, so compiled
-    FlexAttention kernels are reused across batches (at most ~12% padding, few distinct shapes)."""
-    step = max(128, 1 << max(0, n.bit_length() - 4))
+    """Padded length for n (>= 1): a multiple of 128 and of n's power-of-two scale / 2 (1024, 1536, 2048,
+    3072, ...), so compiled FlexAttention kernels are reused across batches: two shapes per octave keep
+    recompilation rare, and the padding costs little because fully masked blocks are skipped."""
+    step = max(128, 1 << max(0, n.bit_length() - 2))
     return -(-n // step) * step
 
 
@@ -122,5 +123,9 @@ def _flex_fn(device_type: str):
     from torch.nn.attention.flex_attention import flex_attention
 
     if device_type == "cuda":
+        # One compiled kernel per (batch, length bucket, memory bucket); past dynamo's default limit of 8
+        # recompiles it would silently fall back to the eager path, which materialises [B, H, L, L].
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
         return torch.compile(flex_attention, dynamic=False)
     return flex_attention
