@@ -34,12 +34,12 @@ log = logging.getLogger("train_shipped")
 SHARD_BYTES = 12 << 20
 
 
-def rescale(cfg, steps: int, lr_scale: float = 1.0):
-    warm = max(50, int(steps * 0.3))
+def rescale(cfg, steps: int, lr_scale: float = 1.0, warmup_fraction: float = 0.3):
+    warm = max(50, int(steps * warmup_fraction))
     p0, p1 = cfg.schedule.phases
     cfg.schedule.phases = [replace(p0, steps=warm, lr=p0.lr * lr_scale), replace(p1, steps=steps - warm, lr=p1.lr * lr_scale)]
     n = [s.num_docs for s in cfg.data.curriculum]
-    cfg.data.curriculum = [CurriculumStage(warm, n[0]), CurriculumStage(int(steps * 0.3), n[1]), CurriculumStage(0, n[2])]
+    cfg.data.curriculum = [CurriculumStage(warm, n[0]), CurriculumStage(max(1, int(steps * 0.3)), n[1]), CurriculumStage(0, n[2])]
     return cfg
 
 
@@ -71,8 +71,9 @@ def evaluate(model, tok, people: int, questions: int, seed: int = 7) -> dict:
     return out
 
 
-def _rate(overrides: list[str], num_docs: int, steps: int = 12) -> float:
-    """Steps/s of the recipe at a fixed memory size (after 4 warm-up steps)."""
+def _rate(overrides: list[str], num_docs: int, steps: int = 12, profile: Path | None = None) -> float:
+    """Steps/s of the recipe at a fixed memory size (after 4 warm-up steps); with ``profile`` a
+    torch.profiler table of 4 more steps is written there."""
     cfg = load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides])
     cfg.data.curriculum = [CurriculumStage(0, num_docs)]
     probe = Trainer(cfg)
@@ -81,7 +82,18 @@ def _rate(overrides: list[str], num_docs: int, steps: int = 12) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         probe.train_step()
-    return steps / (time.perf_counter() - t0)
+    rate = steps / (time.perf_counter() - t0)
+    if profile is not None:
+        from torch.profiler import ProfilerActivity, profile as prof
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with prof(activities=acts) as p:
+            for _ in range(4):
+                probe.train_step()
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        profile.write_text(p.key_averages().table(sort_by="cpu_time_total", row_limit=40) + "\n\n"
+                           + p.key_averages().table(sort_by=key, row_limit=25))  # fmt: skip
+    return rate
 
 
 def save_model(trainer: Trainer, out: Path) -> None:
@@ -98,6 +110,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/msa-bios-tiny")
     ap.add_argument("--eval-people", type=int, default=2048)
     ap.add_argument("--eval-questions", type=int, default=50)
+    ap.add_argument("--profile", action="store_true", help="write a profiler table of the largest-memory probe")
+    ap.add_argument("--warmup-fraction", type=float, default=0.3, help="share of steps in the aux-dominant phase")
     ap.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
     args, overrides = ap.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -106,7 +120,8 @@ def main() -> None:
     t_start = time.perf_counter()
     base = load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides])
     sizes = [s.num_docs for s in base.data.curriculum]
-    r_small, r_large = _rate(overrides, sizes[0]), _rate(overrides, sizes[-1])
+    r_small = _rate(overrides, sizes[0])
+    r_large = _rate(overrides, sizes[-1], profile=out / "profile.txt" if args.profile else None)
     r_mid = 2 / (1 / r_small + 1 / r_large)
     per_step = 0.3 / r_small + 0.3 / r_mid + 0.4 / r_large
     budget = args.minutes * 60 - (time.perf_counter() - t_start) - 20
@@ -114,7 +129,8 @@ def main() -> None:
     log.info("probe: %.2f steps/s at %d docs, %.2f at %d docs -> %d steps", r_small, sizes[0], r_large, sizes[-1], steps)
     log_file = out / "training_log.jsonl"
     log_file.unlink(missing_ok=True)
-    cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps, args.lr_scale)
+    cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps, args.lr_scale,
+                  args.warmup_fraction)
     trainer = Trainer(cfg)
     deadline = t_start + args.minutes * 60
     t0 = last_snap = time.perf_counter()
@@ -139,6 +155,7 @@ def main() -> None:
         "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "steps_planned": steps, "steps": done, "train_seconds": train_s,
         "steps_per_s": done / train_s, "overrides": overrides, "lr_scale": args.lr_scale,
+        "warmup_fraction": args.warmup_fraction,
         "params": sum(p.numel() for p in model.parameters()),
         "eval": evaluate(model, trainer.tokenizer, args.eval_people, args.eval_questions),
     }  # fmt: skip

@@ -32,7 +32,7 @@ def recipe() -> TrainConfig:
         model=ModelSpec(config=model, seed=0, router_init="mirror"),
         data=DataConfig(
             source="bios", world=BiosConfig(num_people=1 << 20, seed=0), kind="mixed", multi_fraction=0.5,
-            target_format="interleave_round",
+            target_format="interleave_round", answer_round_fraction=0.2,
             curriculum=[CurriculumStage(1500, 16), CurriculumStage(1500, 32), CurriculumStage(0, 64)],
             tokenizer="runs/bios_tiny/tokenizer", tokenizer_vocab=2048, tokenizer_docs=20000,
             micro_batch_size=16, grad_accum=1, workers=6,
@@ -40,7 +40,7 @@ def recipe() -> TrainConfig:
         optimizer=OptimizerConfig(grad_clip=1.0),
         schedule=ScheduleConfig([
             Phase("warmup", steps=1500, lr=2e-3, lm_weight=0.1, aux_weight=1.0, warmup_steps=50),
-            Phase("main", steps=4500, lr=1e-3, lm_weight=1.0, aux_weight=0.1, decay="cosine"),
+            Phase("main", steps=4500, lr=1e-3, lm_weight=1.0, aux_weight=0.3, decay="cosine"),
         ]),
         checkpoint=CheckpointConfig(dir="runs/bios_tiny/ckpt", every=1000),
         logging=LoggingConfig(every=50, metrics_file="runs/bios_tiny/metrics.jsonl"),

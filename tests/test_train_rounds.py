@@ -27,3 +27,13 @@ def test_rounds_cover_the_chain_and_route_like_the_engine():
         assert all(g.doc_id in (QUERY, RESPONSE) for g in segs)
         if len(seen) == 3:
             break
+
+
+def test_answer_fraction_sets_the_share_of_answer_rounds():
+    inner = BiosSamples(BiosConfig(num_people=1024, seed=0), 6, "multi", seed=3)
+    for frac in (0.1, 0.5):
+        rounds = [InterleaveRounds(inner, frac).sample(i).extra["round"] for i in range(2000)]
+        assert abs(rounds.count(2) / 2000 - frac) < 0.04
+        assert abs(rounds.count(0) - rounds.count(1)) < 0.1 * 2000  # retrieval rounds stay balanced
+    src = InterleaveRounds(inner, None)
+    assert [s.extra["round"] for s, _ in zip(src.iterate(5), range(4))] == [src.sample(i).extra["round"] for i in range(5, 9)]

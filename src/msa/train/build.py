@@ -69,7 +69,9 @@ def build_source(data: DataConfig) -> SampleSource:
         source: SampleSource = JsonlSamples(data.path)
     else:
         source = BiosSamples(data.world, data.curriculum[0].num_docs, data.kind, data.seed, data.multi_fraction)
-    return InterleaveRounds(source) if data.target_format == "interleave_round" else source
+    if data.target_format == "interleave_round":
+        return InterleaveRounds(source, data.answer_round_fraction)
+    return source
 
 
 def build_collator(cfg: TrainConfig, tokenizer, model: MSAForCausalLM) -> Collator:

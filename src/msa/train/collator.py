@@ -15,7 +15,7 @@ doc_ids -1, positions 0, labels -100). ``labels[b, t]`` is the target for the lo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -50,11 +50,18 @@ class TrainBatch:
     packed: the model input (PackedBatch, [B, L] tensors).
     labels: [B, L] long, LM target token at t (predicted from logits at t-1), IGNORE elsewhere.
     aux_labels: B tensors [N_b] long 0/1, 1 = positive document, in doc_ids order 1..N_b.
+    positives: per sample, the number of positive documents (a host-side copy, so the loss needs no
+        device round trip to know it; filled from ``aux_labels`` when not given).
     """
 
     packed: PackedBatch
     labels: Tensor
     aux_labels: list[Tensor]
+    positives: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.positives:
+            self.positives = [int(a.sum()) for a in self.aux_labels]
 
     @property
     def size(self) -> int:
@@ -65,7 +72,8 @@ class TrainBatch:
         return int(self.packed.attention_mask.sum())
 
     def to(self, device: torch.device | str) -> "TrainBatch":
-        return TrainBatch(self.packed.to(device), self.labels.to(device), [a.to(device) for a in self.aux_labels])
+        return TrainBatch(self.packed.to(device), self.labels.to(device), [a.to(device) for a in self.aux_labels],
+                          self.positives)  # fmt: skip
 
     def lm_targets(self) -> tuple[Tensor, Tensor]:
         """(logits_index [M] flat indices into B*L of positions t-1 whose next token is a target,

@@ -61,6 +61,7 @@ class DataConfig:
         documents with ``tokenizer_vocab`` tokens and saved there.
     micro_batch_size: samples per forward per rank; grad_accum: micro-batches per optimizer step.
     Global batch = micro_batch_size * grad_accum * world_size.
+    answer_round_fraction: ``interleave_round`` only: share of answer rounds (None = uniform over rounds).
     workers: processes that generate and collate the next steps' batches while the model trains (0 = in
         the training process). Needs a source with random access (bios); a JSONL stream ignores it.
     """
@@ -79,6 +80,7 @@ class DataConfig:
     tokenizer_docs: int = 2048
     micro_batch_size: int = 4
     grad_accum: int = 1
+    answer_round_fraction: float | None = None
     workers: int = 0
 
 

@@ -238,16 +238,28 @@ class InterleaveRounds:
     Sample i keeps its memory and question; its round r in 0..R (R = number of gold documents) is a
     pure function of i; ``positives`` becomes the document that round must retrieve ([g_r], empty for
     the final answer round), and ``extra`` carries the full ``chain`` and the ``round``.
+
+    answer_fraction: probability of the answer round (r = R); None = every round equally likely. Only
+        retrieval rounds carry a routing (aux) target, so a lower value gives the router more signal.
     """
 
-    def __init__(self, inner: "SampleSource"):
+    def __init__(self, inner: "SampleSource", answer_fraction: float | None = None):
+        if answer_fraction is not None and not 0.0 <= answer_fraction <= 1.0:
+            raise ValueError(f"answer_fraction must be in [0, 1], got {answer_fraction}")
         self.inner = inner
+        self.answer_fraction = answer_fraction
         if hasattr(inner, "sample"):
             self.sample = self._sample  # random access where the inner source has it
 
     def _round(self, i: int, s: TrainSample) -> TrainSample:
         chain = list(s.positives)
-        r = (i * 7919 + 13) % (len(chain) + 1)
+        h = (i * 7919 + 13) % 1_000_003
+        if self.answer_fraction is None:
+            r = h % (len(chain) + 1)
+        elif h / 1_000_003 < self.answer_fraction:
+            r = len(chain)
+        else:
+            r = (h // 7) % len(chain)
         return TrainSample(s.question, s.memory, chain[r : r + 1], s.target, s.answer,
                            {**s.extra, "chain": chain, "round": r})  # fmt: skip
 

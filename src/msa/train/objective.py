@@ -106,32 +106,44 @@ class Objective:
             lm_denominator / aux_denominator: global target-token / pair counts of the whole step.
         """
         m = Metrics()
-        m.add("aux_loss", 0.0, 0.0)
-        for layer in self.layers:
-            for k in RECALL_AT:
-                m.add(f"recall@{k}/layer{layer}", 0.0, 0.0)
         if targets.numel():
             lm_sum = F.cross_entropy(out.logits.float(), targets, reduction="sum")
         else:
             lm_sum = out.logits.float().sum() * 0.0
-        m.add("lm_loss", float(lm_sum.detach()), float(targets.numel()))
+        # Every metric is gathered as a device tensor and read back once (no per-sample syncs).
+        names, values, counts = ["lm_loss"], [lm_sum.detach()], [float(targets.numel())]
+        bad = out.logits.new_zeros((), dtype=torch.long)
         aux_sum = out.logits.new_zeros((), dtype=torch.float32)
         for layer in self.layers:
             scores = out.doc_scores[layer]  # [B, Nmax]
             # touch every router layer's scores so data-parallel wrappers see their gradient path
             aux_sum = aux_sum + scores.masked_fill(~torch.isfinite(scores), 0.0).sum() * 0.0
+            losses, hits = [], {k: [] for k in RECALL_AT}
             for b, labels in enumerate(batch.aux_labels):
-                n = labels.numel()
-                if n == 0 or int(labels.sum()) == 0:
+                n, num_pos = labels.numel(), batch.positives[b]
+                if n == 0 or num_pos == 0:
                     continue
                 s = scores[b, :n]
-                if not bool(torch.isfinite(s).all()):
-                    raise ValueError(f"sample {b} has {n} aux labels but layer {layer} scored fewer documents")
+                bad = bad + (~torch.isfinite(s)).sum()
                 loss = routing_loss(self.method, s, labels, self.tau, self.bce_bias if self.bce_bias is not None else -20.0)
                 aux_sum = aux_sum + loss
-                m.add("aux_loss", float(loss.detach()))
+                losses.append(loss.detach())
+                pos = labels.bool()
                 for k in RECALL_AT:
-                    m.add(f"recall@{k}/layer{layer}", recall_at(s.detach(), labels, k))
+                    top = torch.topk(s.detach().float(), min(k, n)).indices
+                    hits[k].append(pos[top].sum() / min(num_pos, k))
+            names.append("aux_loss")
+            values.append(torch.stack(losses).sum() if losses else aux_sum.new_zeros(()))
+            counts.append(float(len(losses)))
+            for k in RECALL_AT:
+                names.append(f"recall@{k}/layer{layer}")
+                values.append(torch.stack(hits[k]).sum() if hits[k] else aux_sum.new_zeros(()))
+                counts.append(float(len(hits[k])))
+        host = torch.stack([v.float() for v in values] + [bad.float()]).tolist()
+        if host[-1]:
+            raise ValueError("a sample has more aux labels than scored documents (non-finite routing scores)")
+        for name, v, c in zip(names, host, counts):
+            m.add(name, v, c)
         total = weights.lm * lm_sum / max(lm_denominator, 1.0) + weights.aux * aux_sum / max(aux_denominator, 1.0)
         return total, m
 
