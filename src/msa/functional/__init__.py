@@ -12,9 +12,13 @@ from msa.functional.losses import (
 )
 from msa.functional.pooling import chunk_layout, chunk_mean_pool
 from msa.functional.positions import doc_position_ids, query_position_ids
-from msa.functional.routing import chunk_scores, doc_scores, reduce_chunks_to_docs, select_docs
+from msa.functional.routing import (
+    batched_doc_scores, batched_select_docs, chunk_scores, doc_scores, reduce_chunks_to_docs, select_docs,
+)
 
 __all__ = [
+    "batched_doc_scores",
+    "batched_select_docs",
     "bce_loss",
     "chunk_layout",
     "chunk_mean_pool",

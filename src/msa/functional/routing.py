@@ -142,3 +142,74 @@ def select_docs(scores: Tensor, k: int) -> Tensor:
     masked = torch.where(finite, scores, torch.full_like(scores, float("-inf")))
     order = torch.sort(masked, descending=True, stable=True).indices
     return order[:k]
+
+
+def batched_doc_scores(
+    q_router: Tensor,
+    query_mask: Tensor,
+    k_router: Tensor,
+    chunk_doc: Tensor,
+    num_docs: int,
+    cosine: bool = True,
+    *,
+    head_reduce: HeadReduce = "mean",
+    query_reduce: QueryReduce = "max",
+    chunk_reduce: ChunkReduce = "max",
+) -> Tensor:
+    """``doc_scores`` for B independent queries at once (training: one routing query per sample).
+
+    Args:
+        q_router: [B, Tq, Hq, D] router queries; query_mask: [B, Tq] bool, tokens taking part.
+        k_router: [B, C, Hkv, D] pooled router keys of each sample's own chunks (padded).
+        chunk_doc: [B, C] long, owning document 0..num_docs-1 of each chunk, -1 for padding.
+
+    Returns:
+        [B, num_docs] float32, equal (up to float rounding) to ``doc_scores`` row by row; documents with
+        no chunk, and rows with no query token, get -inf.
+    """
+    b, tq, hq, d = q_router.shape
+    hkv = k_router.shape[2]
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key heads ({hkv})")
+    q, k = q_router.float(), k_router.float()
+    if cosine:
+        q, k, scale = F.normalize(q, dim=-1), F.normalize(k, dim=-1), 1.0
+    else:
+        scale = 1.0 / math.sqrt(d)
+    q = q.view(b, tq, hkv, hq // hkv, d)
+    s = torch.einsum("btkgd,bckd->btkgc", q, k).reshape(b, tq, hq, -1) * scale  # [B, Tq, Hq, C]
+    s = s.mean(dim=2) if head_reduce == "mean" else s.amax(dim=2)  # [B, Tq, C]
+    m = query_mask.to(device=s.device, dtype=torch.bool)
+    n = m.sum(1)  # [B]
+    if query_reduce == "max":
+        cs = s.masked_fill(~m[:, :, None], float("-inf")).amax(dim=1)
+    elif query_reduce == "mean":
+        cs = (s * m[:, :, None]).sum(1) / n.clamp(min=1)[:, None]
+    elif query_reduce == "last":
+        last = (torch.arange(tq, device=s.device) * m).argmax(1)  # index of the last masked token
+        cs = s.gather(1, last[:, None, None].expand(-1, 1, s.shape[2])).squeeze(1)
+    else:
+        raise ValueError(f"unknown query_reduce {query_reduce!r}")
+    cs = cs.masked_fill((n == 0)[:, None], float("-inf"))
+    pad = chunk_doc < 0
+    index = chunk_doc.masked_fill(pad, num_docs)  # padding lands in a dropped extra column
+    out = torch.full((b, num_docs + 1), float("-inf"), device=s.device)
+    if chunk_reduce == "max":
+        out = out.scatter_reduce(1, index, cs, reduce="amax", include_self=True)
+    elif chunk_reduce == "mean":
+        sums = torch.zeros_like(out).scatter_add(1, index, cs.masked_fill(pad, 0.0))
+        counts = torch.zeros_like(out).scatter_add(1, index, (~pad).float())
+        out = torch.where(counts > 0, sums / counts.clamp(min=1), out)
+    else:
+        raise ValueError(f"unknown chunk_reduce {chunk_reduce!r}")
+    return out[:, :num_docs]
+
+
+def batched_select_docs(scores: Tensor, k: int) -> Tensor:
+    """``select_docs`` per row: [B, N] scores -> [B, min(k, N)] document indices, best first (ties to the
+    lower index), -1 where a row has fewer finite scores."""
+    scores = scores.float()
+    finite = torch.isfinite(scores)
+    masked = torch.where(finite, scores, torch.full_like(scores, float("-inf")))
+    order = torch.sort(masked, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
+    return order.masked_fill(~finite.gather(1, order), -1)

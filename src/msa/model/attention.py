@@ -112,23 +112,37 @@ class MemorySparseAttention(nn.Module):
         chunk_first = torch.full((len(chunk_doc),), l, dtype=torch.long, device=x.device)
         chunk_first.scatter_reduce_(0, token_chunk, ctx.doc_tokens % l, reduce="amin")
         chunk_sample = ctx.doc_sample[chunk_doc]
-        cosine = self.msa.train_cosine()
-        scores = torch.full((b, ctx.max_docs), float("-inf"), device=x.device)
+        local_chunk_doc = ctx.doc_local[chunk_doc]
+        # All samples at once: each sample's routing tokens against its own chunks, padded per sample
+        # (chunks are in sample order). Two host reads per layer instead of several per sample.
+        rows, cols = ctx.query_mask.nonzero(as_tuple=True)
+        q_counts = torch.bincount(rows, minlength=b)
+        c_counts = torch.bincount(chunk_sample, minlength=b)
+        tq, cm = (int(v) for v in torch.stack([q_counts.max(), c_counts.max()]).tolist())
+        q_slot = torch.arange(len(rows), device=x.device) - (torch.cumsum(q_counts, 0) - q_counts)[rows]
+        qr_tok = self._router_q(x[rows, cols], q[rows, cols])  # only routing tokens need router queries
+        qr = qr_tok.new_zeros(b, tq, *qr_tok.shape[1:])
+        qr[rows, q_slot] = qr_tok
+        q_mask = torch.zeros(b, tq, dtype=torch.bool, device=x.device)
+        q_mask[rows, q_slot] = True
+        c_slot = torch.arange(len(chunk_doc), device=x.device) - (torch.cumsum(c_counts, 0) - c_counts)[chunk_sample]
+        kr = kr_bar.new_zeros(b, cm, *kr_bar.shape[1:])
+        kr[chunk_sample, c_slot] = kr_bar
+        kr_doc = torch.full((b, cm), -1, dtype=torch.long, device=x.device)
+        kr_doc[chunk_sample, c_slot] = local_chunk_doc
+        scores = MF.batched_doc_scores(
+            qr, q_mask, kr, kr_doc, ctx.max_docs, cosine=self.msa.train_cosine(),
+            head_reduce=self.msa.head_reduce_method, query_reduce=self.msa.query_reduce_method,
+            chunk_reduce=self.msa.chunk_reduce_method,
+        )  # fmt: skip
+        if self.msa.train_cosine() and not self.decoupled:
+            scores = scores / math.sqrt(self.head_dim)  # as _doc_scores (official coupled path)
+        top = MF.batched_select_docs(scores.detach(), ctx.top_k)
         docs = torch.full((b, ctx.top_k), -1, dtype=torch.long, device=x.device)
-        keep = torch.zeros(len(chunk_doc), dtype=torch.bool, device=x.device)
-        for s in range(b):
-            doc_sel = (ctx.doc_sample == s).nonzero().squeeze(-1)
-            if len(doc_sel) == 0:
-                continue
-            ch = (chunk_sample == s).nonzero().squeeze(-1)
-            local_chunk_doc = ctx.doc_local[chunk_doc[ch]]
-            qm = ctx.query_mask[s]
-            qr = self._router_q(x[s][qm], q[s][qm])  # only routing tokens need router queries
-            sc = self._doc_scores(qr, kr_bar[ch], local_chunk_doc, ctx.max_docs, cosine)
-            scores[s] = sc
-            top = MF.select_docs(sc.detach(), ctx.top_k)
-            docs[s, : len(top)] = top
-            keep[ch] = torch.isin(local_chunk_doc, top)
+        docs[:, : top.shape[1]] = top
+        picked = torch.zeros(b, ctx.max_docs + 1, dtype=torch.bool, device=x.device)
+        picked.scatter_(1, top.masked_fill(top < 0, ctx.max_docs), True)
+        keep = picked[:, : ctx.max_docs][chunk_sample, local_chunk_doc]
         ctx.scores[self.layer_idx] = scores
         ctx.selected[self.layer_idx] = Routing(docs, scores.gather(1, docs.clamp(min=0)).masked_fill(docs < 0, float("-inf")))
         # Gather kept chunks into per-sample slots [B, Cmax] appended after the L token keys.
