@@ -22,13 +22,14 @@ from msa.train.config import (
 
 def recipe() -> TrainConfig:
     model = ModelConfig(
-        vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
+        vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
         num_key_value_heads=2, head_dim=32, rope_theta=10000.0, max_position_embeddings=8192,
-        msa=MSAConfig(router_layer_idx="half", top_k_docs=16, pooling_kernel_size=8, query_reduce_method="mean",
+        msa=MSAConfig(router_layer_idx="1,2,3", top_k_docs=16, pooling_kernel_size=8, query_reduce_method="mean",
                       template_len=4,  # our BPE splits "<|im_start|>user\n" into 4 tokens
-                      routing_cosine=True),
+                      routing_cosine=False),
     )  # fmt: skip
     return TrainConfig(
+        aux_layers="all",
         model=ModelSpec(config=model, seed=0, router_init="mirror"),
         data=DataConfig(
             source="bios", world=BiosConfig(num_people=1 << 20, seed=0), kind="mixed", multi_fraction=0.5,

@@ -155,3 +155,30 @@ def test_recall_at():
     assert MF.recall_at(s, torch.tensor([0, 1, 0, 0]), 1) == 1.0
     assert MF.recall_at(s, torch.tensor([1, 0, 0, 0]), 1) == 0.0
     assert MF.recall_at(s, torch.tensor([1, 1, 0, 0]), 2) == 0.5
+
+
+@pytest.mark.parametrize("head", ["mean", "max"])
+@pytest.mark.parametrize("query", ["max", "mean", "last"])
+@pytest.mark.parametrize("chunk", ["max", "mean"])
+@pytest.mark.parametrize("cosine", [True, False])
+def test_batched_doc_scores_equal_per_row_scores(head, query, chunk, cosine):
+    g = torch.Generator().manual_seed(5)
+    b, tq, hq, hkv, d, cm, n = 3, 7, 4, 2, 8, 11, 5
+    q = torch.randn(b, tq, hq, d, generator=g)
+    k = torch.randn(b, cm, hkv, d, generator=g)
+    qmask = torch.rand(b, tq, generator=g) > 0.4
+    qmask[2] = False  # a row without routing tokens
+    cdoc = torch.randint(0, n, (b, cm), generator=g)
+    cdoc[0, 8:] = -1  # padding chunks
+    cdoc[1] = cdoc[1].clamp(max=n - 2)  # document n-1 has no chunk in row 1
+    got = MF.batched_doc_scores(q, qmask, k, cdoc, n, cosine, head_reduce=head, query_reduce=query, chunk_reduce=chunk)
+    for r in range(b):
+        real = cdoc[r] >= 0
+        want = MF.doc_scores(q[r], k[r][real], cdoc[r][real], n, qmask[r], cosine,
+                             head_reduce=head, query_reduce=query, chunk_reduce=chunk)  # fmt: skip
+        assert torch.equal(torch.isinf(got[r]), torch.isinf(want))
+        fin = torch.isfinite(want)
+        assert torch.allclose(got[r][fin], want[fin], atol=1e-6)
+        top = MF.batched_select_docs(got, 3)[r]
+        ref = MF.select_docs(want, 3)
+        assert top[: len(ref)].tolist() == ref.tolist() and (top[len(ref):] == -1).all()

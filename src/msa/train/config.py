@@ -169,6 +169,9 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     seed: int = 0
+    # Router layers trained by the aux loss: "official" = index >= num_layers // 2 (the release's rule),
+    # "all" = every router layer (for small models routing from low layers; see recipes/bios_tiny.py).
+    aux_layers: str = "official"
 
     def validate(self) -> None:
         """Re-check the model config after overrides and the schedule / data values."""
@@ -185,6 +188,8 @@ class TrainConfig:
             raise ValueError("data.source='jsonl' needs data.path")
         if not self.data.curriculum:
             raise ValueError("data.curriculum needs at least one stage")
+        if self.aux_layers not in ("official", "all"):
+            raise ValueError(f"aux_layers must be 'official' or 'all', got {self.aux_layers!r}")
         if self.data.workers < 0:
             raise ValueError(f"data.workers must be >= 0, got {self.data.workers}")
         if self.parallel.data_parallel not in ("ddp", "fsdp"):

@@ -100,7 +100,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=lr_at(config.schedule, 0), betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay
         )
-        self.objective = Objective(self.model.config, getattr(self.model, "b", None))
+        self.objective = Objective(self.model.config, getattr(self.model, "b", None), config.aux_layers)
         self.collator: Collator = build_collator(config, self.tokenizer, self.model)
         self.source: SampleSource = source if source is not None else build_source(config.data)
         self.state = TrainState()
@@ -264,14 +264,15 @@ class Trainer:
     def evaluate(self, samples: list[TrainSample], batch_size: int | None = None) -> dict[str, float]:
         """Routing recall and losses on ``samples`` (this rank's; no gradient)."""
         return evaluate(self.model, self.collator, samples, batch_size or self.config.data.micro_batch_size,
-                        self.info.device, self._autocast)  # fmt: skip
+                        self.info.device, self._autocast, self.config.aux_layers)  # fmt: skip
 
 
 @torch.no_grad()
 def evaluate(model, collator: Collator, samples: list[TrainSample], batch_size: int = 4,
-             device: torch.device | str = "cpu", autocast=contextlib.nullcontext) -> dict[str, float]:  # fmt: skip
+             device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
+             aux_layers: str = "official") -> dict[str, float]:  # fmt: skip
     """Mean LM loss, aux loss and router recall@1/@16 per aux layer over ``samples``."""
-    objective = Objective(model.config, getattr(model, "b", None))
+    objective = Objective(model.config, getattr(model, "b", None), aux_layers)
     metrics = Metrics()
     for i in range(0, len(samples), batch_size):
         batch = collator(samples[i : i + batch_size]).to(device)

@@ -70,8 +70,10 @@ class Metrics:
         return {k: (self.sums[k] / self.counts[k] if self.counts[k] else float("nan")) for k in sorted(self.sums)}
 
 
-def aux_layers(config: ModelConfig) -> tuple[int, ...]:
-    """Router layers that carry the aux loss: idx >= num_layers // 2 (the official rule)."""
+def aux_layers(config: ModelConfig, which: str = "official") -> tuple[int, ...]:
+    """Router layers that carry the aux loss: idx >= num_layers // 2 (the official rule), or all of them."""
+    if which == "all":
+        return tuple(config.router_layers)
     return tuple(i for i in config.router_layers if i >= config.num_hidden_layers // 2)
 
 
@@ -80,12 +82,13 @@ class Objective:
 
     Args:
         config: the model config (router layers, aux_loss_method, tau).
+        layers: "official" or "all" router layers carry the aux loss (``aux_layers``).
         bce_bias: the model's learnable bias ``b`` for the BCE method (else unused).
     """
 
-    def __init__(self, config: ModelConfig, bce_bias: Tensor | None = None):
+    def __init__(self, config: ModelConfig, bce_bias: Tensor | None = None, layers: str = "official"):
         self.config = config
-        self.layers = aux_layers(config)
+        self.layers = aux_layers(config, layers)
         self.method = config.msa.aux_loss_method or "INFONCE_DECOUPLE"
         self.tau = config.msa.tau
         self.bce_bias = bce_bias
