@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from msa import functional as MF
 
@@ -159,7 +158,7 @@ def test_recall_at():
 
 
 @pytest.mark.parametrize("head", ["mean", "max"])
-@pytest.mark.parametrize("query", ["max", "mean", "last", "pooled"])
+@pytest.mark.parametrize("query", ["max", "mean", "last"])
 @pytest.mark.parametrize("chunk", ["max", "mean"])
 @pytest.mark.parametrize("cosine", [True, False])
 def test_batched_doc_scores_equal_per_row_scores(head, query, chunk, cosine):
@@ -183,20 +182,3 @@ def test_batched_doc_scores_equal_per_row_scores(head, query, chunk, cosine):
         top = MF.batched_select_docs(got, 3)[r]
         ref = MF.select_docs(want, 3)
         assert top[: len(ref)].tolist() == ref.tolist() and (top[len(ref):] == -1).all()
-
-
-def test_pooled_query_is_the_cosine_of_the_mean_raw_query():
-    g = torch.Generator().manual_seed(9)
-    q, k = torch.randn(6, 4, 8, generator=g), torch.randn(5, 2, 8, generator=g)
-    mask = torch.tensor([True, False, True, True, False, True])
-    qm = q[mask].mean(0)  # [Hq, D]
-    want = torch.stack([
-        torch.stack([F.cosine_similarity(qm[h], k[c, h // 2], dim=0) for h in range(4)]).mean() for c in range(5)
-    ])  # fmt: skip
-    got = MF.chunk_scores(q, k, mask, cosine=True, query_reduce="pooled")
-    assert torch.allclose(got, want, atol=1e-6)
-    # a long constant "template" with a small norm barely moves the pooled query (it would under "mean")
-    tmpl = torch.randn(1, 4, 8, generator=g).expand(30, -1, -1) * 1e-3
-    q2 = torch.cat([q[mask], tmpl])
-    assert torch.allclose(MF.chunk_scores(q2, k, query_reduce="pooled"), want, atol=1e-2)
-    assert not torch.allclose(MF.chunk_scores(q2, k, query_reduce="mean"), want, atol=1e-2)

@@ -22,10 +22,7 @@ class MSAConfig:
         explicit list when saved) or comma-separated layer indices.
     top_k_docs: documents selected per query per router layer (honoured at inference too).
     pooling_kernel_size: chunk length P of the mean pooling.
-    head_reduce_method / query_reduce_method / chunk_reduce_method: routing reductions. Besides the
-        official "max" / "mean" / "last", query_reduce_method="pooled" (ours) averages the RAW router
-        queries of the routing tokens into one query before scoring, so with cosine scores a token's
-        weight follows its norm (template tokens can be learnt away) while scores stay bounded.
+    head_reduce_method / query_reduce_method / chunk_reduce_method: routing reductions.
     decouple_router: separate router_q_proj / router_k_proj (else route with attention Q and pooled K).
     aux_loss / aux_loss_method / infonce_loss_temp: routing loss switch, variant and tau.
     rewrite_position: use the collator's document-wise position ids in training.
@@ -74,7 +71,7 @@ class MSAConfig:
             raise ValueError(f"msa_config.aux_loss_method {self.aux_loss_method!r} not in {AUX_LOSS_METHODS}")
         for name, allowed in (
             ("head_reduce_method", ("mean", "max")),
-            ("query_reduce_method", ("max", "mean", "last", "pooled")),
+            ("query_reduce_method", ("max", "mean", "last")),
             ("chunk_reduce_method", ("max", "mean")),
         ):
             if getattr(self, name) not in allowed:

@@ -13,8 +13,7 @@ from msa.functional.losses import (
 from msa.functional.pooling import chunk_layout, chunk_mean_pool
 from msa.functional.positions import doc_position_ids, query_position_ids
 from msa.functional.routing import (
-    batched_doc_scores, batched_select_docs, chunk_scores, doc_scores, pool_queries, reduce_chunks_to_docs,
-    select_docs,
+    batched_doc_scores, batched_select_docs, chunk_scores, doc_scores, reduce_chunks_to_docs, select_docs,
 )
 
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "doc_scores",
     "focal_infonce_loss",
     "infonce_loss",
-    "pool_queries",
     "query_position_ids",
     "recall_at",
     "reduce_chunks_to_docs",

@@ -10,22 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 HeadReduce = Literal["mean", "max"]
-QueryReduce = Literal["max", "mean", "last", "pooled"]
-
-
-def pool_queries(q_router: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """``query_reduce="pooled"``: the masked mean of the raw router queries as ONE query token.
-
-    Args:
-        q_router: [..., T, Hq, D]; query_mask: [..., T] bool.
-
-    Returns:
-        ([..., 1, Hq, D] pooled queries in q_router's dtype, [..., 1] bool: the row had a routing token).
-    """
-    m = query_mask.to(device=q_router.device, dtype=torch.bool)
-    n = m.sum(-1, keepdim=True)  # [..., 1]
-    summed = (q_router.float() * m[..., None, None]).sum(-3, keepdim=True)
-    return (summed / n.clamp(min=1)[..., None, None]).to(q_router.dtype), n > 0
+QueryReduce = Literal["max", "mean", "last"]
 ChunkReduce = Literal["max", "mean"]
 
 
@@ -48,11 +33,6 @@ def chunk_scores(
     Returns:
         [C] float32 chunk scores.
     """
-    if query_reduce == "pooled":
-        if query_mask is None:
-            query_mask = torch.ones(q_router.shape[0], dtype=torch.bool, device=q_router.device)
-        q_router, query_mask = pool_queries(q_router, query_mask)
-        query_reduce = "max"
     tq, hq, d = q_router.shape
     c, hkv, dk = k_router.shape
     if dk != d:
@@ -187,9 +167,6 @@ def batched_doc_scores(
         [B, num_docs] float32, equal (up to float rounding) to ``doc_scores`` row by row; documents with
         no chunk, and rows with no query token, get -inf.
     """
-    if query_reduce == "pooled":
-        q_router, query_mask = pool_queries(q_router, query_mask)
-        query_reduce = "max"
     b, tq, hq, d = q_router.shape
     hkv = k_router.shape[2]
     if hkv == 0 or hq % hkv:

@@ -174,10 +174,7 @@ class MemorySparseAttention(nn.Module):
                 parts_valid.append(torch.ones(b, pk.shape[0], dtype=torch.bool, device=x.device))
             if self.is_router and ctx.memory is not None and ctx.routing:
                 qr = self._router_q(x, q)  # [B, T, Hq, D]
-                qmask = ctx.query_mask
-                if self.msa.query_reduce_method == "pooled":  # one pooled query; the bank scores it as "max"
-                    qr, qmask = MF.pool_queries(qr, qmask)
-                routing = ctx.memory.route(i, qr, qmask, ctx.top_k)
+                routing = ctx.memory.route(i, qr, ctx.query_mask, ctx.top_k)
                 ctx.routings[i] = routing
                 ck, cv, cvalid = ctx.memory.fetch(i, routing.docs)
                 parts_k.append(ck.to(k.dtype))

@@ -245,8 +245,7 @@ class MSAForCausalLM(nn.Module):
         return RoutingOptions(
             cosine=cosine,
             head_reduce=m.head_reduce_method or "mean",
-            # "pooled" queries reach the bank already pooled to one token, where every reduction agrees
-            query_reduce="max" if m.query_reduce_method == "pooled" else (m.query_reduce_method or "max"),
+            query_reduce=m.query_reduce_method or "max",
             chunk_reduce=m.chunk_reduce_method or "max",
             coupled_scale=1.0 / math.sqrt(self.config.head_dim) if (cosine and not m.decouple_router) else 1.0,
         )
