@@ -93,10 +93,10 @@ def build_case(model, n_docs=3, seed=0):
     return template, docs, query, tail, resp, stream
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
-def test_train_mode_equals_query_mode_over_encoded_memory(backend, monkeypatch):
+@pytest.mark.parametrize("backend,reduce", [("sdpa", "max"), ("flex", "max"), ("sdpa", "mean")])
+def test_train_mode_equals_query_mode_over_encoded_memory(backend, reduce, monkeypatch):
     monkeypatch.setenv("MSA_TRAIN_ATTENTION", backend)  # flex runs uncompiled (forward only) on the CPU
-    model = tiny(top_k_docs=2)
+    model = tiny(top_k_docs=2, query_reduce_method=reduce)
     offset = model.config.msa.query_offset
     samples, cases = [], []
     for s in range(3):
