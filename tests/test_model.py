@@ -334,3 +334,25 @@ def test_packed_encode_equals_padded(backend, monkeypatch):
     for layer in model.router_layers:
         for x, y in zip(a.layers[layer].tensors(), b.layers[layer].tensors()):
             assert torch.allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_format_is_saved_and_picked_by_the_engine(tmp_path):
+    from msa.engine import Engine
+    from msa.prompt import OFFICIAL, QUESTION_ONLY
+
+    model = tiny(prompt_format="question")
+    model.save_pretrained(tmp_path)
+    loaded = MSAForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.msa.prompt_format == "question"
+    class Tok:  # the engine only asks for its stop tokens at construction
+        def encode(self, text, add_special_tokens=False):
+            return [1]
+
+        def convert_tokens_to_ids(self, token):
+            return 2
+
+    assert Engine(loaded, Tok(), object()).prompt is QUESTION_ONLY
+    assert Engine(tiny(), Tok(), object()).prompt is OFFICIAL
+    with pytest.raises(ValueError, match="prompt_format"):
+        tiny(prompt_format="chatml")
+    assert MSAConfig().prompt_format == "official" and OFFICIAL.question_head.startswith("\nPlease answer")

@@ -132,3 +132,18 @@ def test_jsonl_format_round_trip(tmp_path):
     assert resumed.question == samples[1].question
     with pytest.raises(ValueError, match="not in the sample's memory"):
         sample_from_json({"question": "q", "memory": [{"id": 1, "text": "x"}], "positives": [2]})
+
+
+def test_question_prompt_format_routes_with_the_question_alone():
+    from msa.prompt import QUESTION_ONLY, prompt_format
+
+    assert prompt_format("question") is QUESTION_ONLY
+    with pytest.raises(ValueError, match="unknown prompt format"):
+        prompt_format("chatml")
+    tok = CharTokenizer()
+    inv = lambda ids: "".join({v: k for k, v in tok.vocab.items()}[i] for i in ids)  # noqa: E731
+    for fmt, routed in ((None, "Please answer"), (QUESTION_ONLY, "\nWho cooks?\n")):
+        col = Collator(tok, query_offset=8, target_format=ids_only, **({"fmt": fmt} if fmt else {}))
+        enc = col.encode(sample())
+        query = inv([t for t, d in zip(enc.input_ids, enc.doc_ids) if d == 0])
+        assert query == routed if fmt else query.startswith("\n" + routed)

@@ -63,3 +63,12 @@ def test_paper_two_phase_schedule_and_curriculum():
     assert lr_at(s, 0) == 0.2 and lr_at(s, 4) == 1.0 and lr_at(s, 9) < 0.2
     cur = [CurriculumStage(3, 8), CurriculumStage(2, 16), CurriculumStage(0, 64)]
     assert [num_docs_at(cur, i) for i in range(7)] == [8, 8, 8, 16, 16, 64, 64]
+
+
+def test_aux_layers_official_rule_or_all():
+    from msa.train.objective import aux_layers
+
+    cfg = ModelConfig(num_hidden_layers=6, msa=MSAConfig(router_layer_idx="1,2,4,5"))
+    assert aux_layers(cfg) == (4, 5)  # the release trains only router layers >= L // 2
+    assert aux_layers(cfg, "all") == (1, 2, 4, 5)
+    assert Objective(cfg, layers="all").layers == (1, 2, 4, 5)

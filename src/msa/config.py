@@ -29,6 +29,9 @@ class MSAConfig:
     lmloss_weigth (sic), auxloss_weight, recloss_weight, ansloss_weight: loss weights.
     template_len: tokens of the template prefix (official ``<|im_start|>user\\n`` = 3).
     query_position_offset: position of the first query token; None = template_len + top_k_docs (official).
+    prompt_format: the prompt layout the model was trained with (msa.prompt.PROMPT_FORMATS): "official"
+        (the release's, the default and what official checkpoints get) or "question" (ours: the routing
+        query is the question alone). Engines and the training collator read it from the config.
     routing_cosine: cosine routing scores (True) or raw dot / sqrt(D) (False) in training AND inference;
         None = what the official code does for ``aux_loss_method`` (training cosine for INFONCE*,
         inference cosine only for exactly "INFONCE"), needed to reproduce MSA-4B numbers.
@@ -53,6 +56,7 @@ class MSAConfig:
     template_len: int = 3
     query_position_offset: int | None = None
     routing_cosine: bool | None = True
+    prompt_format: str = "official"
 
     OFFICIAL_KEYS = (
         "router_layer_idx", "top_k_docs", "pooling_kernel_size", "head_reduce_method", "query_reduce_method",
@@ -72,6 +76,7 @@ class MSAConfig:
         for name, allowed in (
             ("head_reduce_method", ("mean", "max")),
             ("query_reduce_method", ("max", "mean", "last")),
+            ("prompt_format", ("official", "question")),
             ("chunk_reduce_method", ("max", "mean")),
         ):
             if getattr(self, name) not in allowed:

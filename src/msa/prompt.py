@@ -41,6 +41,19 @@ class PromptFormat:
 
 
 OFFICIAL = PromptFormat()
+# Our own models: the routing query is the question alone. In the official turn ~31 of ~35 routing
+# tokens are fixed template text, and a router trained from scratch with per-token cosine scores
+# collapses to uniform scores on it (bench/NOTES_training.md); without it, it learns.
+QUESTION_ONLY = PromptFormat(question_head="\n", question_tail="\n")
+PROMPT_FORMATS: dict[str, PromptFormat] = {"official": OFFICIAL, "question": QUESTION_ONLY}
+
+
+def prompt_format(name: str) -> PromptFormat:
+    """The PromptFormat called ``name`` (``MSAConfig.prompt_format``)."""
+    try:
+        return PROMPT_FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown prompt format {name!r}; expected one of {sorted(PROMPT_FORMATS)}") from None
 
 
 def encode_segments(tokenizer, segments: list[tuple[str, int]]) -> tuple[list[int], list[int]]:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from msa.engine.generation import DecodeState, Timer, decode_step, left_pad
 from msa.model import MemoryAccess, MSAForCausalLM, PrefixCache, Routing
-from msa.prompt import OFFICIAL, QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, query_segments
+from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, prompt_format, query_segments
 
 logger = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"\[(\d+)\]")
@@ -118,12 +118,12 @@ class Engine:
         tokenizer: a HF fast tokenizer with the template's special tokens.
         bank: a MemoryBank (or any MemoryView); with ``distributed=True`` a bank (or its path) that every
             rank of a torchrun launch serves a shard of (Memory Parallel, ``msa.parallel``).
-        prompt: the prompt layout (official by default).
+        prompt: the prompt layout; default: the one the model was trained with (``msa.prompt_format``).
         timeout_s: with ``distributed``, a dead or hung rank fails the others after this long, by name.
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank, device: str | torch.device | None = None,
-                 prompt: PromptFormat = OFFICIAL, distributed: bool = False, timeout_s: float = 120.0):  # fmt: skip
+                 prompt: PromptFormat | None = None, distributed: bool = False, timeout_s: float = 120.0):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -133,7 +133,7 @@ class Engine:
             path = getattr(bank, "path", bank)
             bank = DistributedBankView(path, init_distributed(timeout_s=timeout_s), model, tokenizer, device=self.device)
         self.bank = bank
-        self.prompt = prompt
+        self.prompt = prompt = prompt if prompt is not None else prompt_format(model.config.msa.prompt_format)
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
         stops = [prompt.end_of_turn, "<|endoftext|>"]
         self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids(t) for t in stops) if isinstance(i, int) and i >= 0}

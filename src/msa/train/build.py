@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from msa.data.bios import BiosWorld
 from msa.model.modeling import MSAForCausalLM
+from msa.prompt import prompt_format
 from msa.train.collator import Collator
 from msa.train.config import DataConfig, ModelSpec, TrainConfig
 from msa.train.data import BiosSamples, InterleaveRounds, JsonlSamples, SampleSource
@@ -79,5 +80,5 @@ def build_collator(cfg: TrainConfig, tokenizer, model: MSAForCausalLM) -> Collat
     pad = getattr(tokenizer, "pad_token_id", None)
     return Collator(
         tokenizer, msa.query_offset, target_format(cfg.data.target_format), max_doc_tokens=cfg.data.max_doc_tokens,
-        pad_id=0 if pad is None else int(pad), template_len=msa.template_len,
+        fmt=prompt_format(msa.prompt_format), pad_id=0 if pad is None else int(pad), template_len=msa.template_len,
     )  # fmt: skip
