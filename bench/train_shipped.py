@@ -84,7 +84,8 @@ def _rate(overrides: list[str], num_docs: int, steps: int = 12, profile: Path | 
         probe.train_step()
     rate = steps / (time.perf_counter() - t0)
     if profile is not None:
-        from torch.profiler import ProfilerActivity, profile as prof
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         with prof(activities=acts) as p:

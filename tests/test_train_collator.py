@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
+from msa.data.bios import BiosConfig
 from msa.train import Collator, Document, TrainSample, sample_from_json, sample_to_json
 from msa.train.collator import IGNORE
 from msa.train.data import BiosSamples, JsonlSamples
 from msa.train.targets import ids_only, ids_then_answer, interleave_transcript
-from msa.data.bios import BiosConfig
 
 
 class CharTokenizer:
@@ -141,7 +141,7 @@ def test_question_prompt_format_routes_with_the_question_alone():
     with pytest.raises(ValueError, match="unknown prompt format"):
         prompt_format("chatml")
     tok = CharTokenizer()
-    inv = lambda ids: "".join({v: k for k, v in tok.vocab.items()}[i] for i in ids)  # noqa: E731
+    inv = lambda ids: "".join({v: k for k, v in tok.vocab.items()}[i] for i in ids)
     for fmt, routed in ((None, "Please answer"), (QUESTION_ONLY, "\nWho cooks?\n")):
         col = Collator(tok, query_offset=8, target_format=ids_only, **({"fmt": fmt} if fmt else {}))
         enc = col.encode(sample())

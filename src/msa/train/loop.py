@@ -44,7 +44,7 @@ class _StepBatches(torch.utils.data.Dataset):
     """Item k = the micro-batches of global step ``first_step + k`` (a pure function of the step, so
     DataLoader workers can build them ahead of the training process)."""
 
-    def __init__(self, trainer: "Trainer", first_step: int, first_position: int):
+    def __init__(self, trainer: Trainer, first_step: int, first_position: int):
         self.source, self.collator = trainer.source, trainer.collator
         self.curriculum = trainer.config.data.curriculum
         self.mb, self.accum = trainer.config.data.micro_batch_size, trainer.config.data.grad_accum

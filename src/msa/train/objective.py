@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from msa.config import ModelConfig
-from msa.functional.losses import recall_at, routing_loss
+from msa.functional.losses import routing_loss
 from msa.model.modeling import TrainOutput
 from msa.train.collator import TrainBatch
 
@@ -46,7 +46,7 @@ class Metrics:
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = self.counts.get(name, 0.0) + count
 
-    def merge(self, other: "Metrics") -> None:
+    def merge(self, other: Metrics) -> None:
         for k in other.sums:
             self.add(k, other.sums[k], other.counts[k])
 
