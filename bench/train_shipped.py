@@ -34,11 +34,11 @@ log = logging.getLogger("train_shipped")
 SHARD_BYTES = 12 << 20
 
 
-def rescale(cfg, steps: int, lr_scale: float = 1.0, warmup_fraction: float = 0.3):
+def rescale(cfg, steps: int, lr_scale: float = 1.0, warmup_fraction: float = 0.3, docs: list[int] | None = None):
     warm = max(50, int(steps * warmup_fraction))
     p0, p1 = cfg.schedule.phases
     cfg.schedule.phases = [replace(p0, steps=warm, lr=p0.lr * lr_scale), replace(p1, steps=steps - warm, lr=p1.lr * lr_scale)]
-    n = [s.num_docs for s in cfg.data.curriculum]
+    n = docs or [s.num_docs for s in cfg.data.curriculum]
     cfg.data.curriculum = [CurriculumStage(warm, n[0]), CurriculumStage(max(1, int(steps * 0.3)), n[1]), CurriculumStage(0, n[2])]
     return cfg
 
@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--eval-questions", type=int, default=50)
     ap.add_argument("--profile", action="store_true", help="write a profiler table of the largest-memory probe")
     ap.add_argument("--warmup-fraction", type=float, default=0.3, help="share of steps in the aux-dominant phase")
+    ap.add_argument("--steps", type=int, default=None, help="train this many steps (no probe; --minutes still caps)")
+    ap.add_argument("--docs", default=None, help="curriculum memory sizes, e.g. 8,16,16 (default: the recipe's three)")
     ap.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
     args, overrides = ap.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -120,18 +122,24 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     base = load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides])
-    sizes = [s.num_docs for s in base.data.curriculum]
-    r_small = _rate(overrides, sizes[0])
-    r_large = _rate(overrides, sizes[-1], profile=out / "profile.txt" if args.profile else None)
-    r_mid = 2 / (1 / r_small + 1 / r_large)
-    per_step = 0.3 / r_small + 0.3 / r_mid + 0.4 / r_large
-    budget = args.minutes * 60 - (time.perf_counter() - t_start) - 20
-    steps = max(100, int(budget / per_step * 0.95))
-    log.info("probe: %.2f steps/s at %d docs, %.2f at %d docs -> %d steps", r_small, sizes[0], r_large, sizes[-1], steps)
+    docs = [int(x) for x in args.docs.split(",")] if args.docs else None
+    if docs is not None and len(docs) != 3:
+        ap.error("--docs takes three sizes (warm-up, middle, last stage)")
+    sizes = docs or [s.num_docs for s in base.data.curriculum]
+    if args.steps:
+        steps = args.steps
+    else:
+        r_small = _rate(overrides, sizes[0])
+        r_large = _rate(overrides, sizes[-1], profile=out / "profile.txt" if args.profile else None)
+        r_mid = 2 / (1 / r_small + 1 / r_large)
+        per_step = 0.3 / r_small + 0.3 / r_mid + 0.4 / r_large
+        budget = args.minutes * 60 - (time.perf_counter() - t_start) - 20
+        steps = max(100, int(budget / per_step * 0.95))
+        log.info("probe: %.2f steps/s at %d docs, %.2f at %d docs -> %d steps", r_small, sizes[0], r_large, sizes[-1], steps)
     log_file = out / "training_log.jsonl"
     log_file.unlink(missing_ok=True)
     cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps, args.lr_scale,
-                  args.warmup_fraction)
+                  args.warmup_fraction, docs)
     trainer = Trainer(cfg)
     deadline = t_start + args.minutes * 60
     t0 = last_snap = time.perf_counter()
