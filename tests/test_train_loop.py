@@ -105,3 +105,5 @@ def test_overrides_convert_types_and_reject_unknown_keys(tok_dir):
         apply_overrides(cfg, ["schedule.phases.0.lrr=1"])
     with pytest.raises(OverrideError, match="cannot convert"):
         apply_overrides(cfg, ["data.micro_batch_size=many"])
+    apply_overrides(cfg, ['data.curriculum=[[500, 16], {"steps": 0, "num_docs": 32}]'])
+    assert cfg.data.curriculum == [CurriculumStage(500, 16), CurriculumStage(0, 32)]

@@ -69,6 +69,9 @@ def _convert_one(raw: str, t: Any) -> Any:
         if origin is tuple:
             return tuple(v)
         if origin is list:
+            (item,) = typing.get_args(t) or (None,)
+            if dataclasses.is_dataclass(item):  # e.g. data.curriculum=[[500,16],[0,32]]: items by position
+                return [item(**x) if isinstance(x, dict) else item(*x) for x in v]
             return list(v)
         return v
     raise TypeError(f"unsupported field type {t}")
