@@ -91,9 +91,14 @@ def routing_loss(method: str, scores: Tensor, labels: Tensor, tau: float = 0.1, 
 
 def recall_at(scores: Tensor, labels: Tensor, n: int) -> float:
     """Hits of the positives in the top-n documents / min(|P|, n). NaN when there is no positive."""
-    pos = _check(scores, labels)
-    num_pos = int(pos.sum())
+    num_pos = int(_check(scores, labels).sum())
     if num_pos == 0:
         return float("nan")
+    return float(recall_tensor(scores, labels, n, num_pos))
+
+
+def recall_tensor(scores: Tensor, labels: Tensor, n: int, num_pos: int) -> Tensor:
+    """``recall_at`` as a 0-d device tensor, for a known positive count ``num_pos`` >= 1 (no host sync)."""
+    pos = _check(scores, labels)
     top = torch.topk(scores.float(), min(n, scores.numel())).indices
-    return float(pos[top].sum()) / min(num_pos, n)
+    return pos[top].sum() / min(num_pos, n)

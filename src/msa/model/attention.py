@@ -15,6 +15,13 @@ from msa.model.memory import LayerMemory, Routing
 from msa.model.train_attention import train_attention
 
 
+def _slots(group: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """For elements sorted by ``group`` (values 0..n-1): each one's slot within its group, and the
+    group sizes [n] (to scatter a flat list into padded [n, max size] rows)."""
+    counts = torch.bincount(group, minlength=n)
+    return torch.arange(len(group), device=group.device) - (torch.cumsum(counts, 0) - counts)[group], counts
+
+
 class MemorySparseAttention(nn.Module):
     """Attention of one layer. Parameter names follow the HF Qwen3 / official MSA checkpoints.
 
@@ -64,16 +71,6 @@ class MemorySparseAttention(nn.Module):
             return k
         return self.router_k_proj(x).unflatten(-1, (self.num_kv_heads, self.head_dim))
 
-    def _doc_scores(self, qr: Tensor, kr: Tensor, chunk_doc: Tensor, num_docs: int, cosine: bool) -> Tensor:
-        s = MF.doc_scores(
-            qr, kr, chunk_doc, num_docs, cosine=cosine,
-            head_reduce=self.msa.head_reduce_method, query_reduce=self.msa.query_reduce_method,
-            chunk_reduce=self.msa.chunk_reduce_method,
-        )  # fmt: skip
-        if cosine and not self.decoupled:
-            s = s / math.sqrt(self.head_dim)  # the official coupled path scales cosines by 1/sqrt(D)
-        return s
-
     # -- modes --------------------------------------------------------------------------------
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx: TrainContext | EncodeContext | QueryContext) -> Tensor:
         """x: [B, T, hidden] normed hidden states -> [B, T, hidden]."""
@@ -116,16 +113,14 @@ class MemorySparseAttention(nn.Module):
         # All samples at once: each sample's routing tokens against its own chunks, padded per sample
         # (chunks are in sample order). Two host reads per layer instead of several per sample.
         rows, cols = ctx.query_mask.nonzero(as_tuple=True)
-        q_counts = torch.bincount(rows, minlength=b)
-        c_counts = torch.bincount(chunk_sample, minlength=b)
+        q_slot, q_counts = _slots(rows, b)
+        c_slot, c_counts = _slots(chunk_sample, b)
         tq, cm = (int(v) for v in torch.stack([q_counts.max(), c_counts.max()]).tolist())
-        q_slot = torch.arange(len(rows), device=x.device) - (torch.cumsum(q_counts, 0) - q_counts)[rows]
         qr_tok = self._router_q(x[rows, cols], q[rows, cols])  # only routing tokens need router queries
         qr = qr_tok.new_zeros(b, tq, *qr_tok.shape[1:])
         qr[rows, q_slot] = qr_tok
         q_mask = torch.zeros(b, tq, dtype=torch.bool, device=x.device)
         q_mask[rows, q_slot] = True
-        c_slot = torch.arange(len(chunk_doc), device=x.device) - (torch.cumsum(c_counts, 0) - c_counts)[chunk_sample]
         kr = kr_bar.new_zeros(b, cm, *kr_bar.shape[1:])
         kr[chunk_sample, c_slot] = kr_bar
         kr_doc = torch.full((b, cm), -1, dtype=torch.long, device=x.device)
@@ -136,7 +131,7 @@ class MemorySparseAttention(nn.Module):
             chunk_reduce=self.msa.chunk_reduce_method,
         )  # fmt: skip
         if self.msa.train_cosine() and not self.decoupled:
-            scores = scores / math.sqrt(self.head_dim)  # as _doc_scores (official coupled path)
+            scores = scores / math.sqrt(self.head_dim)  # the official coupled path scales cosines by 1/sqrt(D)
         top = MF.batched_select_docs(scores.detach(), ctx.top_k)
         docs = torch.full((b, ctx.top_k), -1, dtype=torch.long, device=x.device)
         docs[:, : top.shape[1]] = top
@@ -148,9 +143,8 @@ class MemorySparseAttention(nn.Module):
         # Gather kept chunks into per-sample slots [B, Cmax] appended after the L token keys.
         kept = keep.nonzero().squeeze(-1)
         ks = chunk_sample[kept]
-        counts = torch.bincount(ks, minlength=b)
+        slot, counts = _slots(ks, b)
         cmax = int(counts.max()) if len(kept) else 0
-        slot = torch.arange(len(kept), device=x.device) - (torch.cumsum(counts, 0) - counts)[ks]
         ck = k.new_zeros(b, cmax, self.num_kv_heads, self.head_dim)
         cv = v.new_zeros(b, cmax, self.num_kv_heads, self.head_dim)
         ck[ks, slot] = k_bar[kept].to(k.dtype)

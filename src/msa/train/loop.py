@@ -40,6 +40,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["Trainer", "evaluate"]
 
 
+def _micro_offsets(micro: int, accum: int, world: int, rank: int) -> list[int]:
+    """Where rank ``rank``'s micro-batches start inside a step's global batch (the module docstring's
+    assignment: micro-batch m of rank r is samples (m * world + r) * micro + [0, micro))."""
+    return [(m * world + rank) * micro for m in range(accum)]
+
+
 class _StepBatches(torch.utils.data.Dataset):
     """Item k = the micro-batches of global step ``first_step + k`` (a pure function of the step, so
     DataLoader workers can build them ahead of the training process)."""
@@ -60,11 +66,9 @@ class _StepBatches(torch.utils.data.Dataset):
         step = self.first_step + k
         pos = self.first_position + k * self.global_batch
         num_docs = num_docs_at(self.curriculum, step)
-        out = []
-        for m in range(self.accum):
-            lo = pos + (m * self.world + self.rank) * self.mb
-            out.append(self.collator([self.source.sample(i, num_docs) for i in range(lo, lo + self.mb)]))  # type: ignore[attr-defined]
-        return out
+        sample = self.source.sample  # type: ignore[attr-defined]
+        return [self.collator([sample(pos + o + i, num_docs) for i in range(self.mb)])
+                for o in _micro_offsets(self.mb, self.accum, self.world, self.rank)]  # fmt: skip
 
 
 def _seed_all(seed: int) -> None:
@@ -140,7 +144,7 @@ class Trainer:
             return self._prefetched()
         mb = d.micro_batch_size
         every = self._samples(self.state.data_position, self.global_batch, num_docs)
-        return [self.collator(every[(m * w + r) * mb : (m * w + r + 1) * mb]) for m in range(d.grad_accum)]
+        return [self.collator(every[o : o + mb]) for o in _micro_offsets(mb, d.grad_accum, w, r)]
 
     def _prefetched(self) -> list[TrainBatch]:
         """The current step's micro-batches from the worker processes (restarted if the step moved)."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from msa.config import ModelConfig
-from msa.functional.losses import routing_loss
+from msa.functional.losses import recall_tensor, routing_loss
 from msa.model.modeling import TrainOutput
 from msa.train.collator import TrainBatch
 
@@ -109,6 +109,7 @@ class Objective:
             lm_denominator / aux_denominator: global target-token / pair counts of the whole step.
         """
         m = Metrics()
+        m.add("aux_loss", 0.0, 0.0)  # present (NaN) even when no layer carries the aux loss
         if targets.numel():
             lm_sum = F.cross_entropy(out.logits.float(), targets, reduction="sum")
         else:
@@ -131,10 +132,8 @@ class Objective:
                 loss = routing_loss(self.method, s, labels, self.tau, self.bce_bias if self.bce_bias is not None else -20.0)
                 aux_sum = aux_sum + loss
                 losses.append(loss.detach())
-                pos = labels.bool()
                 for k in RECALL_AT:
-                    top = torch.topk(s.detach().float(), min(k, n)).indices
-                    hits[k].append(pos[top].sum() / min(num_pos, k))
+                    hits[k].append(recall_tensor(s.detach(), labels, k, num_pos))
             names.append("aux_loss")
             values.append(torch.stack(losses).sum() if losses else aux_sum.new_zeros(()))
             counts.append(float(len(losses)))
