@@ -3,6 +3,7 @@
 # (held-out EM + router recall on an unseen world), then run the scaling benchmark with it.
 #   setsid nohup bash bench/device_train_eval.sh MINUTES "A|--lr-scale 1 key=value" "B|..." > runs/session.out 2>&1 &
 # Everything lands in runs/session/; progress in runs/session.out and runs/session/train_*.log.
+# SCALING=0 stops after training and evaluation (the scaling runs then go to a second machine).
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 MIN=${1:-15}
@@ -37,6 +38,7 @@ PY
 )
 echo "best: $BEST"
 echo "$BEST" > $S/best
+[ "${SCALING:-1}" = 0 ] && { echo done; exit 0; }
 python bench/scaling.py --model $S/$BEST --work-dir /tmp/banks --out $S/scaling.json --plot $S/scaling.png \
     --sizes 16K,128K,1M,10M --ruler-contexts 32K,128K --world-seed 7 --num-single 100 --num-multi 100 \
     > $S/scaling.log 2>&1
