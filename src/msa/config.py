@@ -32,6 +32,9 @@ class MSAConfig:
     prompt_format: the prompt layout the model was trained with (msa.prompt.PROMPT_FORMATS): "official"
         (the release's, the default and what official checkpoints get) or "question" (ours: the routing
         query is the question alone). Engines and the training collator read it from the config.
+    doc_choice: which documents Memory Interleave reads: "generated" (official: the ids the model
+        writes) or "routed" (ours: the router's best unread documents, as many as the model asks for;
+        msa.engine.engine). The Engine's default.
     routing_cosine: cosine routing scores (True) or raw dot / sqrt(D) (False) in training AND inference;
         None = what the official code does for ``aux_loss_method`` (training cosine for INFONCE*,
         inference cosine only for exactly "INFONCE"), needed to reproduce MSA-4B numbers.
@@ -57,6 +60,7 @@ class MSAConfig:
     query_position_offset: int | None = None
     routing_cosine: bool | None = True
     prompt_format: str = "official"
+    doc_choice: str = "generated"
 
     OFFICIAL_KEYS = (
         "router_layer_idx", "top_k_docs", "pooling_kernel_size", "head_reduce_method", "query_reduce_method",
@@ -77,6 +81,7 @@ class MSAConfig:
             ("head_reduce_method", ("mean", "max")),
             ("query_reduce_method", ("max", "mean", "last")),
             ("prompt_format", ("official", "question")),
+            ("doc_choice", ("generated", "routed")),
             ("chunk_reduce_method", ("max", "mean")),
         ):
             if getattr(self, name) not in allowed:

@@ -5,6 +5,12 @@ ends the round (``round_end`` after the ids it wants), ends retrieval (``end_of_
 answer is complete. Between rounds the engine appends the ORIGINAL TEXT of the newly requested
 documents and routes again with the question plus that text as the routing query (official protocol,
 MSA_SPEC Part B 7) — with a round limit, de-duplication, and unknown ids dropped and reported.
+
+``doc_choice="routed"`` (our models' protocol, ``MSAConfig.doc_choice``): the model still decides how
+many documents a round asks for and when retrieval ends, but the documents read are the router's
+best-scoring unread ones of that round instead of the ids the model wrote. A small model trained from
+scratch routes well long before it can copy an id out of a mean-pooled memory chunk
+(bench/NOTES_training.md); the official protocol stays the default.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments,
 
 logger = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"\[(\d+)\]")
+DOC_CHOICES = ("generated", "routed")
 
 
 class MemoryView(Protocol):
@@ -46,8 +53,9 @@ class MemoryView(Protocol):
 
 @dataclass
 class RoundInfo:
-    """requested: ids the model generated this round; retrieved: those appended (known, new);
-    unknown: dropped ids (not in memory); routing: router layer -> selected document ids (and scores)."""
+    """requested: ids the model generated this round; retrieved: those appended (known, new; with
+    ``doc_choice="routed"`` the router's best unread documents, as many as the model asked for);
+    unknown: generated ids not in memory (dropped); routing: router layer -> selected ids (and scores)."""
 
     requested: list[int] = field(default_factory=list)
     retrieved: list[int] = field(default_factory=list)
@@ -108,6 +116,7 @@ class _Sample:
     transcript_ids: list[int] = field(default_factory=list)
     finished: bool = False
     answer_phase: bool = False
+    ranked: list[int] = field(default_factory=list)  # this round's routed ids, best first (last router layer)
 
 
 class Engine:
@@ -119,11 +128,14 @@ class Engine:
         bank: a MemoryBank (or any MemoryView); with ``distributed=True`` a bank (or its path) that every
             rank of a torchrun launch serves a shard of (Memory Parallel, ``msa.parallel``).
         prompt: the prompt layout; default: the one the model was trained with (``msa.prompt_format``).
+        doc_choice: "generated" (official: read the ids the model writes) or "routed" (read the router's
+            best unread documents, as many as the model asks for); default ``msa.doc_choice``.
         timeout_s: with ``distributed``, a dead or hung rank fails the others after this long, by name.
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank, device: str | torch.device | None = None,
-                 prompt: PromptFormat | None = None, distributed: bool = False, timeout_s: float = 120.0):  # fmt: skip
+                 prompt: PromptFormat | None = None, distributed: bool = False, timeout_s: float = 120.0,
+                 doc_choice: str | None = None):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -134,6 +146,9 @@ class Engine:
             bank = DistributedBankView(path, init_distributed(timeout_s=timeout_s), model, tokenizer, device=self.device)
         self.bank = bank
         self.prompt = prompt = prompt if prompt is not None else prompt_format(model.config.msa.prompt_format)
+        self.doc_choice = doc_choice if doc_choice is not None else model.config.msa.doc_choice
+        if self.doc_choice not in DOC_CHOICES:
+            raise ValueError(f"doc_choice must be one of {DOC_CHOICES}, got {self.doc_choice!r}")
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
         stops = [prompt.end_of_turn, "<|endoftext|>"]
         self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids(t) for t in stops) if isinstance(i, int) and i >= 0}
@@ -188,8 +203,14 @@ class Engine:
         t0 = time.perf_counter()
         out = self.model.prefill(ids, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix, last_only=True)
         timer.add("prefill", t0, self.device)
+        last_layer = max(out.routings) if out.routings else None
         for i, s in enumerate(active):
             info = RoundInfo()
+            if self.doc_choice == "routed" and last_layer is not None:
+                r = out.routings[last_layer]
+                keep = r.docs[i] >= 0
+                order = r.scores[i][keep].argsort(descending=True)
+                s.ranked = slot_ids[r.docs[i][keep][order].cpu()].tolist()
             if return_routing:
                 for layer, r in out.routings.items():
                     keep = r.docs[i] >= 0
@@ -265,6 +286,8 @@ class Engine:
                 info.unknown.append(d)
             elif d not in s.seen:
                 new.append(d)
+        if self.doc_choice == "routed":
+            new = [d for d in s.ranked if d not in s.seen][: len(set(requested))]
         if retrieve:
             info.retrieved = new
             s.seen.update(new)

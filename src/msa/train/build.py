@@ -13,7 +13,7 @@ from msa.model.modeling import MSAForCausalLM
 from msa.prompt import prompt_format
 from msa.train.collator import Collator
 from msa.train.config import DataConfig, ModelSpec, TrainConfig
-from msa.train.data import BiosSamples, InterleaveRounds, JsonlSamples, SampleSource
+from msa.train.data import BiosSamples, InterleaveRounds, JsonlSamples, MixedSamples, NiahSamples, SampleSource
 from msa.train.parallelize import DistInfo
 from msa.train.targets import target_format
 
@@ -70,6 +70,9 @@ def build_source(data: DataConfig) -> SampleSource:
         source: SampleSource = JsonlSamples(data.path)
     else:
         source = BiosSamples(data.world, data.curriculum[0].num_docs, data.kind, data.seed, data.multi_fraction)
+        if data.niah_fraction > 0:
+            niah = NiahSamples(data.curriculum[0].num_docs, data.seed, data.niah_doc_tokens)
+            source = MixedSamples(source, niah, data.niah_fraction)
     if data.target_format == "interleave_round":
         return InterleaveRounds(source, data.answer_round_fraction)
     return source

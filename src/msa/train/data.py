@@ -42,6 +42,8 @@ __all__ = [
     "SampleSource",
     "JsonlSamples",
     "BiosSamples",
+    "NiahSamples",
+    "MixedSamples",
     "sample_from_json",
     "sample_to_json",
 ]
@@ -226,6 +228,72 @@ class BiosSamples:
         rng.shuffle(ids)
         memory = [Document(i, t) for i, t in zip(ids, self.world.documents(ids))]
         return TrainSample(q.text, memory, gold, None, q.answer, {"kind": q.kind})
+
+    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
+        for i in itertools.count(start):
+            yield self.sample(i, num_docs)
+
+
+class NiahSamples:
+    """RULER NIAH samples (``msa.data.ruler``) as training samples: sample ``i`` is a pure function of
+    ``(seed, i, num_docs)``.
+
+    The haystack of ``num_docs * doc_tokens`` (approximate) tokens is cut into documents on sentence
+    boundaries (``segment_context``) with random distinct global ids; positives = the documents that
+    hold a queried needle, in the order of the expected values; answer = the values joined by ", ".
+    Documents beyond ``num_docs`` (segmenting overshoots a little) are dropped from the haystack's
+    end, never a positive. The subtask cycles through ``tasks``.
+    """
+
+    def __init__(self, num_docs: int = 16, seed: int = 0, doc_tokens: int = 96, tasks: tuple[str, ...] | None = None):
+        from msa.data.ruler import TASKS
+
+        self.tasks = tuple(tasks) if tasks else tuple(TASKS)
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown NIAH tasks {unknown}; expected some of {sorted(TASKS)}")
+        if doc_tokens < 16:
+            raise ValueError(f"doc_tokens must be >= 16, got {doc_tokens}")
+        self.num_docs, self.seed, self.doc_tokens = num_docs, seed, doc_tokens
+
+    def sample(self, index: int, num_docs: int | None = None) -> TrainSample:
+        from msa.data.ruler import make_sample, segment_context
+
+        n_docs = self.num_docs if num_docs is None else num_docs
+        task = self.tasks[index % len(self.tasks)]
+        ns = make_sample(task, n_docs * self.doc_tokens, seed=self.seed * 1_000_003 + index)
+        texts = segment_context(ns.context, self.doc_tokens)
+        rng = np.random.default_rng([self.seed, index, 0x41A4])
+        ids = [int(i) for i in rng.choice(1 << 20, size=len(texts), replace=False)]
+        gold: list[int] = []
+        for value in ns.answers:
+            for gid, text in zip(ids, texts):
+                if value in text and gid not in gold:
+                    gold.append(gid)
+                    break
+        memory = [Document(i, t) for i, t in zip(ids, texts)]
+        extra = len(memory) - n_docs  # segmenting overshoots a little: drop haystack-only documents
+        if extra > 0:
+            drop = set([d.id for d in memory if d.id not in gold][-extra:])
+            memory = [d for d in memory if d.id not in drop]
+        return TrainSample(ns.question, memory, gold, None, ", ".join(ns.answers), {"kind": task})
+
+    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
+        for i in itertools.count(start):
+            yield self.sample(i, num_docs)
+
+
+class MixedSamples:
+    """Sample ``i`` comes from ``second`` with probability ``fraction`` (hashed from i), else ``first``."""
+
+    def __init__(self, first: "SampleSource", second: "SampleSource", fraction: float):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        self.first, self.second, self.fraction = first, second, fraction
+
+    def sample(self, index: int, num_docs: int | None = None) -> TrainSample:
+        u = np.random.default_rng([index, 0x3C1D]).random()
+        return (self.second if u < self.fraction else self.first).sample(index, num_docs)  # type: ignore[attr-defined]
 
     def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
         for i in itertools.count(start):
