@@ -13,16 +13,24 @@ never saw, where memorising names cannot help):
   * chunk_reduce_method="mean": with whole documents (~12 chunks) the official max over chunks
     collapsed like the template did (the best of 12 random chunks beats the name chunk); mean over
     chunks, same probe with whole documents: recall@1 0.30 at init -> 0.75 at 400 steps.
-  * 2 layers, router at layer 1: routers at layers 2-3 of a 4-layer model stayed at chance in the same
-    probe, also with the aux loss on layers 1-3 (``aux_layers="all"``).
+  * 4 layers, router at layer 1 only, aux loss on it (``aux_layers="all"``; the official rule puts
+    the aux loss on layers >= L/2 only, and a router at layer 1 of 4 then never trains): routers at
+    layers 2-3 of a 4-layer model stayed at chance in the CPU probe; 2 layers route best (H200, 13
+    min: unseen top-16 recall 0.94) but leave little for reading, which neither size has learnt yet.
+  * doc_choice="routed": the model has not learnt to copy a document id out of pooled memory (every
+    generated id is unknown with the official protocol); the router's best unread documents are read
+    instead, as many as the model asks for.
+  * niah_fraction=0.2: RULER NIAH samples in the stream, so the RULER evaluation is not out of domain.
   * query_reduce_method="mean": with the official max over query tokens only the arg-max token gets
     gradient and a from-scratch router stays at chance.
   * chunk 8 tokens: the document's first chunk is ``<|im_start|>[gid]`` so ids are readable from
     memory, and it routes better than 16 from scratch.
-  * interleave_round targets, 1 in 5 of them answer rounds: every sequence is one engine round, so
+  * interleave_round targets, 2 in 5 of them answer rounds: every sequence is one engine round, so
     routing and id generation are trained on the query the engine routes with; answer rounds carry no
-    routing target (uniform rounds halved the router's signal and its learning speed).
-  * main phase aux weight 0.3 (paper: 0.1): routing is what this small model learns slowest.
+    routing target (uniform rounds halved the router's signal and its learning speed), but reading
+    is what is missing now (bench/NOTES_training.md, evening session).
+  * main phase aux weight 0.3 (paper: 0.1): set when routing was the slow part; with the fixes above
+    the router learns in ~500 steps and reading is the slow part (not re-measured at 0.1 yet).
 """
 
 from msa.config import MSAConfig, ModelConfig

@@ -113,3 +113,37 @@ def test_batch_equals_single(setup):
         single = engine.ask(q, max_new_tokens=6, return_routing=True)
         assert [d for d, _ in single.rounds[0].routing[1]] == [d for d, _ in a.rounds[0].routing[1]]
         assert single.transcript == a.transcript
+
+
+def test_routed_doc_choice_reads_the_routers_best_unread_documents(setup):
+    """doc_choice="routed": the model's ids only say how many documents a round reads; which ones is
+    the router's ranking of that round (last router layer, best first), never a document read before."""
+    tok, model, view = setup
+    script = "[999]<|object_ref_end|>[5][6]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
+    scripted = Scripted(model, tok.encode(script, add_special_tokens=False))
+    engine = Engine(scripted, tok, view, device="cpu", doc_choice="routed")
+    ans = engine.ask("Where was person 7 born?", return_routing=True)
+    last = max(model.router_layers)
+
+    def ranked(info):
+        return [d for d, _ in sorted(info.routing[last], key=lambda x: -x[1])]
+
+    first = ranked(ans.rounds[0])
+    assert ans.rounds[0].requested == [999] and ans.rounds[0].unknown == [999]
+    assert ans.rounds[0].retrieved == first[:1]
+    second = [d for d in ranked(ans.rounds[1]) if d not in first[:1]]
+    assert ans.rounds[1].requested == [5, 6] and ans.rounds[1].retrieved == second[:2]
+    assert ans.text == "Paris" and scripted.prefills == 3
+    read = sum(ans.doc_ids, [])
+    assert len(read) == len(set(read)) == 3
+
+
+def test_doc_choice_default_comes_from_the_config_and_is_checked(setup):
+    tok, model, view = setup
+    assert Engine(model, tok, view).doc_choice == "generated"
+    with pytest.raises(ValueError, match="doc_choice"):
+        Engine(model, tok, view, doc_choice="oracle")
+    cfg = MSAConfig(doc_choice="routed")
+    cfg.validate()
+    with pytest.raises(ValueError, match="doc_choice"):
+        MSAConfig(doc_choice="best").validate()
