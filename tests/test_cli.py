@@ -38,6 +38,11 @@ def test_bank_lifecycle(tmp_path, checkpoint, capsys):
     assert main(["ask", bank, "Where was person 3 born?", "--json", "--max-new-tokens", "4", "--routing"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["question"] == "Where was person 3 born?" and out["rounds"][0]["routing"]
+    assert main(["ask", bank, "Where was person 3 born?", "--json", "--routing", "--doc-choice", "routed",
+                 "--max-new-tokens", "12"]) == 0  # fmt: skip
+    for r in json.loads(capsys.readouterr().out)["rounds"]:  # routed reads come from the round's routing
+        last = max(r["routing"], key=int)
+        assert set(r["retrieved"]) <= {d for d, _ in r["routing"][last]}
     assert main(["bank", "delete", bank, "3"]) == 0
     assert main(["bank", "compact", bank]) == 0
     capsys.readouterr()

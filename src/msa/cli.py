@@ -115,13 +115,14 @@ def cmd_ask(args) -> int:
 
         flags = ["--max-rounds", str(args.max_rounds), "--max-new-tokens", str(args.max_new_tokens)]
         flags += ["--json"] * args.json + ["--routing"] * args.routing + ["--no-interleave"] * args.no_interleave
+        flags += ["--doc-choice", args.doc_choice] if args.doc_choice else []
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}", "-m", "msa.parallel",
                "ask", args.bank, args.question, *flags]  # fmt: skip
         os.execvp(cmd[0], cmd)
 
     model, tok = _bank_model(args.bank, args.device)
     with MemoryBank.open(args.bank, model=model, tokenizer=tok, device=args.device, readonly=True) as bank:
-        engine = Engine(model, tok, bank, device=args.device)
+        engine = Engine(model, tok, bank, device=args.device, doc_choice=args.doc_choice)
         answer = engine.ask(args.question, interleave=not args.no_interleave, max_rounds=args.max_rounds,
                             max_new_tokens=args.max_new_tokens, return_routing=args.routing)  # fmt: skip
     if args.json:
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("question")
     q.add_argument("--json", action="store_true")
     q.add_argument("--no-interleave", action="store_true", help="one retrieval round only")
+    q.add_argument("--doc-choice", default=None, choices=["generated", "routed"],
+                   help="documents Memory Interleave reads: the ids the model writes (official) or the "
+                        "router's best unread ones (default: the model's msa.doc_choice)")
     q.add_argument("--max-rounds", type=int, default=4)
     q.add_argument("--max-new-tokens", type=int, default=256)
     q.add_argument("--routing", action="store_true", help="include per-layer routing in --json output")

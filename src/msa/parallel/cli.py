@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-rounds", type=int, default=4)
     ask.add_argument("--max-new-tokens", type=int, default=256)
     ask.add_argument("--no-interleave", action="store_true")
+    ask.add_argument("--doc-choice", default=None, choices=["generated", "routed"],
+                     help="documents Memory Interleave reads (default: the model's msa.doc_choice)")
     ask.add_argument("--routing", action="store_true", help="include per-layer routing in --json output")
     ask.add_argument("--json", action="store_true")
     return ap
@@ -55,7 +57,8 @@ def ask_main(argv: list[str] | None = None) -> int:
     try:
         device = args.device or ctx.device
         model, tok = _load_model(args.bank, device)
-        engine = distributed_engine(model, tok, args.bank, ctx=ctx, device=device, content_tier=args.content_tier)
+        engine = distributed_engine(model, tok, args.bank, ctx=ctx, device=device, content_tier=args.content_tier,
+                                    doc_choice=args.doc_choice)
         answer = engine.ask(args.question, interleave=not args.no_interleave, max_rounds=args.max_rounds,
                             max_new_tokens=args.max_new_tokens, return_routing=args.routing)  # fmt: skip
         if ctx.rank == 0:
