@@ -110,3 +110,24 @@ def test_baselines_runner(bios_model, tmp_path):
         assert entry["full_context"]["single"]["n"] == 2
     recs = [json.loads(x) for x in out.with_suffix(".records.jsonl").read_text().splitlines()]
     assert all(r["prompt_tokens"] > 0 for r in recs)
+
+
+@pytest.mark.parametrize("choice", ["generated", "routed"])
+def test_retrieved_counts_what_was_read_and_named_ids_only_for_generated(choice):
+    from msa.engine.engine import Answer, RoundInfo
+    from msa.eval.scaling import evaluate_questions
+
+    rounds = [RoundInfo(requested=[7], retrieved=[3] if choice == "routed" else [7]),
+              RoundInfo(requested=[9, 4], unknown=[4])]  # last round: names 9, reads nothing  # fmt: skip
+
+    class Stub:
+        doc_choice = choice
+
+        def ask_batch(self, questions, **kw):
+            return [Answer(q, "x", "x", rounds, {}) for q in questions]
+
+    rec = evaluate_questions(Stub(), [{"question": "q?", "answers": ["y"], "gold_ids": [3, 9]}], True, 4, 8, 1)[0]
+    if choice == "generated":
+        assert rec["retrieved"] == [7, 9] and rec["retrieval_recall"] == 0.5
+    else:
+        assert rec["retrieved"] == [3] and rec["retrieval_recall"] == 0.5

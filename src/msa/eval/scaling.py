@@ -80,7 +80,8 @@ METRIC_DEFINITIONS = {
     "router_recall": "round-1 routing: mean over router layers of |gold ∩ top-k(layer)| / |gold|, averaged over questions",
     "router_recall_any": "round-1 routing: |gold ∩ union over layers of top-k(layer)| / |gold|, averaged over questions",
     "router_recall_first_hop": "router_recall with gold = {first gold document} (multi-hop only)",
-    "retrieval_recall": "|gold ∩ ids the model generated (existing in memory) over all rounds| / |gold|",
+    "retrieval_recall": "|gold ∩ retrieved| / |gold|; retrieved = documents read over all rounds, plus (doc_choice "
+                        "'generated') ids the model named that exist in memory",
     "retrieval_precision": "|gold ∩ retrieved| / |retrieved| (0 when nothing retrieved)",
     "latency_s": "ask_batch wall time / batch size, per question",
     "ruler_score": "RULER string_match_all: fraction of expected values found in the answer (case-insensitive)",
@@ -251,9 +252,12 @@ def evaluate_questions(engine, questions: list[dict[str, Any]], interleave: bool
             rec["router_recall"], rec["router_recall_any"] = router_recall(routing, set(gold))
             if len(gold) > 1:
                 rec["router_recall_first_hop"] = router_recall(routing, {gold[0]})[0]
-            # ids the model named that exist in memory, every round (the last round names ids but
-            # fetches nothing, so Answer.doc_ids would miss them without interleave)
-            retrieved = list(dict.fromkeys(d for r in a.rounds for d in r.requested if d not in r.unknown))
+            # documents read, plus (generated ids) ids the model named that exist in memory: the last
+            # round names ids but fetches nothing, so Answer.doc_ids alone would miss them without interleave
+            named = [d for r in a.rounds for d in r.requested if d not in r.unknown]
+            read = [d for r in a.rounds for d in r.retrieved]
+            generated = getattr(engine, "doc_choice", "generated") == "generated"
+            retrieved = list(dict.fromkeys(read + (named if generated else [])))
             rec["retrieved"] = retrieved
             if gold:
                 r = retrieval_scores(retrieved, gold)
