@@ -445,9 +445,10 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
     except ImportError:
         logger.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
         return False
-    fig = Figure(figsize=(11, 4.2))
+    ruler = result.get("ruler", [])
+    fig = Figure(figsize=(11, 4.2) if ruler else (6, 4.2))
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
+    ax1, ax2 = fig.subplots(1, 2) if ruler else (fig.subplots(1, 1), None)
     bios = result.get("bios", [])
     x = [e["target_tokens"] for e in bios]
     lines = [("single", "exact_match", "single-hop EM"), ("multi_interleave", "exact_match", "multi-hop EM (interleave)"),
@@ -468,19 +469,17 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
     ax1.grid(True, which="both", alpha=0.3)
     if bios:
         ax1.legend(fontsize=8)
-    ruler = result.get("ruler", [])
-    if ruler:
+    if ax2 is not None:  # RULER panel only when RULER ran
         rx = [e["context_tokens"] for e in ruler]
         ax2.plot(rx, [math.nan if e["average"] is None else e["average"] for e in ruler], marker="o", label="average")
         ax2.legend(fontsize=8)
-    ax2.set_xscale("log")
-    if ruler:
+        ax2.set_xscale("log")
         ax2.set_xticks(rx, [e["label"] for e in ruler])
         ax2.minorticks_off()
-    ax2.set_xlabel("context (tokens)")
-    ax2.set_ylim(-0.02, 1.02)
-    ax2.set_title("RULER NIAH")
-    ax2.grid(True, which="both", alpha=0.3)
+        ax2.set_xlabel("context (tokens)")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_title("RULER NIAH")
+        ax2.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=120)
