@@ -129,6 +129,20 @@ class DistContext:
             parts.append(f"rank(s) {behind} never reached step {self._step} (hung)")
         return sorted(dead + behind), "; ".join(parts)
 
+    def _await_others(self, limit_s: float) -> None:
+        """Return once every other rank has closed or has a heartbeat that no longer moves."""
+        deadline = time.monotonic() + limit_s
+        last = self._read_beats()
+        while time.monotonic() < deadline:
+            waiting = [r for r in range(self.world) if r != self.rank and not self.store.check([f"closed/{r}"])]
+            if not waiting:
+                return
+            time.sleep(2.5 * self.interval_s)
+            now = self._read_beats()
+            if all(now[r] == last[r] for r in waiting):  # the ranks still open are dead
+                return
+            last = now
+
     def _read_beats(self) -> dict[int, tuple[int, int]]:
         out = {}
         for r in range(self.world):
@@ -152,8 +166,16 @@ class DistContext:
         with self.phase(name):
             dist.barrier(group=self.cpu_group)
 
-    def close(self) -> None:
-        """Stop the heartbeat and destroy the process group (after a barrier when all is well)."""
+    def close(self, linger_s: float = 30.0) -> None:
+        """Stop the heartbeat and destroy the process group. The rank that hosts the rendezvous store
+        first waits (at most ``linger_s``) until every other rank has closed or stopped beating, so a
+        rank still diagnosing a failure never finds the store gone and blames its host for it."""
+        try:
+            self.store.set(f"closed/{self.rank}", "1")
+            if self.store_host_rank == self.rank:
+                self._await_others(linger_s)
+        except Exception as e:  # a broken store must not make closing fail
+            log.debug("rank %d: closing without waiting for the others: %s", self.rank, e)
         self.heartbeat.stop()
         if dist.is_initialized():
             dist.destroy_process_group()
