@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from msa.config import DOC_CHOICES
+
 logger = logging.getLogger("msa")
 
 
@@ -177,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("question")
     q.add_argument("--json", action="store_true")
     q.add_argument("--no-interleave", action="store_true", help="one retrieval round only")
-    q.add_argument("--doc-choice", default=None, choices=["generated", "routed"],
+    q.add_argument("--doc-choice", default=None, choices=DOC_CHOICES,
                    help="documents Memory Interleave reads: the ids the model writes (official) or the "
                         "router's best unread ones (default: the model's msa.doc_choice)")
     q.add_argument("--max-rounds", type=int, default=4)

@@ -10,6 +10,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+DOC_CHOICES = ("generated", "routed")  # MSAConfig.doc_choice: which documents Memory Interleave reads
 AUX_LOSS_METHODS = ("INFONCE", "INFONCE_FOCAL", "INFONCE_DECOUPLE", "INFONCE_DECOUPLE_FOCAL", "BCE")
 
 
@@ -81,7 +82,7 @@ class MSAConfig:
             ("head_reduce_method", ("mean", "max")),
             ("query_reduce_method", ("max", "mean", "last")),
             ("prompt_format", ("official", "question")),
-            ("doc_choice", ("generated", "routed")),
+            ("doc_choice", DOC_CHOICES),
             ("chunk_reduce_method", ("max", "mean")),
         ):
             if getattr(self, name) not in allowed:

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 
 from msa.engine.generation import DecodeState, Timer, decode_step, left_pad
+from msa.config import DOC_CHOICES
 from msa.model import MemoryAccess, MSAForCausalLM, PrefixCache, Routing
 from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, prompt_format, query_segments
 
 logger = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"\[(\d+)\]")
-DOC_CHOICES = ("generated", "routed")
 
 
 class MemoryView(Protocol):
@@ -119,6 +119,12 @@ class _Sample:
     ranked: list[int] = field(default_factory=list)  # this round's routed ids, best first (last router layer)
 
 
+def _selected(r: Routing, i: int, slot_ids: Tensor) -> list[tuple[int, float]]:
+    """Sample ``i``'s selected documents of one router layer as (user id, score) pairs."""
+    keep = r.docs[i] >= 0
+    return list(zip(slot_ids[r.docs[i][keep].cpu()].tolist(), r.scores[i][keep].cpu().tolist()))
+
+
 class Engine:
     """Ask questions against a memory with a model and its tokenizer.
 
@@ -203,19 +209,15 @@ class Engine:
         t0 = time.perf_counter()
         out = self.model.prefill(ids, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix, last_only=True)
         timer.add("prefill", t0, self.device)
-        last_layer = max(out.routings) if out.routings else None
+        routed = self.doc_choice == "routed" and bool(out.routings)
         for i, s in enumerate(active):
             info = RoundInfo()
-            if self.doc_choice == "routed" and last_layer is not None:
-                r = out.routings[last_layer]
-                keep = r.docs[i] >= 0
-                order = r.scores[i][keep].argsort(descending=True)
-                s.ranked = slot_ids[r.docs[i][keep][order].cpu()].tolist()
-            if return_routing:
-                for layer, r in out.routings.items():
-                    keep = r.docs[i] >= 0
-                    docs = slot_ids[r.docs[i][keep].cpu()].tolist()
-                    info.routing[layer] = list(zip(docs, r.scores[i][keep].cpu().tolist()))
+            if return_routing or routed:
+                selected = {layer: _selected(r, i, slot_ids) for layer, r in out.routings.items()}
+                if return_routing:
+                    info.routing = selected
+                if routed:  # the last router layer's selection, best first
+                    s.ranked = [d for d, _ in sorted(selected[max(selected)], key=lambda x: -x[1])]
             s.rounds.append(info)
         states = [DecodeState(pending=[]) for _ in active]
         nxt = out.logits.argmax(-1).cpu()

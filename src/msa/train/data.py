@@ -175,7 +175,18 @@ class JsonlSamples:
             skip = 0
 
 
-class BiosSamples:
+class _Indexed:
+    """A source with random access: ``iterate`` walks ``sample(i, num_docs)`` from ``start`` on."""
+
+    def sample(self, index: int, num_docs: int | None = None) -> TrainSample:
+        raise NotImplementedError
+
+    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
+        for i in itertools.count(start):
+            yield self.sample(i, num_docs)
+
+
+class BiosSamples(_Indexed):
     """Generates bios QA samples on the fly: sample ``i`` is a pure function of ``(world, seed, kind, i,
     num_docs)``.
 
@@ -229,12 +240,8 @@ class BiosSamples:
         memory = [Document(i, t) for i, t in zip(ids, self.world.documents(ids))]
         return TrainSample(q.text, memory, gold, None, q.answer, {"kind": q.kind})
 
-    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
-        for i in itertools.count(start):
-            yield self.sample(i, num_docs)
 
-
-class NiahSamples:
+class NiahSamples(_Indexed):
     """RULER NIAH samples (``msa.data.ruler``) as training samples: sample ``i`` is a pure function of
     ``(seed, i, num_docs)``.
 
@@ -278,12 +285,8 @@ class NiahSamples:
             memory = [d for d in memory if d.id not in drop]
         return TrainSample(ns.question, memory, gold, None, ", ".join(ns.answers), {"kind": task})
 
-    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
-        for i in itertools.count(start):
-            yield self.sample(i, num_docs)
 
-
-class MixedSamples:
+class MixedSamples(_Indexed):
     """Sample ``i`` comes from ``second`` with probability ``fraction`` (hashed from i), else ``first``."""
 
     def __init__(self, first: "SampleSource", second: "SampleSource", fraction: float):
@@ -294,10 +297,6 @@ class MixedSamples:
     def sample(self, index: int, num_docs: int | None = None) -> TrainSample:
         u = np.random.default_rng([index, 0x3C1D]).random()
         return (self.second if u < self.fraction else self.first).sample(index, num_docs)  # type: ignore[attr-defined]
-
-    def iterate(self, start: int, num_docs: int | None = None) -> Iterator[TrainSample]:
-        for i in itertools.count(start):
-            yield self.sample(i, num_docs)
 
 
 class InterleaveRounds:
