@@ -22,25 +22,19 @@ from msa.eval.metrics import exact_match, token_f1
 from msa.model import MSAForCausalLM
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("--questions", type=int, default=60)
-    ap.add_argument("--distractors", type=int, default=0)
-    args = ap.parse_args()
-    model = MSAForCausalLM.from_pretrained(args.model).eval()
-    tok = PreTrainedTokenizerFast.from_pretrained(args.model)
+def reading(model, tok, questions: int, distractors: int = 0, choices=("routed", "generated")) -> dict:
+    """EM / token F1 / share of gold documents read, per question kind and doc choice."""
     world = BiosWorld(BiosConfig(num_people=1 << 20, seed=7))
     rng = np.random.default_rng(5)
-    out = {"model": args.model, "distractors": args.distractors}
+    out: dict = {}
     for kind in ("single", "multi"):
-        qs = list(world.iter_questions(args.questions, kind, seed=11))
-        for choice in ("routed", "generated"):
+        qs = list(world.iter_questions(questions, kind, seed=11))
+        for choice in choices:
             em = f1 = read = 0.0
             examples = []
             for q in qs:
                 gold = list(q.gold_ids)
-                ids = gold + [int(i) for i in rng.choice(world.config.num_people, args.distractors) if i not in gold]
+                ids = gold + [int(i) for i in rng.choice(world.config.num_people, distractors) if i not in gold]
                 eng = Engine(model, tok, InMemoryView(model, tok, world.documents(ids), ids=ids), doc_choice=choice)
                 a = eng.ask(q.text, max_new_tokens=48)
                 em += exact_match(a.text, q.answer)
@@ -50,7 +44,21 @@ def main() -> None:
                     examples.append({"q": q.text, "gold": q.answer, "pred": a.text, "read": a.doc_ids})
             n = len(qs)
             out[f"{kind}_{choice}"] = {"em": em / n, "f1": f1 / n, "gold_read": read / n, "examples": examples}
-            print(kind, choice, {k: round(v, 3) for k, v in out[f"{kind}_{choice}"].items() if k != "examples"})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--questions", type=int, default=60)
+    ap.add_argument("--distractors", type=int, default=0)
+    args = ap.parse_args()
+    model = MSAForCausalLM.from_pretrained(args.model).eval()
+    tok = PreTrainedTokenizerFast.from_pretrained(args.model)
+    out = {"model": args.model, "distractors": args.distractors, **reading(model, tok, args.questions, args.distractors)}
+    for key, r in out.items():
+        if isinstance(r, dict):
+            print(key, {k: round(v, 3) for k, v in r.items() if k != "examples"})
     print(json.dumps(out, indent=1))
 
 

@@ -2,11 +2,12 @@
 answer-round token stream that the MSA model sees locally? Separates "reading is slow to learn" from
 "something in the MSA model blocks it".
 
-    python bench/reading_vanilla_probe.py --layers 4 --hidden 128 --steps 1500 --lr 1e-3
+    python bench/reading_vanilla_probe.py --layers 4 --hidden 128 --steps 1500 --lr 1e-3 [--copy-fraction 0.5]
 
 Samples: bios_tiny's answer rounds (single-hop, the gold document appended as text), cut to the
 local stream (question, appended document, answer; no memory). Prints the training loss and the
-held-out accuracy of the last answer tokens every 100 steps.
+held-out accuracy of the last answer tokens every 100 steps. ``--copy-fraction`` trains that share of
+the steps on a copy task instead (a document, a newline, the same document; loss on the repeat).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from msa.train.build import build_collator, build_model, build_source, build_tok
 from msa.train.collator import IGNORE
 
 OVERRIDES = ["checkpoint.dir=", "logging.metrics_file=", "data.answer_round_fraction=1.0", "data.niah_fraction=0",
-             "data.kind=single"]  # fmt: skip
+             "data.kind=single", "data.recite_fraction=0"]  # fmt: skip
 
 
 def batch(collator, source, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,13 +34,29 @@ def batch(collator, source, start: int, n: int) -> tuple[torch.Tensor, torch.Ten
         keep = [j for j, d in enumerate(e.doc_ids) if d in (0, -1)]  # QUERY / RESPONSE tokens
         seqs.append([e.input_ids[j] for j in keep])
         labs.append([e.labels[j] for j in keep])
-    t = max(map(len, seqs))
+    return _pad(seqs, labs)
+
+
+def _pad(seqs: list[list[int]], labs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n, t = len(seqs), max(map(len, seqs))
     ids = torch.zeros(n, t, dtype=torch.long)
     lab = torch.full((n, t), IGNORE, dtype=torch.long)
     att = torch.zeros(n, t, dtype=torch.long)
     for r, (s, l) in enumerate(zip(seqs, labs)):
         ids[r, : len(s)], lab[r, : len(l)], att[r, : len(s)] = torch.tensor(s), torch.tensor(l), 1
     return ids, lab, att
+
+
+def copy_batch(tok, source, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[n, T] streams "document, newline, the same document again" with LM targets on the repeat only:
+    the induction (copy) signal an answer needs, on every token of the repeat instead of on ~5."""
+    seqs, labs = [], []
+    nl = tok.encode("\n", add_special_tokens=False)
+    for i in range(start, start + n):
+        d = tok.encode(source.sample(i, 1).memory[0].text, add_special_tokens=False)
+        seqs.append(d + nl + d)
+        labs.append([IGNORE] * (len(d) + len(nl)) + d)
+    return _pad(seqs, labs)
 
 
 def answer_accuracy(model, collator, source, n: int = 64) -> float:
@@ -62,6 +79,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--copy-fraction", type=float, default=0.0,
+                    help="share of steps that train on repeated documents (copy) instead of answer rounds")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -78,7 +97,9 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
-        ids, lab, att = batch(collator, source, step * args.batch, args.batch)
+        copy = (step * 0.6180339887) % 1.0 < args.copy_fraction
+        ids, lab, att = (copy_batch(tok, source, step * args.batch, args.batch) if copy
+                         else batch(collator, source, step * args.batch, args.batch))  # fmt: skip
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         opt.zero_grad()
         loss.backward()

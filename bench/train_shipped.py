@@ -2,7 +2,8 @@
 
     python bench/train_shipped.py --minutes 24 --out runs/msa-bios-tiny [recipe overrides ...]
 
-Steps: a probe measures steps/s at the smallest and largest curriculum memory; the recipe's phases and
+Steps: with ``--reading-steps N`` first a reading stage (``reading_stage``: answer rounds and
+recitations on small memories, no routing loss) whose model the rest starts from; a probe measures steps/s at the smallest and largest curriculum memory; the recipe's phases and
 curriculum are rescaled to fit the budget (warm-up 30%, main 70%; curriculum stages at 30% / 60%);
 training, with a snapshot of the model every ``--snapshot-minutes`` and a hard stop at the budget; the
 model (float32, shards under 12 MB), tokenizer, recipe, training log and an evaluation on a world the
@@ -25,8 +26,9 @@ from msa.data.bios import BiosConfig, BiosWorld
 from msa.engine import Engine, InMemoryView
 from msa.eval.metrics import exact_match
 from msa.train import load_recipe
-from msa.train.config import CurriculumStage
+from msa.train.config import CurriculumStage, Phase
 from msa.train.loop import Trainer
+from reading_probe import reading
 
 log = logging.getLogger("train_shipped")
 
@@ -97,6 +99,29 @@ def _rate(overrides: list[str], num_docs: int, steps: int = 12, profile: Path | 
     return rate
 
 
+READING = ["data.answer_round_fraction=1.0", "data.recite_fraction=0.5", "data.answer_round_hide_read=true",
+           "data.niah_fraction=0"]  # fmt: skip
+"""Stage 0 data: answer rounds only, half of them recitations, the read documents out of memory."""
+
+
+def reading_stage(overrides: list[str], out: Path, steps: int, docs: int, deadline: float) -> Path:
+    """Stage 0: in-context reading first, on small memories with no routing loss (a small model learns
+    to copy out of appended text only when copying is most of its signal: bench/NOTES_training.md).
+    Returns the directory of the model it leaves, the main stage's ``model.init``."""
+    log_file = out / "reading_log.jsonl"
+    log_file.unlink(missing_ok=True)
+    cfg = load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides, *READING])
+    cfg.data.curriculum = [CurriculumStage(0, docs)]
+    cfg.schedule.phases = [Phase("reading", steps=steps, lr=cfg.schedule.phases[-1].lr, lm_weight=1.0, aux_weight=0.0,
+                                 warmup_steps=50)]  # fmt: skip
+    trainer = Trainer(cfg)
+    while trainer.state.step < steps and time.perf_counter() < deadline:
+        trainer.fit(until=min(steps, trainer.state.step + 50))
+    log.info("reading stage: %d steps", trainer.state.step)
+    save_model(trainer, out / "reading")
+    return out / "reading"
+
+
 def save_model(trainer: Trainer, out: Path) -> None:
     model = trainer.model
     was = model.dtype
@@ -111,16 +136,23 @@ def main() -> None:
     ap.add_argument("--out", default="runs/msa-bios-tiny")
     ap.add_argument("--eval-people", type=int, default=2048)
     ap.add_argument("--eval-questions", type=int, default=50)
+    ap.add_argument("--reading-questions", type=int, default=50, help="questions of the gold-only reading check")
     ap.add_argument("--profile", action="store_true", help="write a profiler table of the largest-memory probe")
     ap.add_argument("--warmup-fraction", type=float, default=0.3, help="share of steps in the aux-dominant phase")
     ap.add_argument("--steps", type=int, default=None, help="train this many steps (no probe; --minutes still caps)")
     ap.add_argument("--docs", default=None, help="curriculum memory sizes, e.g. 8,16,16 (default: the recipe's three)")
+    ap.add_argument("--reading-steps", type=int, default=0, help="stage 0 (reading, see READING) steps; 0 = none")
+    ap.add_argument("--reading-docs", type=int, default=4, help="memory documents per sample in stage 0")
+    ap.add_argument("--reading-max-share", type=float, default=0.5, help="stage 0 stops at this share of --minutes")
     ap.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
     args, overrides = ap.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    if args.reading_steps:
+        deadline = t_start + args.minutes * 60 * args.reading_max_share
+        overrides = [*overrides, f"model.init={reading_stage(overrides, out, args.reading_steps, args.reading_docs, deadline)}"]
     base = load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides])
     docs = [int(x) for x in args.docs.split(",")] if args.docs else None
     if docs is not None and len(docs) != 3:
@@ -167,7 +199,10 @@ def main() -> None:
         "warmup_fraction": args.warmup_fraction,
         "params": sum(p.numel() for p in model.parameters()),
         "eval": evaluate(model, trainer.tokenizer, args.eval_people, args.eval_questions),
+        "reading": reading(model, trainer.tokenizer, args.reading_questions, choices=("routed",)),
     }  # fmt: skip
+    log.info("reading (gold documents only in memory): %s",
+             {k: {m: round(v, 3) for m, v in r.items() if m != "examples"} for k, r in result["reading"].items()})
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "eval"}, indent=2))
 

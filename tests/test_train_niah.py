@@ -1,4 +1,4 @@
-"""NIAH training samples (RULER's subtasks as TrainSamples) and mixing them into the bios stream."""
+"""NIAH training samples (RULER's subtasks as TrainSamples), mixing them into the bios stream, recite samples."""
 
 import pytest
 
@@ -47,3 +47,20 @@ def test_mixed_samples_take_the_requested_share_and_feed_interleave_rounds():
 def test_config_checks_the_niah_share():
     with pytest.raises(ValueError, match="niah_fraction"):
         TrainConfig(data=DataConfig(niah_fraction=2.0)).validate()
+
+
+def test_recite_samples_ask_for_the_gold_biography():
+    world = BiosConfig(num_people=512, seed=0)
+    src = BiosSamples(world, 8, "mixed", recite_fraction=0.3)
+    samples = [src.sample(i) for i in range(300)]
+    recite = [s for s in samples if s.extra["kind"] == "recite"]
+    assert 0.22 < len(recite) / len(samples) < 0.38
+    for s in recite[:20]:
+        (gold,) = s.positives
+        doc = next(d.text for d in s.memory if d.id == gold)
+        assert s.answer == doc and src.world.name(gold) in s.question and len(s.memory) == 8
+    assert all(s.extra["kind"] != "recite" for s in map(BiosSamples(world, 8, "mixed").sample, range(100)))
+    with pytest.raises(ValueError, match="recite_fraction"):
+        BiosSamples(world, 8, recite_fraction=-0.1)
+    with pytest.raises(ValueError, match="recite_fraction"):
+        TrainConfig(data=DataConfig(recite_fraction=1.5)).validate()

@@ -37,3 +37,19 @@ def test_answer_fraction_sets_the_share_of_answer_rounds():
         assert abs(rounds.count(0) - rounds.count(1)) < 0.1 * 2000  # retrieval rounds stay balanced
     src = InterleaveRounds(inner, None)
     assert [s.extra["round"] for s, _ in zip(src.iterate(5), range(4))] == [src.sample(i).extra["round"] for i in range(5, 9)]
+
+
+def test_hide_read_keeps_the_read_text_out_of_memory_in_answer_rounds_only():
+    inner = BiosSamples(BiosConfig(num_people=1024, seed=0), 6, "multi", seed=3)
+    plain, hidden = InterleaveRounds(inner, 0.5), InterleaveRounds(inner, 0.5, hide_read=True)
+    kinds = set()
+    for i in range(12):
+        a, b = plain.sample(i), hidden.sample(i)
+        chain, r = a.extra["chain"], a.extra["round"]
+        kinds.add(r == len(chain))
+        if r < len(chain):  # retrieval rounds are untouched
+            assert b.memory == a.memory and interleave_round(b, OFFICIAL) == interleave_round(a, OFFICIAL)
+            continue
+        assert {d.id for d in b.memory} == {d.id for d in a.memory} - set(chain)
+        assert interleave_round(b, OFFICIAL) == interleave_round(a, OFFICIAL)  # same text appended and answered
+    assert kinds == {True, False}

@@ -69,12 +69,13 @@ def build_source(data: DataConfig) -> SampleSource:
     if data.source == "jsonl":
         source: SampleSource = JsonlSamples(data.path)
     else:
-        source = BiosSamples(data.world, data.curriculum[0].num_docs, data.kind, data.seed, data.multi_fraction)
+        source = BiosSamples(data.world, data.curriculum[0].num_docs, data.kind, data.seed, data.multi_fraction,
+                             data.recite_fraction)
         if data.niah_fraction > 0:
             niah = NiahSamples(data.curriculum[0].num_docs, data.seed, data.niah_doc_tokens)
             source = MixedSamples(source, niah, data.niah_fraction)
     if data.target_format == "interleave_round":
-        return InterleaveRounds(source, data.answer_round_fraction)
+        return InterleaveRounds(source, data.answer_round_fraction, data.answer_round_hide_read)
     return source
 
 

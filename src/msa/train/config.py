@@ -62,8 +62,12 @@ class DataConfig:
     micro_batch_size: samples per forward per rank; grad_accum: micro-batches per optimizer step.
     Global batch = micro_batch_size * grad_accum * world_size.
     answer_round_fraction: ``interleave_round`` only: share of answer rounds (None = uniform over rounds).
+    answer_round_hide_read: ``interleave_round`` only: answer rounds leave the documents read so far out
+        of the memory (their text stays appended), so answers must be read from text (``InterleaveRounds``).
     niah_fraction / niah_doc_tokens: bios source only: share of samples that are RULER NIAH tasks
         (``NiahSamples``, documents of about ``niah_doc_tokens`` tokens), for NIAH-capable models.
+    recite_fraction: bios source only: share of bios samples that ask for a whole biography (the
+        document's text is the answer; ``BiosSamples``): dense in-context copying signal for reading.
     workers: processes that generate and collate the next steps' batches while the model trains (0 = in
         the training process). Needs a source with random access (bios); a JSONL stream ignores it.
     """
@@ -83,9 +87,11 @@ class DataConfig:
     micro_batch_size: int = 4
     grad_accum: int = 1
     answer_round_fraction: float | None = None
+    answer_round_hide_read: bool = False
     workers: int = 0
     niah_fraction: float = 0.0
     niah_doc_tokens: int = 96
+    recite_fraction: float = 0.0
 
 
 @dataclass
@@ -194,8 +200,10 @@ class TrainConfig:
             raise ValueError("data.curriculum needs at least one stage")
         if self.aux_layers not in ("official", "all"):
             raise ValueError(f"aux_layers must be 'official' or 'all', got {self.aux_layers!r}")
-        if not 0.0 <= self.data.niah_fraction <= 1.0:
-            raise ValueError(f"data.niah_fraction must be in [0, 1], got {self.data.niah_fraction}")
+        for key in ("niah_fraction", "recite_fraction"):
+            v = getattr(self.data, key)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"data.{key} must be in [0, 1], got {v}")
         if self.data.workers < 0:
             raise ValueError(f"data.workers must be >= 0, got {self.data.workers}")
         if self.parallel.data_parallel not in ("ddp", "fsdp"):

@@ -186,6 +186,9 @@ class _Indexed:
             yield self.sample(i, num_docs)
 
 
+_RECITE = ("Tell me about {who}.", "Who is {who}?", "Write the biography of {who}.")
+
+
 class BiosSamples(_Indexed):
     """Generates bios QA samples on the fly: sample ``i`` is a pure function of ``(world, seed, kind, i,
     num_docs)``.
@@ -198,16 +201,23 @@ class BiosSamples(_Indexed):
         num_docs: memory documents per sample (default; the curriculum may pass another).
         kind: "single", "multi", or "mixed" (multi-hop with probability ``multi_fraction``).
         seed: sample stream seed (different seeds give disjoint-looking streams, e.g. train vs held-out).
+        recite_fraction: share of samples that ask for a person's whole biography ("Tell me about
+            NAME."; answer = the document's text; kind "recite"): every token of the answer is a copy
+            out of the retrieved document, a dense signal for the in-context copying that reading an
+            answer needs (a question's answer has ~5 target tokens, a biography ~70).
     """
 
     def __init__(self, world: BiosConfig, num_docs: int = 16, kind: str = "single", seed: int = 0,
-                 multi_fraction: float = 0.5):  # fmt: skip
+                 multi_fraction: float = 0.5, recite_fraction: float = 0.0):  # fmt: skip
         if kind not in ("single", "multi", "mixed"):
             raise ValueError(f"kind must be 'single', 'multi' or 'mixed', got {kind!r}")
         if num_docs < 2 and kind != "single":
             raise ValueError("multi-hop samples need num_docs >= 2")
         if num_docs > world.num_people:
             raise ValueError(f"num_docs={num_docs} exceeds the world's {world.num_people} documents")
+        if not 0.0 <= recite_fraction <= 1.0:
+            raise ValueError(f"recite_fraction must be in [0, 1], got {recite_fraction}")
+        self.recite_fraction = recite_fraction
         self.config = world
         self.world = _world(world.num_people, world.seed, world.marriage_rate)
         self.num_docs = num_docs
@@ -222,6 +232,10 @@ class BiosSamples(_Indexed):
         kind = self.kind
         if kind == "mixed":
             kind = "multi" if rng.random() < self.multi_fraction else "single"
+        if self.recite_fraction > 0 and rng.random() < self.recite_fraction:
+            i = int(rng.integers(0, n_people))
+            text = _RECITE[int(rng.integers(0, len(_RECITE)))].format(who=self.world.name(i))
+            return self._with_distractors(rng, text, [i], self.world.document(i), "recite", n_docs)
         for _ in range(10_000):
             try:
                 q = self.world.question(int(rng.integers(0, n_people)), kind)
@@ -230,15 +244,19 @@ class BiosSamples(_Indexed):
                 continue
         else:
             raise ValueError(f"could not draw a {kind}-hop question from this world")
-        gold = list(q.gold_ids)
+        return self._with_distractors(rng, q.text, list(q.gold_ids), q.answer, q.kind, n_docs)
+
+    def _with_distractors(self, rng: np.random.Generator, question: str, gold: list[int], answer: str, kind: str,
+                          n_docs: int) -> TrainSample:  # fmt: skip
         if n_docs < len(gold):
             raise ValueError(f"num_docs={n_docs} is smaller than the {len(gold)} gold documents")
+        n_people = self.config.num_people
         draw = rng.choice(n_people, size=min(n_people, n_docs + len(gold)), replace=False).tolist()
         gold_set = set(gold)
         ids = gold + [int(i) for i in draw if i not in gold_set][: n_docs - len(gold)]
         rng.shuffle(ids)
         memory = [Document(i, t) for i, t in zip(ids, self.world.documents(ids))]
-        return TrainSample(q.text, memory, gold, None, q.answer, {"kind": q.kind})
+        return TrainSample(question, memory, gold, None, answer, {"kind": kind})
 
 
 class NiahSamples(_Indexed):
@@ -308,27 +326,37 @@ class InterleaveRounds:
 
     answer_fraction: probability of the answer round (r = R); None = every round equally likely. Only
         retrieval rounds carry a routing (aux) target, so a lower value gives the router more signal.
+    hide_read: answer rounds drop the documents already read (the chain) from the memory; their text
+        is still appended (``extra["read"]``). The answer can then only come from the appended text,
+        not from the documents' pooled chunks in memory, which give a blurred copy (template words
+        right, names and values wrong) that a small model settles for instead of learning to read.
     """
 
-    def __init__(self, inner: "SampleSource", answer_fraction: float | None = None):
+    def __init__(self, inner: "SampleSource", answer_fraction: float | None = None, hide_read: bool = False):
         if answer_fraction is not None and not 0.0 <= answer_fraction <= 1.0:
             raise ValueError(f"answer_fraction must be in [0, 1], got {answer_fraction}")
         self.inner = inner
         self.answer_fraction = answer_fraction
+        self.hide_read = hide_read
         if hasattr(inner, "sample"):
             self.sample = self._sample  # random access where the inner source has it
 
     def _round(self, i: int, s: TrainSample) -> TrainSample:
         chain = list(s.positives)
-        h = (i * 7919 + 13) % 1_000_003
+        u, v = np.random.default_rng([i, 0x1D3A]).random(2)  # a hash of i: neighbours are independent
         if self.answer_fraction is None:
-            r = h % (len(chain) + 1)
-        elif h / 1_000_003 < self.answer_fraction:
+            r = int(u * (len(chain) + 1))
+        elif u < self.answer_fraction:
             r = len(chain)
         else:
-            r = (h // 7) % len(chain)
-        return TrainSample(s.question, s.memory, chain[r : r + 1], s.target, s.answer,
-                           {**s.extra, "chain": chain, "round": r})  # fmt: skip
+            r = int(v * len(chain))
+        extra = {**s.extra, "chain": chain, "round": r}
+        memory = s.memory
+        if self.hide_read and r == len(chain):
+            read = set(chain)
+            extra["read"] = {d.id: d.text for d in memory if d.id in read}
+            memory = [d for d in memory if d.id not in read]
+        return TrainSample(s.question, memory, chain[r : r + 1], s.target, s.answer, extra)
 
     def _sample(self, index: int, num_docs: int | None = None) -> TrainSample:
         return self._round(index, self.inner.sample(index, num_docs))  # type: ignore[attr-defined]

@@ -112,7 +112,7 @@ def interleave_round(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
     r = sample.extra.get("round")
     if chain is None or r is None:
         raise ValueError("interleave_round needs samples from InterleaveRounds (extra 'chain' and 'round')")
-    text = {d.id: d.text for d in sample.memory}
+    text = {d.id: d.text for d in sample.memory} | sample.extra.get("read", {})
     out: list[Segment] = []
     for n, g in enumerate(chain[:r]):
         out.append(Segment(f"[{g}]" + fmt.round_end, RESPONSE, False))
