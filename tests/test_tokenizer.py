@@ -65,7 +65,6 @@ def test_save_and_load(trained):
         assert loaded.pad_token_id == 0
     raw = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
     assert raw("<|object_ref_end|>")["input_ids"] == [3]
-    assert raw("<End-of-Retrieve>")["input_ids"] == [4]
     with pytest.raises(FileNotFoundError):
         load_tokenizer(path / "missing")
 

@@ -2,11 +2,8 @@
 
 The tokenizer follows the Qwen chat conventions that the MSA template relies on:
 
-* special tokens, each a single id, in this order (ids 0..4): ``<|endoftext|>`` (padding),
-  ``<|im_start|>``, ``<|im_end|>`` (end of sequence), ``<|object_ref_end|>`` (end of a round) and
-  ``<End-of-Retrieve>`` (end of retrieval; plain text in the official tokenizer, where BPE gives it a
-  few tokens — a small vocabulary would spell it out in ~16, so the decision to stop retrieving is
-  one token here);
+* special tokens, each a single id, in this order (ids 0..3): ``<|endoftext|>`` (padding),
+  ``<|im_start|>``, ``<|im_end|>`` (end of sequence) and ``<|object_ref_end|>``;
 * byte-level BPE (every byte string is encodable; decoding is lossless);
 * every decimal digit is its own pre-token (``Digits(individual_digits=True)``), so a document id
   such as ``"[4217]"`` is ``[``, ``4``, ``2``, ``1``, ``7``, ``]`` and ids of any size are learnable.
@@ -33,8 +30,7 @@ __all__ = ["SPECIAL_TOKENS", "PAD_TOKEN", "EOS_TOKEN", "train_tokenizer", "load_
 
 PAD_TOKEN = "<|endoftext|>"
 EOS_TOKEN = "<|im_end|>"
-SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_end|>",
-                                   "<End-of-Retrieve>")  # fmt: skip
+SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_end|>")
 """Special tokens of the official template, each encoded as one id (ids 0..3 after training)."""
 
 TOKENIZER_FILE = "tokenizer.json"
