@@ -21,22 +21,14 @@ from msa.train import load_recipe
 from msa.train.config import CurriculumStage, Phase
 from msa.train.data import BiosSamples, InterleaveRounds
 from msa.train.loop import Trainer
-
-IGNORE = -100
+from reading_vanilla_probe import last_answer_tokens_right
 
 
 def answer_accuracy(trainer: Trainer, rounds: InterleaveRounds, n: int = 64) -> float:
     """Share of held-out samples whose last three answer tokens (before the end-of-turn) are all right."""
     batch = trainer.collator([rounds.sample(i) for i in range(n)]).to(trainer.info.device)
     with torch.no_grad():
-        logits = trainer.model.forward_train(batch.packed).logits
-    pred = logits[:, :-1].argmax(-1)
-    tgt = batch.labels[:, 1:]
-    good = 0
-    for r in range(n):
-        pos = (tgt[r] != IGNORE).nonzero().squeeze(-1)[-4:-1]
-        good += bool((pred[r, pos] == tgt[r, pos]).all())
-    return good / n
+        return last_answer_tokens_right(trainer.model.forward_train(batch.packed).logits, batch.labels)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from msa.train.build import build_collator, build_model, build_source, build_tok
 from msa.train.collator import IGNORE
 
 OVERRIDES = ["checkpoint.dir=", "logging.metrics_file=", "data.answer_round_fraction=1.0", "data.niah_fraction=0",
-             "data.kind=single", "data.recite_fraction=0"]  # fmt: skip
+             "data.kind=single", "data.recite_fraction=0", "data.answer_round_hide_read=false"]  # fmt: skip
 
 
 def batch(collator, source, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,17 +59,22 @@ def copy_batch(tok, source, start: int, n: int) -> tuple[torch.Tensor, torch.Ten
     return _pad(seqs, labs)
 
 
+def last_answer_tokens_right(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of rows ([B, T, V] logits, [B, T] labels with IGNORE off-target) whose last three target
+    tokens before the end-of-turn are all predicted right."""
+    pred, tgt = logits[:, :-1].argmax(-1), labels[:, 1:]
+    good = 0
+    for r in range(len(tgt)):
+        pos = (tgt[r] != IGNORE).nonzero().squeeze(-1)[-4:-1]  # before <|im_end|>
+        good += bool((pred[r, pos] == tgt[r, pos]).all())
+    return good / len(tgt)
+
+
 def answer_accuracy(model, collator, source, n: int = 64) -> float:
     """Share of held-out samples whose last three answer tokens are all predicted right."""
     ids, lab, att = batch(collator, source, 10_000_000, n)
     with torch.no_grad():
-        pred = model(input_ids=ids, attention_mask=att).logits[:, :-1].argmax(-1)
-    tgt = lab[:, 1:]
-    good = 0
-    for r in range(n):
-        pos = (tgt[r] != IGNORE).nonzero().squeeze(-1)[-4:-1]  # before <|im_end|>
-        good += bool((pred[r, pos] == tgt[r, pos]).all())
-    return good / n
+        return last_answer_tokens_right(model(input_ids=ids, attention_mask=att).logits, lab)
 
 
 def main() -> None:

@@ -3,11 +3,12 @@
     python bench/train_shipped.py --minutes 24 --out runs/msa-bios-tiny [recipe overrides ...]
 
 Steps: with ``--reading-steps N`` first a reading stage (``reading_stage``: answer rounds and
-recitations on small memories, no routing loss) whose model the rest starts from; a probe measures steps/s at the smallest and largest curriculum memory; the recipe's phases and
-curriculum are rescaled to fit the budget (warm-up 30%, main 70%; curriculum stages at 30% / 60%);
-training, with a snapshot of the model every ``--snapshot-minutes`` and a hard stop at the budget; the
-model (float32, shards under 12 MB), tokenizer, recipe, training log and an evaluation on a world the
-model never saw (seed 7: single-hop and 2-hop questions, with and without Memory Interleave) go to --out.
+recitations on small memories, no routing loss) whose model the rest starts from; a probe measures
+steps/s at the smallest and largest curriculum memory; the recipe's phases and curriculum are
+rescaled to fit the budget (warm-up 30%, main 70%; curriculum stages at 30% / 60%); training, with a
+snapshot of the model every ``--snapshot-minutes`` and a hard stop at the budget; the model (float32,
+shards under 12 MB), tokenizer, recipe, training log and an evaluation on a world the model never saw
+(seed 7: single-hop and 2-hop questions, with and without Memory Interleave) go to --out.
 """
 
 from __future__ import annotations
@@ -115,11 +116,23 @@ def reading_stage(overrides: list[str], out: Path, steps: int, docs: int, deadli
     cfg.schedule.phases = [Phase("reading", steps=steps, lr=cfg.schedule.phases[-1].lr, lm_weight=1.0, aux_weight=0.0,
                                  warmup_steps=50)]  # fmt: skip
     trainer = Trainer(cfg)
-    while trainer.state.step < steps and time.perf_counter() < deadline:
-        trainer.fit(until=min(steps, trainer.state.step + 50))
+    fit_until(trainer, steps, deadline)
     log.info("reading stage: %d steps", trainer.state.step)
     save_model(trainer, out / "reading")
     return out / "reading"
+
+
+def fit_until(trainer: Trainer, steps: int, deadline: float, snapshot: Path | None = None,
+              snapshot_s: float = float("inf")) -> None:  # fmt: skip
+    """Train to ``steps`` or to the ``deadline`` (perf_counter time; checked every 50 steps), saving
+    the model to ``snapshot`` every ``snapshot_s`` seconds."""
+    last = time.perf_counter()
+    while trainer.state.step < steps and time.perf_counter() < deadline:
+        trainer.fit(until=min(steps, trainer.state.step + 50))
+        if snapshot is not None and time.perf_counter() - last > snapshot_s:
+            save_model(trainer, snapshot)
+            last = time.perf_counter()
+            log.info("snapshot at step %d", trainer.state.step)
 
 
 def save_model(trainer: Trainer, out: Path) -> None:
@@ -173,14 +186,8 @@ def main() -> None:
     cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps, args.lr_scale,
                   args.warmup_fraction, docs)
     trainer = Trainer(cfg)
-    deadline = t_start + args.minutes * 60
-    t0 = last_snap = time.perf_counter()
-    while trainer.state.step < steps and time.perf_counter() < deadline:
-        trainer.fit(until=min(steps, trainer.state.step + 50))
-        if time.perf_counter() - last_snap > args.snapshot_minutes * 60:
-            save_model(trainer, out)
-            last_snap = time.perf_counter()
-            log.info("snapshot at step %d", trainer.state.step)
+    t0 = time.perf_counter()
+    fit_until(trainer, steps, t_start + args.minutes * 60, snapshot=out, snapshot_s=args.snapshot_minutes * 60)
     train_s = time.perf_counter() - t0
     done = trainer.state.step
     if done < steps:
