@@ -5,6 +5,7 @@ import torch
 
 from msa import MSAConfig, MSAForCausalLM, ModelConfig
 from msa.engine import Engine, InMemoryView
+from msa.prompt import QUERY, encode_segments, query_segments
 from msa.tokenizer import train_tokenizer
 
 DOCS = [f"Person {i} was born in city{i} and works at firm{i}." for i in range(12)]
@@ -147,3 +148,56 @@ def test_doc_choice_default_comes_from_the_config_and_is_checked(setup):
     cfg.validate()
     with pytest.raises(ValueError, match="doc_choice"):
         MSAConfig(doc_choice="best").validate()
+
+
+def test_named_doc_choice_reads_the_best_unread_document_for_each_name(setup):
+    """doc_choice="named": a written name is routed on its own as ``PromptFormat.lookup`` (one batched
+    prefill) and its best unread document is read; a numeric request reads the round's routing."""
+    tok, model, view = setup
+
+    class Lookups(Scripted):  # lookups run the real model: they generate nothing
+        def prefill(self, ids, *a, **k):
+            if "Who is" in tok.decode(ids[0]):
+                self.lookups += 1
+                return self.model.prefill(ids, *a, **k)
+            return super().prefill(ids, *a, **k)
+
+    script = "[Person 7]<|object_ref_end|>[Person 7][4]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
+    scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
+    scripted.lookups = 0
+    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", name_match=False)
+    ans = engine.ask("Where was person 7 born?", return_routing=True)
+    last = max(model.router_layers)
+
+    def lookup(name):  # the engine's lookup, by hand
+        ids, dids = encode_segments(tok, query_segments(engine.prompt, engine.prompt.lookup.format(request=name)))
+        ids, q = torch.tensor([ids]), torch.tensor([dids]) == QUERY
+        r = model.prefill(ids, torch.ones_like(ids), q, memory=view.access(), prefix=view.prefix, last_only=True).routings[last]
+        return [int(view.slot_ids()[d]) for d in r.docs[0][r.scores[0].argsort(descending=True)] if d >= 0]
+
+    ranked = lookup("Person 7")
+    assert ans.rounds[0].named == ["Person 7"] and ans.rounds[0].requested == []
+    assert ans.rounds[0].retrieved == ranked[:1]
+    # round 2: the same name again reads its next best document; [4] reads the round's routing
+    assert ans.rounds[1].named == ["Person 7"] and ans.rounds[1].requested == [4]
+    first = ranked[1]
+    routed = [d for d, _ in sorted(ans.rounds[1].routing[last], key=lambda x: -x[1])]
+    assert ans.rounds[1].retrieved == [first, next(d for d in routed if d not in (ranked[0], first))]
+    assert ans.text == "Paris" and scripted.lookups == 2 and "lookup" in ans.timings
+    read = sum(ans.doc_ids, [])
+    assert len(read) == len(set(read)) == 3
+
+    # name_match (default): the lookup's top-k is re-ordered by mention of the name before the pick
+    scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
+    scripted.lookups = 0
+    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named")
+    engine._mentioning_first = lambda name, ranked: ranked[::-1]
+    assert engine.ask("Where was person 7 born?").rounds[0].retrieved == ranked[-1:]
+
+
+def test_name_match_puts_documents_that_mention_the_name_first(setup):
+    tok, model, view = setup
+    engine = Engine(model, tok, view, device="cpu", doc_choice="named")
+    assert engine._mentioning_first("Person 7", [3, 7, 5]) == [7, 3, 5]
+    # "firm1" is in documents 1, 10 and 11; document 1 names it earliest; ties keep the router's order
+    assert engine._mentioning_first("firm1", [11, 2, 10, 1]) == [1, 11, 10, 2]

@@ -122,6 +122,23 @@ def test_train_mode_equals_query_mode_over_encoded_memory(backend, reduce, monke
             assert torch.isinf(out.doc_scores[layer][s, n:]).all()
 
 
+def test_batch_without_memory_documents_trains_like_the_plain_decoder():
+    """A batch whose samples have no memory documents (e.g. every read document hidden) must train:
+    router layers select nothing and the logits are those of the decoder without memory."""
+    model = tiny(top_k_docs=2)
+    template, _, query, tail, resp, stream = build_case(model)
+    batch = batch_of([packed(template, [], stream, model.config.msa.query_offset)])
+    out = model.forward_train(batch)
+    out.logits.sum().backward()  # gradients flow without a routing target
+    q_ids = torch.cat([query, tail, resp])[None]
+    qmask = torch.tensor([d == 0 for _, d in stream])[None]
+    with torch.no_grad():
+        res = model.prefill(q_ids, query_mask=qmask, memory=None, prefix=model.encode_prefix(template))
+    assert rel_err(res.logits[0], out.logits[0, len(template) :].detach()) < 1e-5
+    for layer in model.router_layers:
+        assert (out.selected[layer].docs == -1).all() and torch.isinf(out.selected[layer].scores).all()
+
+
 def test_non_router_layers_see_only_local_context():
     model = tiny(router_layer_idx="3")
     template, docs, query, tail, resp, stream = build_case(model)

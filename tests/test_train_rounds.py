@@ -2,8 +2,8 @@
 
 from msa.data.bios import BiosConfig
 from msa.prompt import OFFICIAL, QUERY, RESPONSE
-from msa.train.data import BiosSamples, InterleaveRounds
-from msa.train.targets import interleave_round
+from msa.train.data import BiosSamples, InterleaveRounds, TrainSample, _world
+from msa.train.targets import interleave_named, interleave_round
 
 
 def test_rounds_cover_the_chain_and_route_like_the_engine():
@@ -53,3 +53,25 @@ def test_hide_read_keeps_the_read_text_out_of_memory_in_answer_rounds_only():
         assert {d.id for d in b.memory} == {d.id for d in a.memory} - set(chain)
         assert interleave_round(b, OFFICIAL) == interleave_round(a, OFFICIAL)  # same text appended and answered
     assert kinds == {True, False}
+
+
+def test_named_rounds_request_the_subject_by_name():
+    """interleave_named: the same rounds, but a request is ``[NAME]`` of the document's subject; the
+    bridge person's name is in the text read in the round before (what the model must copy)."""
+    world = BiosConfig(num_people=1024, seed=0)
+    src = InterleaveRounds(BiosSamples(world, 6, "multi", seed=3), 0.0)
+    people = _world(world.num_people, world.seed, world.marriage_rate)
+    for i in range(20):
+        s = src.sample(i)
+        chain, r = s.extra["chain"], s.extra["round"]
+        names = s.extra["names"]
+        assert names == {g: people.name(g) for g in chain}
+        segs = interleave_named(s, OFFICIAL)
+        assert [g.text for g in segs if g.target] == [f"[{names[chain[r]]}]<|object_ref_end|>"]
+        assert [g.text for g in segs if g.doc_id == QUERY] == [g.text for g in interleave_round(s, OFFICIAL) if g.doc_id == QUERY]
+        if r == 0:
+            assert names[chain[0]] in s.question
+        else:
+            assert f"[{names[chain[0]]}]<|object_ref_end|>" == segs[0].text and names[chain[1]] in segs[1].text
+    no_names = TrainSample(s.question, s.memory, s.positives, None, s.answer, {k: v for k, v in s.extra.items() if k != "names"})
+    assert interleave_named(no_names, OFFICIAL) == interleave_round(no_names, OFFICIAL)  # ids where no name is known

@@ -180,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--no-interleave", action="store_true", help="one retrieval round only")
     q.add_argument("--doc-choice", default=None, choices=DOC_CHOICES,
-                   help="documents Memory Interleave reads: the ids the model writes (official) or the "
-                        "router's best unread ones (default: the model's msa.doc_choice)")
+                   help="documents Memory Interleave reads: the ids the model writes (official), the "
+                        "router's best unread ones (routed), or the best unread one for each name the model "
+                        "writes (named) (default: the model's msa.doc_choice)")
     q.add_argument("--max-rounds", type=int, default=4)
     q.add_argument("--max-new-tokens", type=int, default=256)
     q.add_argument("--routing", action="store_true", help="include per-layer routing in --json output")
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--nproc", type=int, default=1, help="Memory Parallel over N processes (torchrun)")
 
     dm = sub.add_parser("demo", help="the end-to-end demo (`make demo`)")
-    dm.add_argument("--documents", type=int, default=2048)
+    dm.add_argument("--documents", type=int, default=4096, help="people in the memory (~90 tokens each)")
     dm.add_argument("--questions", type=int, default=4)
 
     b = sub.add_parser("bench", help="evaluation runs: msa bench {scaling,rag,judge} ... (see msa bench --help)",

@@ -10,7 +10,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-DOC_CHOICES = ("generated", "routed")  # MSAConfig.doc_choice: which documents Memory Interleave reads
+DOC_CHOICES = ("generated", "routed", "named")  # MSAConfig.doc_choice: which documents Memory Interleave reads
 AUX_LOSS_METHODS = ("INFONCE", "INFONCE_FOCAL", "INFONCE_DECOUPLE", "INFONCE_DECOUPLE_FOCAL", "BCE")
 
 
@@ -34,8 +34,10 @@ class MSAConfig:
         (the release's, the default and what official checkpoints get) or "question" (ours: the routing
         query is the question alone). Engines and the training collator read it from the config.
     doc_choice: which documents Memory Interleave reads: "generated" (official: the ids the model
-        writes) or "routed" (ours: the router's best unread documents, as many as the model asks for;
-        msa.engine.engine). The Engine's default.
+        writes), "routed" (ours: the router's best unread documents, as many as the model asks for) or
+        "named" (ours: the model writes who it needs, ``[NAME]``, and the engine reads the best unread
+        document for the question ``PromptFormat.lookup`` about it; a numeric request is "routed");
+        msa.engine.engine. The Engine's default.
     routing_cosine: cosine routing scores (True) or raw dot / sqrt(D) (False) in training AND inference;
         None = what the official code does for ``aux_loss_method`` (training cosine for INFONCE*,
         inference cosine only for exactly "INFONCE"), needed to reproduce MSA-4B numbers.

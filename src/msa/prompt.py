@@ -18,6 +18,7 @@ class PromptFormat:
     turn_end (doc_ids -2) and response_head (doc_ids -1) follow; the model continues after them.
     round_end: ends a retrieval round (after the generated ids); end_of_retrieval: no more documents;
     question_block: appended after end_of_retrieval; answer_lead: precedes the answer.
+    lookup: with ``doc_choice="named"``, the question a written request (``[NAME]``) is routed as.
     """
 
     memory_prefix: str = "<|im_start|>user\n"
@@ -31,6 +32,7 @@ class PromptFormat:
     question_block: str = "<|im_start|>The user's question is: {question}\n<|object_ref_end|>"
     answer_lead: str = "The answer to the question is: "
     end_of_turn: str = "<|im_end|>"
+    lookup: str = "Who is {request}?"
 
     def format_document(self, gid: int | str, text: str) -> str:
         return self.document.format(gid=gid, text=text)

@@ -11,6 +11,16 @@ many documents a round asks for and when retrieval ends, but the documents read 
 best-scoring unread ones of that round instead of the ids the model wrote. A small model trained from
 scratch routes well long before it can copy an id out of a mean-pooled memory chunk
 (bench/NOTES_training.md); the official protocol stays the default.
+
+``doc_choice="named"`` (ours, for multi-hop): the model writes who it needs, ``[NAME]``, copied out of
+the question or out of the text it has read; the engine routes the question ``PromptFormat.lookup``
+about that name on its own (one small batched prefill per round) and reads the best unread document.
+Routing with the question plus a whole appended document finds the document itself again, not the
+person it mentions; a name is what the router has learnt to find. A numeric request is read as with
+"routed". With ``name_match`` (default) the lookup's top-k is re-ordered before the pick: documents
+whose text mentions the name come first, the earliest mention first (a biography names its subject
+first), then the router's order. In a memory of millions of people the router's top-1 is often
+someone who shares a first name while the right document is still in its top-k.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments,
 
 logger = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"\[(\d+)\]")
+REQUEST_PATTERN = re.compile(r"\[([^\[\]]+)\]")
 
 
 class MemoryView(Protocol):
@@ -55,11 +66,14 @@ class MemoryView(Protocol):
 class RoundInfo:
     """requested: ids the model generated this round; retrieved: those appended (known, new; with
     ``doc_choice="routed"`` the router's best unread documents, as many as the model asked for);
-    unknown: generated ids not in memory (dropped); routing: router layer -> selected ids (and scores)."""
+    unknown: generated ids not in memory (dropped); routing: router layer -> selected ids (and scores);
+    named: with ``doc_choice="named"`` the names the model wrote (each read as the best unread document
+    for ``PromptFormat.lookup`` about it)."""
 
     requested: list[int] = field(default_factory=list)
     retrieved: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
+    named: list[str] = field(default_factory=list)
     routing: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
 
 
@@ -134,14 +148,16 @@ class Engine:
         bank: a MemoryBank (or any MemoryView); with ``distributed=True`` a bank (or its path) that every
             rank of a torchrun launch serves a shard of (Memory Parallel, ``msa.parallel``).
         prompt: the prompt layout; default: the one the model was trained with (``msa.prompt_format``).
-        doc_choice: "generated" (official: read the ids the model writes) or "routed" (read the router's
-            best unread documents, as many as the model asks for); default ``msa.doc_choice``.
+        doc_choice: "generated" (official: read the ids the model writes), "routed" (read the router's
+            best unread documents, as many as the model asks for) or "named" (the best unread document
+            for a lookup question about each name the model writes); default ``msa.doc_choice``.
         timeout_s: with ``distributed``, a dead or hung rank fails the others after this long, by name.
+        name_match: with ``doc_choice="named"``, prefer the lookup's documents that mention the name.
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank, device: str | torch.device | None = None,
                  prompt: PromptFormat | None = None, distributed: bool = False, timeout_s: float = 120.0,
-                 doc_choice: str | None = None):  # fmt: skip
+                 doc_choice: str | None = None, name_match: bool = True):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -155,6 +171,7 @@ class Engine:
         self.doc_choice = doc_choice if doc_choice is not None else model.config.msa.doc_choice
         if self.doc_choice not in DOC_CHOICES:
             raise ValueError(f"doc_choice must be one of {DOC_CHOICES}, got {self.doc_choice!r}")
+        self.name_match = name_match
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
         stops = [prompt.end_of_turn, "<|endoftext|>"]
         self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids(t) for t in stops) if isinstance(i, int) and i >= 0}
@@ -209,7 +226,7 @@ class Engine:
         t0 = time.perf_counter()
         out = self.model.prefill(ids, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix, last_only=True)
         timer.add("prefill", t0, self.device)
-        routed = self.doc_choice == "routed" and bool(out.routings)
+        routed = self.doc_choice in ("routed", "named") and bool(out.routings)
         for i, s in enumerate(active):
             info = RoundInfo()
             if return_routing or routed:
@@ -251,12 +268,13 @@ class Engine:
                 break
             nxt = decode_step(self.model, out.cache, states)
         timer.add("decode", t0, self.device)
+        looked_up = self._look_up(active, round_text, access, slot_ids, timer) if self.doc_choice == "named" else {}
         for i, (s, st) in enumerate(zip(active, states)):
             if s.finished:
                 continue
             s.ids = s.ids + st.generated
             s.doc_ids = self._restore_question_routing(s) + [RESPONSE] * len(st.generated)
-            new = self._collect_ids(s, round_text[i], retrieve=True)
+            new = self._collect_ids(s, round_text[i], retrieve=True, looked_up=looked_up.get(i, {}))
             if new:
                 text = self.prompt.retrieved_text([(d, self.bank.text(d) or "") for d in new])
                 add = self._tok(text)
@@ -278,7 +296,30 @@ class Engine:
         rest = [TEMPLATE if d == TEMPLATE else RESPONSE for d in s.doc_ids[n:]]
         return head + rest
 
-    def _collect_ids(self, s: _Sample, text: str, retrieve: bool) -> list[int]:
+    def _look_up(self, active: list[_Sample], round_text: list[str], access, slot_ids: Tensor,
+                 timer: Timer) -> dict[int, dict[str, list[int]]]:  # fmt: skip
+        """Route ``PromptFormat.lookup`` about every name written this round (one batched prefill).
+        Returns sample index -> name -> user ids, best first (last router layer)."""
+        asks = [(i, name) for i, s in enumerate(active) if not s.finished for name in _names(round_text[i])]
+        if not asks:
+            return {}
+        t0 = time.perf_counter()
+        seqs = [encode_segments(self.tokenizer, query_segments(self.prompt, self.prompt.lookup.format(request=n)))
+                for _, n in asks]  # fmt: skip
+        ids, mask = left_pad([q for q, _ in seqs])
+        dids, _ = left_pad([d for _, d in seqs], pad=RESPONSE)
+        out = self.model.prefill(ids, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix, last_only=True)
+        found: dict[int, dict[str, list[int]]] = {}
+        if out.routings:
+            r = out.routings[max(out.routings)]
+            for row, (i, name) in enumerate(asks):
+                found.setdefault(i, {})[name] = [d for d, _ in sorted(_selected(r, row, slot_ids), key=lambda x: -x[1])]
+        timer.add("lookup", t0, self.device)
+        return found
+
+    def _collect_ids(self, s: _Sample, text: str, retrieve: bool, looked_up: dict[str, list[int]] | None = None) -> list[int]:
+        if self.doc_choice == "named":
+            return self._collect_named(s, text, retrieve, looked_up or {})
         info = s.rounds[-1]
         requested = [int(m) for m in ID_PATTERN.findall(text)]
         info.requested = requested
@@ -294,6 +335,32 @@ class Engine:
             info.retrieved = new
             s.seen.update(new)
         return new
+
+    def _collect_named(self, s: _Sample, text: str, retrieve: bool, looked_up: dict[str, list[int]]) -> list[int]:
+        """``doc_choice="named"``: per request, in order, the best unread document of its lookup (a name)
+        or of the round's routing (a numeric request)."""
+        info = s.rounds[-1]
+        requests = list(dict.fromkeys(m.strip() for m in REQUEST_PATTERN.findall(text)))
+        info.requested = [int(r) for r in requests if r.isdigit()]
+        info.named = [r for r in requests if not r.isdigit()]
+        taken, new = set(s.seen), []
+        for r in requests:
+            ranked = s.ranked if r.isdigit() else looked_up.get(r, [])
+            if self.name_match and not r.isdigit():
+                ranked = self._mentioning_first(r, ranked)
+            pick = next((d for d in ranked if d not in taken), None)
+            if pick is not None:
+                new.append(pick)
+                taken.add(pick)
+        if retrieve:
+            info.retrieved = new
+            s.seen.update(new)
+        return new
+
+    def _mentioning_first(self, name: str, ranked: list[int]) -> list[int]:
+        """``ranked`` with the documents that mention ``name`` first, earliest mention first (stable)."""
+        where = {d: (self.bank.text(d) or "").find(name) for d in ranked}
+        return sorted(ranked, key=lambda d: (where[d] < 0, max(where[d], 0)))
 
     def _begin_answer(self, s: _Sample, st: DecodeState, forced: bool = False) -> None:
         block = (self.prompt.end_of_retrieval if forced else "") + self.prompt.question_block.format(question=s.question)
@@ -313,3 +380,8 @@ class Engine:
             text = text.split(stop, 1)[0]
         timings = {k: v / batch for k, v in timer.seconds.items()} if batch > 1 else dict(timer.seconds)
         return Answer(s.question, text.strip(), transcript, s.rounds, timings)
+
+
+def _names(text: str) -> list[str]:
+    """The non-numeric requests (``[NAME]``) in a round's generated text, in order, without repeats."""
+    return list(dict.fromkeys(m.strip() for m in REQUEST_PATTERN.findall(text) if not m.strip().isdigit()))

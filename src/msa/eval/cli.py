@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ruler-samples", type=int, default=4)
     s.add_argument("--ruler-doc-tokens", type=int, default=512)
     s.add_argument("--no-records", action="store_true", help="do not write per-question records")
+    s.add_argument("--no-name-match", action="store_true",
+                   help='doc_choice "named": read the lookup\'s top document as routed (no name re-ordering)')
 
     r = sub.add_parser("rag", help="dense RAG top-k and full-context baselines on the same questions")
     _common(r)
@@ -97,7 +99,7 @@ def bench_main(argv: list[str] | None = None) -> int:
             max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size or 1,
             ruler_contexts=DEFAULT_RULER_CONTEXTS if args.ruler_contexts is None else args.ruler_contexts,
             ruler_tasks=tasks, ruler_samples=args.ruler_samples, ruler_doc_tokens=args.ruler_doc_tokens,
-            device=args.device, records=not args.no_records,
+            device=args.device, records=not args.no_records, name_match=not args.no_name_match,
         )  # fmt: skip
         if cfg.model is None:
             print("msa bench scaling: --model is required", file=sys.stderr)

@@ -129,6 +129,7 @@ class ScalingConfig:
     device: str | None = None
     add_batch_docs: int = 8192
     records: bool = True
+    name_match: bool = True  # Engine(name_match=...): with doc_choice "named", prefer documents naming the request
 
 
 # -- memories -------------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any
                                  lambda a, b: list(world.iter_documents(a, b)), n, cfg.add_batch_docs,
                                  cfg.device, cfg.model)  # fmt: skip
         try:
-            engine = Engine(model, tokenizer, bank, device=cfg.device)
+            engine = Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match)
             entry: dict[str, Any] = {"target_tokens": size, "label": format_size(size), "num_people": n,
                                      "memory_tokens": info["tokens"], "bank": info}  # fmt: skip
             runs = [("single", single, True), ("multi_interleave", multi, True), ("multi_no_interleave", multi, False)]
@@ -417,7 +418,7 @@ def _run_ruler(cfg: ScalingConfig, ctx: int, model, tokenizer, work: Path, fp: s
             bank, _ = ensure_bank(path, model, tokenizer, lambda a, b, docs=docs: docs[a:b], len(docs),
                                   cfg.add_batch_docs, cfg.device, cfg.model)  # fmt: skip
             try:
-                engine = Engine(model, tokenizer, bank, device=cfg.device)
+                engine = Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match)
                 q = {"question": sample.question, "answers": list(sample.answers), "gold_ids": gold}
                 recs += evaluate_questions(engine, [q], True, cfg.max_rounds, cfg.max_new_tokens, 1, scorer="ruler")
             finally:

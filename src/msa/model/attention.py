@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from msa import functional as MF
 from msa.config import ModelConfig
@@ -139,7 +140,9 @@ class MemorySparseAttention(nn.Module):
         picked.scatter_(1, top.masked_fill(top < 0, ctx.max_docs), True)
         keep = picked[:, : ctx.max_docs][chunk_sample, local_chunk_doc]
         ctx.scores[self.layer_idx] = scores
-        ctx.selected[self.layer_idx] = Routing(docs, scores.gather(1, docs.clamp(min=0)).masked_fill(docs < 0, float("-inf")))
+        # Empty slots (-1) read a -inf column: also right for a batch without any memory document.
+        padded = F.pad(scores, (0, 1), value=float("-inf"))
+        ctx.selected[self.layer_idx] = Routing(docs, padded.gather(1, docs.masked_fill(docs < 0, ctx.max_docs)))
         # Gather kept chunks into per-sample slots [B, Cmax] appended after the L token keys.
         kept = keep.nonzero().squeeze(-1)
         ks = chunk_sample[kept]

@@ -74,7 +74,7 @@ def build_source(data: DataConfig) -> SampleSource:
         if data.niah_fraction > 0:
             niah = NiahSamples(data.curriculum[0].num_docs, data.seed, data.niah_doc_tokens)
             source = MixedSamples(source, niah, data.niah_fraction)
-    if data.target_format == "interleave_round":
+    if data.target_format in ("interleave_round", "interleave_named"):
         return InterleaveRounds(source, data.answer_round_fraction, data.answer_round_hide_read)
     return source
 

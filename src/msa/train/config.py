@@ -61,9 +61,12 @@ class DataConfig:
         documents with ``tokenizer_vocab`` tokens and saved there.
     micro_batch_size: samples per forward per rank; grad_accum: micro-batches per optimizer step.
     Global batch = micro_batch_size * grad_accum * world_size.
-    answer_round_fraction: ``interleave_round`` only: share of answer rounds (None = uniform over rounds).
-    answer_round_hide_read: ``interleave_round`` only: answer rounds leave the documents read so far out
-        of the memory (their text stays appended), so answers must be read from text (``InterleaveRounds``).
+    answer_round_fraction: ``interleave_round`` / ``interleave_named`` only: share of answer rounds
+        (None = uniform over rounds). ``interleave_named`` trains the ``doc_choice="named"`` protocol
+        and sets it in the model's config.
+    answer_round_hide_read: ``interleave_round`` / ``interleave_named`` only: answer rounds leave the
+        documents read so far out of the memory (their text stays appended), so answers must be read
+        from text (``InterleaveRounds``).
     niah_fraction / niah_doc_tokens: bios source only: share of samples that are RULER NIAH tasks
         (``NiahSamples``, documents of about ``niah_doc_tokens`` tokens), for NIAH-capable models.
     recite_fraction: bios source only: share of bios samples that ask for a whole biography (the

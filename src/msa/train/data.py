@@ -256,7 +256,7 @@ class BiosSamples(_Indexed):
         ids = gold + [int(i) for i in draw if i not in gold_set][: n_docs - len(gold)]
         rng.shuffle(ids)
         memory = [Document(i, t) for i, t in zip(ids, self.world.documents(ids))]
-        return TrainSample(question, memory, gold, None, answer, {"kind": kind})
+        return TrainSample(question, memory, gold, None, answer, {"kind": kind, "names": {g: self.world.name(g) for g in gold}})
 
 
 class NiahSamples(_Indexed):

@@ -34,6 +34,11 @@ Which tokens are targets, per format (``fmt`` = the official PromptFormat):
     the answer. The routing query (doc_id 0) is the question plus the latest appended text, exactly as
     the engine routes that round, so routing and id generation are trained on the query they will see.
 
+``interleave_named`` (``interleave_round`` for ``doc_choice="named"``)
+    the same rounds, but a retrieval round's request names the document's subject, ``[NAME]`` (from the
+    sample's ``extra["names"]``; documents without a name keep their id): the model copies the name out
+    of the question or out of the text it read, and the engine routes ``PromptFormat.lookup`` about it.
+
 A sample whose ``target`` field is set uses it verbatim as one target segment (``literal_target``).
 """
 
@@ -54,6 +59,7 @@ __all__ = [
     "answer_only",
     "interleave_transcript",
     "interleave_round",
+    "interleave_named",
     "literal_target",
     "target_format",
 ]
@@ -107,7 +113,7 @@ def interleave_transcript(sample: TrainSample, fmt: PromptFormat) -> list[Segmen
     return out
 
 
-def interleave_round(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
+def interleave_round(sample: TrainSample, fmt: PromptFormat, request: Callable[[int], str] = str) -> list[Segment]:
     chain = sample.extra.get("chain")
     r = sample.extra.get("round")
     if chain is None or r is None:
@@ -115,16 +121,21 @@ def interleave_round(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
     text = {d.id: d.text for d in sample.memory} | sample.extra.get("read", {})
     out: list[Segment] = []
     for n, g in enumerate(chain[:r]):
-        out.append(Segment(f"[{g}]" + fmt.round_end, RESPONSE, False))
+        out.append(Segment(f"[{request(g)}]" + fmt.round_end, RESPONSE, False))
         out.append(Segment(f"[{g}]. {text[g]}\n", QUERY if n == r - 1 else RESPONSE, False))
         out.append(Segment(fmt.round_end, RESPONSE, False))
     if r < len(chain):
-        out.append(Segment(f"[{chain[r]}]" + fmt.round_end, RESPONSE, True))
+        out.append(Segment(f"[{request(chain[r])}]" + fmt.round_end, RESPONSE, True))
         return out
     out.append(Segment(fmt.end_of_retrieval, RESPONSE, True))
     out.append(Segment(fmt.question_block.format(question=sample.question), RESPONSE, False))
     out.append(Segment(_answer(sample, fmt), RESPONSE, True))
     return out
+
+
+def interleave_named(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
+    names = sample.extra.get("names", {})
+    return interleave_round(sample, fmt, lambda g: names.get(g, str(g)))
 
 
 def literal_target(sample: TrainSample, fmt: PromptFormat) -> list[Segment]:
@@ -139,6 +150,7 @@ TARGET_FORMATS: dict[str, TargetFormat] = {
     "answer_only": answer_only,
     "interleave_transcript": interleave_transcript,
     "interleave_round": interleave_round,
+    "interleave_named": interleave_named,
     "literal_target": literal_target,
 }
 
