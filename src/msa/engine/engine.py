@@ -221,10 +221,8 @@ class Engine:
     # -- one round ------------------------------------------------------------------------------------
     def _round(self, active: list[_Sample], access, slot_ids: Tensor, timer: Timer, max_new_tokens: int,
                last: bool, return_routing: bool) -> None:  # fmt: skip
-        ids, mask = left_pad([s.ids for s in active])
-        dids, _ = left_pad([s.doc_ids for s in active], pad=RESPONSE)
         t0 = time.perf_counter()
-        out = self.model.prefill(ids, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix, last_only=True)
+        out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access)
         timer.add("prefill", t0, self.device)
         routed = self.doc_choice in ("routed", "named") and bool(out.routings)
         for i, s in enumerate(active):
@@ -234,7 +232,7 @@ class Engine:
                 if return_routing:
                     info.routing = selected
                 if routed:  # the last router layer's selection, best first
-                    s.ranked = [d for d, _ in sorted(selected[max(selected)], key=lambda x: -x[1])]
+                    s.ranked = _best_first(selected[max(selected)])
             s.rounds.append(info)
         states = [DecodeState(pending=[]) for _ in active]
         nxt = out.logits.argmax(-1).cpu()
@@ -296,6 +294,13 @@ class Engine:
         rest = [TEMPLATE if d == TEMPLATE else RESPONSE for d in s.doc_ids[n:]]
         return head + rest
 
+    def _prefill(self, ids: list[list[int]], doc_ids: list[list[int]], access):
+        """Left-padded prefill of a batch of sequences, routing with their QUERY tokens; last logits only."""
+        ids_t, mask = left_pad(ids)
+        dids, _ = left_pad(doc_ids, pad=RESPONSE)
+        return self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
+                                  last_only=True)  # fmt: skip
+
     def _look_up(self, active: list[_Sample], round_text: list[str], access, slot_ids: Tensor,
                  timer: Timer) -> dict[int, dict[str, list[int]]]:  # fmt: skip
         """Route ``PromptFormat.lookup`` about every name written this round (one batched prefill).
@@ -306,14 +311,12 @@ class Engine:
         t0 = time.perf_counter()
         seqs = [encode_segments(self.tokenizer, query_segments(self.prompt, self.prompt.lookup.format(request=n)))
                 for _, n in asks]  # fmt: skip
-        ids, mask = left_pad([q for q, _ in seqs])
-        dids, _ = left_pad([d for _, d in seqs], pad=RESPONSE)
-        out = self.model.prefill(ids, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix, last_only=True)
+        out = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access)
         found: dict[int, dict[str, list[int]]] = {}
         if out.routings:
             r = out.routings[max(out.routings)]
             for row, (i, name) in enumerate(asks):
-                found.setdefault(i, {})[name] = [d for d, _ in sorted(_selected(r, row, slot_ids), key=lambda x: -x[1])]
+                found.setdefault(i, {})[name] = _best_first(_selected(r, row, slot_ids))
         timer.add("lookup", t0, self.device)
         return found
 
@@ -340,7 +343,7 @@ class Engine:
         """``doc_choice="named"``: per request, in order, the best unread document of its lookup (a name)
         or of the round's routing (a numeric request)."""
         info = s.rounds[-1]
-        requests = list(dict.fromkeys(m.strip() for m in REQUEST_PATTERN.findall(text)))
+        requests = _requests(text)
         info.requested = [int(r) for r in requests if r.isdigit()]
         info.named = [r for r in requests if not r.isdigit()]
         taken, new = set(s.seen), []
@@ -382,6 +385,16 @@ class Engine:
         return Answer(s.question, text.strip(), transcript, s.rounds, timings)
 
 
+def _requests(text: str) -> list[str]:
+    """The requests (``[...]``) in a round's generated text, stripped, in order, without repeats."""
+    return list(dict.fromkeys(m.strip() for m in REQUEST_PATTERN.findall(text)))
+
+
 def _names(text: str) -> list[str]:
-    """The non-numeric requests (``[NAME]``) in a round's generated text, in order, without repeats."""
-    return list(dict.fromkeys(m.strip() for m in REQUEST_PATTERN.findall(text) if not m.strip().isdigit()))
+    """The non-numeric requests (``[NAME]``) of a round's generated text."""
+    return [r for r in _requests(text) if not r.isdigit()]
+
+
+def _best_first(selected: list[tuple[int, float]]) -> list[int]:
+    """Ids of (id, score) pairs, highest score first."""
+    return [d for d, _ in sorted(selected, key=lambda x: -x[1])]
