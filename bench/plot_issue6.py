@@ -3,7 +3,7 @@
     python bench/plot_issue6.py --scaling S.json [--scaling S2.json] [--extra-records R100M.records.jsonl] [--rag RAG.json] --out F.png
 
 ``--scaling``: a ``msa bench scaling`` result (repeatable: each drawn with its own line style and
-labelled by its engine's ``name_match``; ``A.json+B.json`` joins the sizes of two runs of one
+labelled by its engine's ``name_match`` and ``lookup_k``; ``A.json+B.json`` joins the sizes of two runs of one
 engine); ``--extra-records`` (added to the first): per-question records of further
 sizes (e.g. a 100M run cut short: whatever sections it finished are averaged); ``--rag``: a
 ``msa bench rag`` result (best k per size and question kind, and the full-context reader).
@@ -78,7 +78,10 @@ def main() -> None:
     ticks: set[int] = set()
     for n, (scaling, style) in enumerate(zip(runs, ("-", "-."))):
         pts = msa_points(scaling, extra if n == 0 else [])
-        match = "name_match" if scaling["config"].get("name_match") else "no name_match"
+        cfg = scaling["config"]
+        match = "name_match" if cfg.get("name_match") else "no name_match"
+        if cfg.get("name_match") and cfg.get("lookup_k"):
+            match += f", lookup_k {cfg['lookup_k']}"
         for section, label, color in MSA_LINES:
             xs = sorted(pts[section])
             ax.plot(xs, [pts[section][x] for x in xs], marker="o", linestyle=style, color=color,
@@ -102,7 +105,7 @@ def main() -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"msa-bios-tiny on unseen people (world seed {runs[0]['config']['world_seed']})")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.01, 0.05))
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")

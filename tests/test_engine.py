@@ -5,6 +5,7 @@ import torch
 
 from msa import MSAConfig, MSAForCausalLM, ModelConfig
 from msa.engine import Engine, InMemoryView
+from msa.engine.engine import LOOKUP_K, snap_name
 from msa.prompt import QUERY, encode_segments, query_segments
 from msa.tokenizer import train_tokenizer
 
@@ -165,14 +166,15 @@ def test_named_doc_choice_reads_the_best_unread_document_for_each_name(setup):
     script = "[Person 7]<|object_ref_end|>[Person 7][4]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
     scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
     scripted.lookups = 0
-    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", name_match=False)
-    ans = engine.ask("Where was person 7 born?", return_routing=True)
+    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", name_match=False, lookup_k=3)
+    ans = engine.ask("Where was Person 7 born?", return_routing=True)
     last = max(model.router_layers)
 
-    def lookup(name):  # the engine's lookup, by hand
+    def lookup(name, top_k=None):  # the engine's lookup, by hand
         ids, dids = encode_segments(tok, query_segments(engine.prompt, engine.prompt.lookup.format(request=name)))
         ids, q = torch.tensor([ids]), torch.tensor([dids]) == QUERY
-        r = model.prefill(ids, torch.ones_like(ids), q, memory=view.access(), prefix=view.prefix, last_only=True).routings[last]
+        r = model.prefill(ids, torch.ones_like(ids), q, memory=view.access(), prefix=view.prefix, last_only=True,
+                          top_k=top_k).routings[last]  # fmt: skip
         return [int(view.slot_ids()[d]) for d in r.docs[0][r.scores[0].argsort(descending=True)] if d >= 0]
 
     ranked = lookup("Person 7")
@@ -190,9 +192,54 @@ def test_named_doc_choice_reads_the_best_unread_document_for_each_name(setup):
     # name_match (default): the lookup's top-k is re-ordered by mention of the name before the pick
     scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
     scripted.lookups = 0
+    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", lookup_k=3)
+    engine._mentioning_first = lambda name, ranked: ranked[::-1]
+    assert engine.ask("Where was Person 7 born?").rounds[0].retrieved == ranked[-1:]
+
+    # lookup_k: the lookup's candidates are the router's top lookup_k (here 8 of 12, the model's top_k is 3)
+    wide = lookup("Person 7", top_k=8)
+    assert len(wide) == 8 and wide[:3] == ranked
+    scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
+    scripted.lookups = 0
+    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", lookup_k=8)
+    engine._mentioning_first = lambda name, ranked: ranked[::-1]
+    assert engine.ask("Where was Person 7 born?").rounds[0].retrieved == wide[-1:]
+    # the default (LOOKUP_K = 256) is more than this memory holds: every document is a candidate
+    scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
+    scripted.lookups = 0
     engine = Engine(scripted, tok, view, device="cpu", doc_choice="named")
     engine._mentioning_first = lambda name, ranked: ranked[::-1]
-    assert engine.ask("Where was person 7 born?").rounds[0].retrieved == ranked[-1:]
+    assert engine.lookup_k == LOOKUP_K > len(DOCS)
+    assert engine.ask("Where was Person 7 born?").rounds[0].retrieved == lookup("Person 7", top_k=len(DOCS))[-1:]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="lookup_k"):
+            Engine(model, tok, view, device="cpu", doc_choice="named", lookup_k=bad)
+
+
+def test_snap_name_replaces_a_name_the_model_could_not_have_copied():
+    question = "In which field did Dareus Drenus earn a degree?"
+    assert snap_name("Daleus Drenus", question) == "Dareus Drenus"
+    assert snap_name("Dareus Drenus", question) == "Dareus Drenus"  # present: kept
+    assert snap_name("Dareus", question + " Dareus's mentor") == "Dareus"
+    assert snap_name("Marovys Holmore", question) == "Marovys Holmore"  # nothing alike: kept
+    # the earliest of equally similar runs; the documents read count as seen text
+    assert snap_name("Ann Bx", "Ann Bz and Ann By") == "Ann Bz"
+    assert snap_name("Anerele Sarnsen", question + "\nHer mentor was Anerelle Sarnsen.") == "Anerelle Sarnsen"
+
+
+def test_engine_snaps_miscopied_names_before_the_lookup(setup):
+    tok, model, view = setup
+    script = "[Persn 7]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
+    runs = {}
+    for snap in (True, False):
+        scripted = Scripted(model, tok.encode(script, add_special_tokens=False))
+        engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", lookup_k=len(DOCS), snap_names=snap)
+        runs[snap] = engine.ask("Where was Person 7 born?").rounds[0]
+    assert runs[True].snapped == {"Persn 7": "Person 7"} and runs[True].named == ["Person 7"]
+    assert runs[False].snapped == {} and runs[False].named == ["Persn 7"]
+    # snapped, the lookup is about the person of the question: name_match (all 12 documents are candidates)
+    # reads the one document naming them
+    assert runs[True].retrieved == [7]
 
 
 def test_name_match_puts_documents_that_mention_the_name_first(setup):

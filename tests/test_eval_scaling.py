@@ -91,6 +91,16 @@ def test_scaling_end_to_end(bios_model, tmp_path):
     again = run_scaling(ScalingConfig(**{**cfg.__dict__, "ruler_contexts": (), "num_multi": 0}), model, tok)
     assert all(e["bank"]["reused"] for e in again["bios"])
     assert again["bios"][0]["single"]["exact_match"] == small["single"]["exact_match"]
+    # the larger memory alone asks the same questions (about the people of a 2K memory), same answers
+    alone_out = tmp_path / "alone.json"
+    alone = run_scaling(ScalingConfig(**{**cfg.__dict__, "sizes": (8192,), "question_pool": 2048, "ruler_contexts": (),
+                                         "out": str(alone_out), "plot": None}), model, tok)  # fmt: skip
+    assert alone["questions"]["drawn_from_people"] == small["num_people"]
+    solo = [json.loads(x) for x in alone_out.with_suffix(".records.jsonl").read_text().splitlines()]
+    both = [r for r in recs if r["section"].startswith("bios") and r["memory_tokens"] == big["memory_tokens"]]
+    assert [(r["section"], r["question"], r["prediction"]) for r in solo] == [
+        (r["section"], r["question"], r["prediction"]) for r in both
+    ]
 
 
 def test_baselines_runner(bios_model, tmp_path):

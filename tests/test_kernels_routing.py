@@ -203,6 +203,7 @@ GPU_CASES = [
     (2, 33, 4, 2, 48, 999, 7, False, torch.float8_e4m3fn, 16),
     (4, 64, 32, 8, 128, 200_000, 100, True, torch.bfloat16, 16),
     (6, 9, 32, 8, 128, 40, 3, True, torch.bfloat16, 32),  # fewer documents than k
+    (3, 12, 8, 2, 32, 300_000, 24, True, torch.bfloat16, 256),  # a wide named lookup (Engine lookup_k)
 ]
 
 

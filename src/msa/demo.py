@@ -68,17 +68,21 @@ def _ask(cfg: DemoConfig, world: BiosWorld, engine: Engine, out) -> dict:
     qs = list(world.iter_questions(cfg.questions // 2, "single", seed=cfg.seed)) + list(
         world.iter_questions(cfg.questions - cfg.questions // 2, "multi", seed=cfg.seed)
     )
-    answers = engine.ask_batch([q.text for q in qs], max_new_tokens=cfg.max_new_tokens, return_routing=True)
-    for q, a in zip(qs, answers):
+    for q in qs:  # one at a time: each answer's timings are its own
+        t0 = time.perf_counter()
+        a = engine.ask(q.text, max_new_tokens=cfg.max_new_tokens, return_routing=True)
+        seconds = time.perf_counter() - t0
         out(f"\nQ ({q.kind}-hop): {q.text}\n  gold documents {list(q.gold_ids)}, gold answer {q.answer!r}")
         for r, info in enumerate(a.rounds):
             layer = max(info.routing)
-            asked = {"routed": "", "named": f"; model asked for {info.named or info.requested}"}.get(
+            slips = f" (written {', '.join(map(repr, info.snapped))}, snapped to the text it has seen)" if info.snapped else ""
+            named = f"; model asked for {info.named or info.requested}{slips}"
+            asked = {"routed": "", "named": named}.get(
                 engine.doc_choice, f"; model asked for {info.requested}, unknown {info.unknown}")
             out(f"  round {r + 1}: router top-8 {[d for d, _ in info.routing[layer][:8]]}{asked}; read {info.retrieved}")
         mark = "right" if exact_match(a.text, q.answer) else "wrong"
         out(f"  answer: {a.text[:80]!r} ({mark})")
-        out("  timings (s): " + ", ".join(f"{k} {v:.3f}" for k, v in a.timings.items()))
+        out(f"  {seconds:.2f}s; by stage (s): " + ", ".join(f"{k} {v:.3f}" for k, v in a.timings.items()))
     held = list(world.iter_questions(cfg.eval_questions // 2, "single", seed=cfg.seed + 1)) + list(
         world.iter_questions(cfg.eval_questions - cfg.eval_questions // 2, "multi", seed=cfg.seed + 1)
     )

@@ -20,7 +20,15 @@ person it mentions; a name is what the router has learnt to find. A numeric requ
 "routed". With ``name_match`` (default) the lookup's top-k is re-ordered before the pick: documents
 whose text mentions the name come first, the earliest mention first (a biography names its subject
 first), then the router's order. In a memory of millions of people the router's top-1 is often
-someone who shares a first name while the right document is still in its top-k.
+someone who shares a first name while the right document is still among its candidates; the lookup
+therefore routes to ``lookup_k`` (default :data:`LOOKUP_K` = 256) documents, not the model's top-k. With
+a bios world of 1.1M people (~83 share a first name on average), msa-bios-tiny's top-16 holds the
+right person for 18% of the questions and name_match over 256 candidates reads the right biography
+for 93% (bench/results/issue6_h200_2026-11-27). With ``snap_names`` (default) a written name that is not
+in the text the model can see (the question and the documents read so far) is taken for a slip of
+copying and replaced by the most similar run of as many words of that text (:func:`snap_name`): a
+small model writes "Daleus Drenus" for the "Dareus Drenus" of the question, and the router, which
+finds first names, then finds somebody else.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from typing import Any, Protocol
 
 import torch
@@ -40,6 +49,8 @@ from msa.model import MemoryAccess, MSAForCausalLM, PrefixCache, Routing
 from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, prompt_format, query_segments
 
 logger = logging.getLogger(__name__)
+LOOKUP_K = 256  # candidates of a named lookup (Engine.lookup_k)
+SNAP_MIN_RATIO = 0.5  # snap_name: least similarity (difflib ratio) of a replacement
 ID_PATTERN = re.compile(r"\[(\d+)\]")
 REQUEST_PATTERN = re.compile(r"\[([^\[\]]+)\]")
 
@@ -67,13 +78,14 @@ class RoundInfo:
     """requested: ids the model generated this round; retrieved: those appended (known, new; with
     ``doc_choice="routed"`` the router's best unread documents, as many as the model asked for);
     unknown: generated ids not in memory (dropped); routing: router layer -> selected ids (and scores);
-    named: with ``doc_choice="named"`` the names the model wrote (each read as the best unread document
-    for ``PromptFormat.lookup`` about it)."""
+    named: with ``doc_choice="named"`` the names looked up (each read as the best unread document for
+    ``PromptFormat.lookup`` about it); snapped: written name -> the name looked up instead (``snap_names``)."""
 
     requested: list[int] = field(default_factory=list)
     retrieved: list[int] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     named: list[str] = field(default_factory=list)
+    snapped: dict[str, str] = field(default_factory=dict)
     routing: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
 
 
@@ -153,11 +165,18 @@ class Engine:
             for a lookup question about each name the model writes); default ``msa.doc_choice``.
         timeout_s: with ``distributed``, a dead or hung rank fails the others after this long, by name.
         name_match: with ``doc_choice="named"``, prefer the lookup's documents that mention the name.
+        lookup_k: with ``doc_choice="named"``, documents the lookup routes to per name (its candidates).
+            More candidates only matter with ``name_match``: they keep the right document among them
+            when many people share a first name (the module docstring). The model's ``top_k`` gives
+            the router's own choice.
+        snap_names: with ``doc_choice="named"``, replace a written name that is not in the question or
+            the documents read by the most similar run of words there (:func:`snap_name`).
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank, device: str | torch.device | None = None,
                  prompt: PromptFormat | None = None, distributed: bool = False, timeout_s: float = 120.0,
-                 doc_choice: str | None = None, name_match: bool = True):  # fmt: skip
+                 doc_choice: str | None = None, name_match: bool = True, lookup_k: int = LOOKUP_K,
+                 snap_names: bool = True):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -172,6 +191,10 @@ class Engine:
         if self.doc_choice not in DOC_CHOICES:
             raise ValueError(f"doc_choice must be one of {DOC_CHOICES}, got {self.doc_choice!r}")
         self.name_match = name_match
+        if isinstance(lookup_k, bool) or not isinstance(lookup_k, int) or lookup_k < 1:
+            raise ValueError(f"lookup_k must be a positive integer, got {lookup_k!r}")
+        self.lookup_k = lookup_k
+        self.snap_names = snap_names
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
         stops = [prompt.end_of_turn, "<|endoftext|>"]
         self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids(t) for t in stops) if isinstance(i, int) and i >= 0}
@@ -294,24 +317,25 @@ class Engine:
         rest = [TEMPLATE if d == TEMPLATE else RESPONSE for d in s.doc_ids[n:]]
         return head + rest
 
-    def _prefill(self, ids: list[list[int]], doc_ids: list[list[int]], access):
+    def _prefill(self, ids: list[list[int]], doc_ids: list[list[int]], access, top_k: int | None = None):
         """Left-padded prefill of a batch of sequences, routing with their QUERY tokens; last logits only."""
         ids_t, mask = left_pad(ids)
         dids, _ = left_pad(doc_ids, pad=RESPONSE)
         return self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
-                                  last_only=True)  # fmt: skip
+                                  last_only=True, top_k=top_k)  # fmt: skip
 
     def _look_up(self, active: list[_Sample], round_text: list[str], access, slot_ids: Tensor,
                  timer: Timer) -> dict[int, dict[str, list[int]]]:  # fmt: skip
         """Route ``PromptFormat.lookup`` about every name written this round (one batched prefill).
         Returns sample index -> name -> user ids, best first (last router layer)."""
-        asks = [(i, name) for i, s in enumerate(active) if not s.finished for name in _names(round_text[i])]
+        asks = [(i, name) for i, s in enumerate(active) if not s.finished
+                for name in self._named_requests(s, round_text[i]) if not name.isdigit()]  # fmt: skip
         if not asks:
             return {}
         t0 = time.perf_counter()
         seqs = [encode_segments(self.tokenizer, query_segments(self.prompt, self.prompt.lookup.format(request=n)))
                 for _, n in asks]  # fmt: skip
-        out = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access)
+        out = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access, self.lookup_k)
         found: dict[int, dict[str, list[int]]] = {}
         if out.routings:
             r = out.routings[max(out.routings)]
@@ -343,7 +367,7 @@ class Engine:
         """``doc_choice="named"``: per request, in order, the best unread document of its lookup (a name)
         or of the round's routing (a numeric request)."""
         info = s.rounds[-1]
-        requests = _requests(text)
+        requests = self._named_requests(s, text, info.snapped)
         info.requested = [int(r) for r in requests if r.isdigit()]
         info.named = [r for r in requests if not r.isdigit()]
         taken, new = set(s.seen), []
@@ -359,6 +383,21 @@ class Engine:
             info.retrieved = new
             s.seen.update(new)
         return new
+
+    def _named_requests(self, s: _Sample, text: str, snapped: dict[str, str] | None = None) -> list[str]:
+        """The round's requests, names snapped to the text the model has seen (``snap_names``); the
+        replacements go into ``snapped``."""
+        requests = _requests(text)
+        if not self.snap_names:
+            return requests
+        visible = "\n".join([s.question, *(self.bank.text(d) or "" for d in sorted(s.seen))])
+        out = []
+        for r in requests:
+            new = r if r.isdigit() else snap_name(r, visible)
+            if new != r and snapped is not None:
+                snapped[r] = new
+            out.append(new)
+        return list(dict.fromkeys(out))
 
     def _mentioning_first(self, name: str, ranked: list[int]) -> list[int]:
         """``ranked`` with the documents that mention ``name`` first, earliest mention first (stable)."""
@@ -390,9 +429,24 @@ def _requests(text: str) -> list[str]:
     return list(dict.fromkeys(m.strip() for m in REQUEST_PATTERN.findall(text)))
 
 
-def _names(text: str) -> list[str]:
-    """The non-numeric requests (``[NAME]``) of a round's generated text."""
-    return [r for r in _requests(text) if not r.isdigit()]
+def snap_name(name: str, visible: str, min_ratio: float = SNAP_MIN_RATIO) -> str:
+    """``name`` if it occurs in ``visible``; else the run of as many words of ``visible`` most similar
+    to it (difflib ratio, the earliest of equals) if that reaches ``min_ratio``; else ``name``.
+
+    >>> snap_name("Daleus Drenus", "In which field did Dareus Drenus earn a degree?")
+    'Dareus Drenus'
+    """
+    if name in visible:
+        return name
+    n = len(name.split())
+    words = re.findall(r"\w+", visible)
+    best, best_ratio = name, min_ratio
+    for j in range(len(words) - n + 1):
+        cand = " ".join(words[j : j + n])
+        ratio = SequenceMatcher(None, name, cand).ratio()
+        if ratio > best_ratio or (ratio == best_ratio and best is name):
+            best, best_ratio = cand, ratio
+    return best
 
 
 def _best_first(selected: list[tuple[int, float]]) -> list[int]:

@@ -35,6 +35,7 @@ from msa.eval.scaling import (
     _question_dicts,
     format_size,
     held_out_questions,
+    question_pool,
     summarize_records,
 )
 from msa.prompt import OFFICIAL
@@ -67,6 +68,7 @@ class RagConfig:
     batch_size: int = 8
     device: str | None = None
     hashing_dim: int = 4096
+    question_pool: int = DEFAULT_SIZES[0]  # tokens: as ScalingConfig.question_pool (the same questions)
 
 
 def make_embedder(name: str, device: str | None = None, dim: int = 4096) -> Embedder:
@@ -110,8 +112,9 @@ def run_baselines(cfg: RagConfig, model=None, tokenizer=None, embedder: Embedder
     rec_file = rec_path.open("w", encoding="utf-8")
     sizes = sorted(cfg.sizes)
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
-    people = _cached_people(tokenizer, sizes, cfg.world_seed, Path(cfg.work_dir))
-    n0 = people[sizes[0]][0]
+    pool = question_pool(sizes, cfg.question_pool)
+    people = _cached_people(tokenizer, sorted(set(sizes) | {pool}), cfg.world_seed, Path(cfg.work_dir))
+    n0 = people[pool][0]
     qs = held_out_questions(cfg.world_seed, n0, cfg.num_single, cfg.num_multi, cfg.question_seed)
     kinds = {"single": _question_dicts(qs["single"]), "multi": _question_dicts(qs["multi"])}
     world = BiosWorld(BiosConfig(num_people=0, seed=cfg.world_seed))

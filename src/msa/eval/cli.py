@@ -31,6 +31,12 @@ def _sizes(text: str) -> tuple[int, ...]:
     return tuple(parse_size(s) for s in text.split(","))
 
 
+def _size(text: str) -> int:
+    from msa.eval.scaling import parse_size
+
+    return parse_size(text)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory or shipped model name")
     p.add_argument("--work-dir", required=True, help="where memory banks / embeddings are built and reused")
@@ -40,6 +46,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-multi", type=int, default=100)
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--question-seed", type=int, default=1_000_003)
+    p.add_argument("--question-pool", type=_size, default="16K",
+                   help="questions are about the people of a memory this size (default 16K; any run asks the same)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None)
@@ -60,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-records", action="store_true", help="do not write per-question records")
     s.add_argument("--no-name-match", action="store_true",
                    help='doc_choice "named": read the lookup\'s top document as routed (no name re-ordering)')
+    s.add_argument("--lookup-k", type=int, default=None,
+                   help='doc_choice "named": candidates a lookup routes to (default msa.engine.engine.LOOKUP_K, 256; '
+                        'the model\'s top_k: the router\'s own choice)')
 
     r = sub.add_parser("rag", help="dense RAG top-k and full-context baselines on the same questions")
     _common(r)
@@ -85,6 +96,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.bench == "scaling":
+        from msa.engine.engine import LOOKUP_K
         from msa.eval.scaling import DEFAULT_RULER_CONTEXTS, DEFAULT_SIZES, ScalingConfig, run_scaling
 
         tasks = tuple(t for t in args.ruler_tasks.split(",") if t)
@@ -95,11 +107,13 @@ def bench_main(argv: list[str] | None = None) -> int:
         cfg = ScalingConfig(
             work_dir=args.work_dir, out=args.out, model=args.model, plot=args.plot,
             sizes=DEFAULT_SIZES if args.sizes is None else args.sizes, world_seed=args.world_seed,
-            question_seed=args.question_seed, num_single=args.num_single, num_multi=args.num_multi,
+            question_seed=args.question_seed, question_pool=args.question_pool, num_single=args.num_single,
+            num_multi=args.num_multi,
             max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size or 1,
             ruler_contexts=DEFAULT_RULER_CONTEXTS if args.ruler_contexts is None else args.ruler_contexts,
             ruler_tasks=tasks, ruler_samples=args.ruler_samples, ruler_doc_tokens=args.ruler_doc_tokens,
             device=args.device, records=not args.no_records, name_match=not args.no_name_match,
+            lookup_k=LOOKUP_K if args.lookup_k is None else args.lookup_k,
         )  # fmt: skip
         if cfg.model is None:
             print("msa bench scaling: --model is required", file=sys.stderr)
@@ -117,7 +131,8 @@ def bench_main(argv: list[str] | None = None) -> int:
         cfg = RagConfig(
             work_dir=args.work_dir, out=args.out, model=args.model,
             sizes=DEFAULT_SIZES if args.sizes is None else args.sizes, world_seed=args.world_seed,
-            question_seed=args.question_seed, num_single=args.num_single, num_multi=args.num_multi,
+            question_seed=args.question_seed, question_pool=args.question_pool, num_single=args.num_single,
+            num_multi=args.num_multi,
             ks=tuple(int(k) for k in args.ks.split(",")), embedder=args.embedder, layout=args.layout,
             max_new_tokens=args.max_new_tokens, max_context_tokens=args.max_context_tokens,
             full_context_tokens=args.full_context_tokens, batch_size=args.batch_size or 8, device=args.device,

@@ -6,8 +6,10 @@ the model's tokenizer) reach S tokens. Bios worlds are prefix-stable, so every m
 smaller ones. Each memory is a MemoryBank on disk under ``work_dir`` named by world seed, people and
 model fingerprint; a run reuses a complete bank and finishes an interrupted one (missing ids only).
 
-Questions. Held-out questions (``question_seed``) are drawn from the world of the SMALLEST memory's
-N people, so their gold documents are in every memory; the same questions are asked at every size.
+Questions. Held-out questions (``question_seed``) are drawn from the first people of the world: those
+of a memory of ``question_pool`` tokens (default 16K), or of the smallest memory run if that is
+smaller. Their gold documents are in every memory, and a run of any sizes (100M alone, say) asks the
+same questions as a run of all of them.
 
 Metrics per size (``metric_definitions`` in the JSON repeats these):
 
@@ -49,6 +51,7 @@ import numpy as np
 
 from msa.data.bios import BiosConfig, BiosWorld, Question
 from msa.data.ruler import TASKS, make_sample, segment_context
+from msa.engine.engine import LOOKUP_K
 from msa.eval.metrics import contains_answer, exact_match, retrieval_scores, ruler_score, summarize, token_f1
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ __all__ = [
     "parse_size",
     "format_size",
     "people_for_sizes",
+    "question_pool",
     "held_out_questions",
     "ensure_bank",
     "router_recall",
@@ -130,6 +134,8 @@ class ScalingConfig:
     add_batch_docs: int = 8192
     records: bool = True
     name_match: bool = True  # Engine(name_match=...): with doc_choice "named", prefer documents naming the request
+    lookup_k: int = LOOKUP_K  # Engine(lookup_k=...): candidates of a named lookup
+    question_pool: int = DEFAULT_SIZES[0]  # tokens: questions are about the people of a memory this size
 
 
 # -- memories -------------------------------------------------------------------------------------------
@@ -200,6 +206,11 @@ def ensure_bank(path: Path, model, tokenizer, texts_fn, num_docs: int, add_batch
     info = dict(bank.stats())
     info.update(path=str(path), reused=reused, build_seconds=time.perf_counter() - t0)
     return bank, info
+
+
+def question_pool(sizes: list[int], pool: int) -> int:
+    """The memory size (tokens) whose people the questions are about: ``pool``, or the smallest size if smaller."""
+    return min([pool, *sizes])
 
 
 def held_out_questions(world_seed: int, num_people: int, n_single: int, n_multi: int, seed: int) -> dict[str, list[Question]]:
@@ -351,9 +362,10 @@ def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any
         "bios": [],
         "ruler": [],
     }
-    people = _cached_people(tokenizer, sizes, cfg.world_seed, work) if sizes else {}
+    pool = question_pool(sizes, cfg.question_pool)
+    people = _cached_people(tokenizer, sorted(set(sizes) | {pool}), cfg.world_seed, work) if sizes else {}
     if sizes:
-        n0 = people[sizes[0]][0]
+        n0 = people[pool][0]
         qs = held_out_questions(cfg.world_seed, n0, cfg.num_single, cfg.num_multi, cfg.question_seed)
         single, multi = _question_dicts(qs["single"]), _question_dicts(qs["multi"])
         result["questions"] = {"single": len(single), "multi": len(multi), "drawn_from_people": n0,
@@ -366,7 +378,7 @@ def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any
                                  lambda a, b: list(world.iter_documents(a, b)), n, cfg.add_batch_docs,
                                  cfg.device, cfg.model)  # fmt: skip
         try:
-            engine = Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match)
+            engine = Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match, lookup_k=cfg.lookup_k)
             entry: dict[str, Any] = {"target_tokens": size, "label": format_size(size), "num_people": n,
                                      "memory_tokens": info["tokens"], "bank": info}  # fmt: skip
             runs = [("single", single, True), ("multi_interleave", multi, True), ("multi_no_interleave", multi, False)]
@@ -418,7 +430,7 @@ def _run_ruler(cfg: ScalingConfig, ctx: int, model, tokenizer, work: Path, fp: s
             bank, _ = ensure_bank(path, model, tokenizer, lambda a, b, docs=docs: docs[a:b], len(docs),
                                   cfg.add_batch_docs, cfg.device, cfg.model)  # fmt: skip
             try:
-                engine = Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match)
+                engine = Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match, lookup_k=cfg.lookup_k)
                 q = {"question": sample.question, "answers": list(sample.answers), "gold_ids": gold}
                 recs += evaluate_questions(engine, [q], True, cfg.max_rounds, cfg.max_new_tokens, 1, scorer="ruler")
             finally:

@@ -264,6 +264,7 @@ class MSAForCausalLM(nn.Module):
         prefix: PrefixCache | None = None,
         position_offset: int | None = None,
         last_only: bool = False,
+        top_k: int | None = None,
     ) -> PrefillOutput:
         """Route and run the query tokens over ``[prefix | selected chunks | query]`` per layer.
 
@@ -275,6 +276,7 @@ class MSAForCausalLM(nn.Module):
             prefix: template prefix K/V (or None).
             position_offset: position of the first real token (default msa_config query offset).
             last_only: return logits of the last position only ([B, V]).
+            top_k: documents each router layer selects (default ``msa.top_k``).
         """
         self._check_ids(input_ids)
         b, t = input_ids.shape
@@ -289,7 +291,7 @@ class MSAForCausalLM(nn.Module):
         cache = KVCache.empty(len(self.model.layers))
         ctx = QueryContext(
             attention_mask=attention_mask, query_mask=query_mask, cache=cache, memory=memory,
-            prefix=prefix, top_k=self.config.msa.top_k, routing=True,
+            prefix=prefix, top_k=self.config.msa.top_k if top_k is None else top_k, routing=True,
         )  # fmt: skip
         h = self.model.run(input_ids, positions, ctx)
         cache.next_position = positions[:, -1] + 1
