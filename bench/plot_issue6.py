@@ -1,12 +1,14 @@
 """One figure for issue 6: MSA scores vs memory size beside the RAG and full-context baselines.
 
-    python bench/plot_issue6.py --scaling S.json [--scaling S2.json] [--extra-records R100M.records.jsonl] [--rag RAG.json] --out F.png
+    python bench/plot_issue6.py --scaling S.json [--scaling S2.json] [--extra-records R100M.records.jsonl] \
+        [--rag RAG.json] [--note TEXT] --out F.png
 
 ``--scaling``: a ``msa bench scaling`` result (repeatable: each drawn with its own line style and
-labelled by its engine's ``name_match`` and ``lookup_k``; ``A.json+B.json`` joins the sizes of two runs of one
-engine); ``--extra-records`` (added to the first): per-question records of further
-sizes (e.g. a 100M run cut short: whatever sections it finished are averaged); ``--rag``: a
-``msa bench rag`` result (best k per size and question kind, and the full-context reader).
+labelled by its engine's ``name_match``, ``lookup_k`` and ``snap_names``, or by ``=LABEL`` after the
+files; ``A.json+B.json`` joins the sizes of two runs); ``--extra-records`` (added to the first):
+per-question records of further sizes (e.g. a 100M run cut short: whatever sections it finished are
+averaged); ``--rag``: a ``msa bench rag`` result (best k per size and question kind, and the
+full-context reader); ``--note``: a caveat printed in the lower right corner.
 """
 
 from __future__ import annotations
@@ -68,20 +70,25 @@ def main() -> None:
     ap.add_argument("--scaling", required=True, action="append")
     ap.add_argument("--extra-records", default=None)
     ap.add_argument("--rag", default=None)
+    ap.add_argument("--note", default=None)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    runs = [_joined(arg) for arg in args.scaling]
+    runs = [_joined(arg.split("=", 1)[0]) for arg in args.scaling]
+    labels = [arg.split("=", 1)[1] if "=" in arg else None for arg in args.scaling]
     extra = [json.loads(line) for line in Path(args.extra_records).read_text().splitlines()] if args.extra_records else []
     fig = Figure(figsize=(8, 5))
     FigureCanvasAgg(fig)
     ax = fig.subplots(1, 1)
     ticks: set[int] = set()
-    for n, (scaling, style) in enumerate(zip(runs, ("-", "-."))):
+    for n, (scaling, label, style) in enumerate(zip(runs, labels, ("-", "-."))):
         pts = msa_points(scaling, extra if n == 0 else [])
         cfg = scaling["config"]
         match = "name_match" if cfg.get("name_match") else "no name_match"
         if cfg.get("name_match") and cfg.get("lookup_k"):
             match += f", lookup_k {cfg['lookup_k']}"
+        if cfg.get("snap_names"):
+            match += ", snap_names"
+        match = label or match
         for section, label, color in MSA_LINES:
             xs = sorted(pts[section])
             ax.plot(xs, [pts[section][x] for x in xs], marker="o", linestyle=style, color=color,
@@ -106,6 +113,8 @@ def main() -> None:
     ax.set_title(f"msa-bios-tiny on unseen people (world seed {runs[0]['config']['world_seed']})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.01, 0.05))
+    if args.note:
+        ax.text(0.99, 0.06, args.note, transform=ax.transAxes, fontsize=7, ha="right", va="bottom")
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")

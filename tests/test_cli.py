@@ -1,6 +1,7 @@
 """The `msa` command end to end on a tiny checkpoint directory."""
 
 import json
+import re
 
 import pytest
 
@@ -38,6 +39,9 @@ def test_bank_lifecycle(tmp_path, checkpoint, capsys):
     assert main(["ask", bank, "Where was person 3 born?", "--json", "--max-new-tokens", "4", "--routing"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["question"] == "Where was person 3 born?" and out["rounds"][0]["routing"]
+    assert out["rounds"][0]["timings"]["prefill"] > 0
+    assert main(["ask", bank, "Where was person 3 born?", "--max-new-tokens", "4"]) == 0
+    assert re.search(r"round 1: .*retrieved \[.*\] \(\d+\.\d\d s\)", capsys.readouterr().out)
     assert main(["ask", bank, "Where was person 3 born?", "--json", "--routing", "--doc-choice", "routed",
                  "--max-new-tokens", "12"]) == 0  # fmt: skip
     for r in json.loads(capsys.readouterr().out)["rounds"]:  # routed reads come from the round's routing

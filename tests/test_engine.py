@@ -74,6 +74,10 @@ def test_interleave_rounds_dedup_unknown_and_answer(setup):
         assert set(info.routing) == set(model.router_layers)
         assert all(len(v) == 3 for v in info.routing.values())
     assert {"route", "fetch", "prefill", "decode"} <= set(ans.timings)
+    # each round's own timings; over the rounds they add up to the answer's
+    assert all(info.timings["prefill"] > 0 and info.timings["decode"] > 0 for info in ans.rounds)
+    for stage, total in ans.timings.items():
+        assert sum(info.timings.get(stage, 0.0) for info in ans.rounds) == pytest.approx(total)
 
 
 def test_round_limit_forces_answer(setup):

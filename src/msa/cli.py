@@ -132,7 +132,10 @@ def cmd_ask(args) -> int:
     else:
         print(answer.text)
         for r, info in enumerate(answer.rounds, 1):
-            print(f"  round {r}: retrieved {info.retrieved}" + (f", unknown ids {info.unknown}" if info.unknown else ""))
+            asked = f"asked for {info.named}, " if info.named else ""
+            unknown = f", unknown ids {info.unknown}" if info.unknown else ""
+            seconds = sum(v for k, v in info.timings.items() if k in ("prefill", "decode", "lookup"))
+            print(f"  round {r}: {asked}retrieved {info.retrieved}{unknown} ({seconds:.2f} s)")
     return 0
 
 

@@ -75,7 +75,9 @@ def _ask(cfg: DemoConfig, world: BiosWorld, engine: Engine, out) -> dict:
         out(f"\nQ ({q.kind}-hop): {q.text}\n  gold documents {list(q.gold_ids)}, gold answer {q.answer!r}")
         for r, info in enumerate(a.rounds):
             layer = max(info.routing)
-            slips = f" (written {', '.join(map(repr, info.snapped))}, snapped to the text it has seen)" if info.snapped else ""
+            slips = ""
+            if info.snapped:
+                slips = f" (written {', '.join(map(repr, info.snapped))}, snapped to the text it has seen)"
             named = f"; model asked for {info.named or info.requested}{slips}"
             asked = {"routed": "", "named": named}.get(
                 engine.doc_choice, f"; model asked for {info.requested}, unknown {info.unknown}")

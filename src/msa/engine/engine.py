@@ -79,7 +79,8 @@ class RoundInfo:
     ``doc_choice="routed"`` the router's best unread documents, as many as the model asked for);
     unknown: generated ids not in memory (dropped); routing: router layer -> selected ids (and scores);
     named: with ``doc_choice="named"`` the names looked up (each read as the best unread document for
-    ``PromptFormat.lookup`` about it); snapped: written name -> the name looked up instead (``snap_names``)."""
+    ``PromptFormat.lookup`` about it); snapped: written name -> the name looked up instead (``snap_names``);
+    timings: seconds per stage of this round (a batched round's time shared by the questions in it)."""
 
     requested: list[int] = field(default_factory=list)
     retrieved: list[int] = field(default_factory=list)
@@ -87,6 +88,7 @@ class RoundInfo:
     named: list[str] = field(default_factory=list)
     snapped: dict[str, str] = field(default_factory=dict)
     routing: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,7 +238,12 @@ class Engine:
             if not active:
                 break
             last = rnd == max_rounds - 1 or not interleave
+            before = dict(timer.seconds)
             self._round(active, access, slot_ids, timer, max_new_tokens, last, return_routing)
+            spent = {k: (v - before.get(k, 0.0)) / len(active) for k, v in timer.seconds.items()
+                     if v > before.get(k, 0.0)}  # fmt: skip
+            for s in active:
+                s.rounds[-1].timings = dict(spent)
         for s in samples:
             s.finished = True
         return [self._answer(s, timer, len(samples)) for s in samples]

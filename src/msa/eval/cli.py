@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-records", action="store_true", help="do not write per-question records")
     s.add_argument("--no-name-match", action="store_true",
                    help='doc_choice "named": read the lookup\'s top document as routed (no name re-ordering)')
+    s.add_argument("--no-snap-names", action="store_true",
+                   help='doc_choice "named": look up a written name as it is, even when the model has not seen it')
     s.add_argument("--lookup-k", type=int, default=None,
                    help='doc_choice "named": candidates a lookup routes to (default msa.engine.engine.LOOKUP_K, 256; '
                         'the model\'s top_k: the router\'s own choice)')
@@ -113,7 +115,7 @@ def bench_main(argv: list[str] | None = None) -> int:
             ruler_contexts=DEFAULT_RULER_CONTEXTS if args.ruler_contexts is None else args.ruler_contexts,
             ruler_tasks=tasks, ruler_samples=args.ruler_samples, ruler_doc_tokens=args.ruler_doc_tokens,
             device=args.device, records=not args.no_records, name_match=not args.no_name_match,
-            lookup_k=LOOKUP_K if args.lookup_k is None else args.lookup_k,
+            lookup_k=LOOKUP_K if args.lookup_k is None else args.lookup_k, snap_names=not args.no_snap_names,
         )  # fmt: skip
         if cfg.model is None:
             print("msa bench scaling: --model is required", file=sys.stderr)

@@ -136,6 +136,7 @@ class ScalingConfig:
     name_match: bool = True  # Engine(name_match=...): with doc_choice "named", prefer documents naming the request
     lookup_k: int = LOOKUP_K  # Engine(lookup_k=...): candidates of a named lookup
     question_pool: int = DEFAULT_SIZES[0]  # tokens: questions are about the people of a memory this size
+    snap_names: bool = True  # Engine(snap_names=...): a miscopied name is read as the nearest one seen
 
 
 # -- memories -------------------------------------------------------------------------------------------
@@ -335,10 +336,15 @@ def _write_records(path: Path, section: str, records: list[dict[str, Any]], extr
             f.write(json.dumps({"section": section, **extra, **r}) + "\n")
 
 
-def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any]:
-    """Run the scaling benchmark, write ``cfg.out`` (JSON), records (``*.records.jsonl``) and the plot."""
+def _engine(cfg: ScalingConfig, model, tokenizer, bank):
     from msa.engine import Engine
 
+    return Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match, lookup_k=cfg.lookup_k,
+                  snap_names=cfg.snap_names)  # fmt: skip
+
+
+def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any]:
+    """Run the scaling benchmark, write ``cfg.out`` (JSON), records (``*.records.jsonl``) and the plot."""
     model, tokenizer = _load(cfg, model, tokenizer)
     if cfg.device is not None:
         model = model.to(cfg.device)
@@ -378,7 +384,7 @@ def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any
                                  lambda a, b: list(world.iter_documents(a, b)), n, cfg.add_batch_docs,
                                  cfg.device, cfg.model)  # fmt: skip
         try:
-            engine = Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match, lookup_k=cfg.lookup_k)
+            engine = _engine(cfg, model, tokenizer, bank)
             entry: dict[str, Any] = {"target_tokens": size, "label": format_size(size), "num_people": n,
                                      "memory_tokens": info["tokens"], "bank": info}  # fmt: skip
             runs = [("single", single, True), ("multi_interleave", multi, True), ("multi_no_interleave", multi, False)]
@@ -414,8 +420,6 @@ def _brief(summary: dict[str, Any]) -> str:
 
 
 def _run_ruler(cfg: ScalingConfig, ctx: int, model, tokenizer, work: Path, fp: str, rec_path: Path) -> dict[str, Any]:
-    from msa.engine import Engine
-
     def count(s: str) -> int:
         return len(tokenizer.encode(s, add_special_tokens=False))
 
@@ -430,7 +434,7 @@ def _run_ruler(cfg: ScalingConfig, ctx: int, model, tokenizer, work: Path, fp: s
             bank, _ = ensure_bank(path, model, tokenizer, lambda a, b, docs=docs: docs[a:b], len(docs),
                                   cfg.add_batch_docs, cfg.device, cfg.model)  # fmt: skip
             try:
-                engine = Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match, lookup_k=cfg.lookup_k)
+                engine = _engine(cfg, model, tokenizer, bank)
                 q = {"question": sample.question, "answers": list(sample.answers), "gold_ids": gold}
                 recs += evaluate_questions(engine, [q], True, cfg.max_rounds, cfg.max_new_tokens, 1, scorer="ruler")
             finally:
