@@ -8,7 +8,7 @@ labelled by its engine's ``name_match``, ``lookup_k`` and ``snap_names``, or by 
 files; ``A.json+B.json`` joins the sizes of two runs); ``--extra-records`` (added to the first):
 per-question records of further sizes (e.g. a 100M run cut short: whatever sections it finished are
 averaged); ``--rag``: a ``msa bench rag`` result (best k per size and question kind, and the
-full-context reader); ``--note``: a caveat printed in the lower right corner.
+full-context reader); ``--note``: a caveat printed under the plot.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ def main() -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.01, 0.05))
     if args.note:
-        ax.text(0.99, 0.06, args.note, transform=ax.transAxes, fontsize=7, ha="right", va="bottom")
-    fig.tight_layout()
+        fig.text(0.5, 0.01, args.note, fontsize=7, ha="center", va="bottom")
+    fig.tight_layout(rect=(0, 0.06 if args.note else 0, 1, 1))
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
 

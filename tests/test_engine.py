@@ -228,6 +228,11 @@ def test_snap_name_replaces_a_name_the_model_could_not_have_copied():
     assert snap_name("Marovys Holmore", question) == "Marovys Holmore"  # nothing alike: kept
     # the earliest of equally similar runs; the documents read count as seen text
     assert snap_name("Ann Bx", "Ann Bz and Ann By") == "Ann Bz"
+    # only runs capitalised like the name: "Fenoved earned" is closer, but not a name
+    bio = "Fenoved Brackova was born in Trefield. Fenoved earned a degree. His father was Aloan Rennstrom."
+    assert snap_name("Fenoved Rennster", bio) == "Aloan Rennstrom"
+    assert snap_name("Aloan Rennstrom was", bio) == "Aloan Rennstrom"  # copied a word too far
+    assert snap_name("the Alon Rennstrom", bio) == "Aloan Rennstrom"
     assert snap_name("Anerele Sarnsen", question + "\nHer mentor was Anerelle Sarnsen.") == "Anerelle Sarnsen"
 
 

@@ -26,7 +26,8 @@ a bios world of 1.1M people (~83 share a first name on average), msa-bios-tiny's
 right person for 18% of the questions and name_match over 256 candidates reads the right biography
 for 93% (bench/results/issue6_h200_2026-11-27). With ``snap_names`` (default) a written name that is not
 in the text the model can see (the question and the documents read so far) is taken for a slip of
-copying and replaced by the most similar run of as many words of that text (:func:`snap_name`): a
+copying and replaced by the most similar run of as many words of that text, capitalised alike
+(:func:`snap_name`): a
 small model writes "Daleus Drenus" for the "Dareus Drenus" of the question, and the router, which
 finds first names, then finds somebody else.
 """
@@ -436,19 +437,31 @@ def _requests(text: str) -> list[str]:
     return list(dict.fromkeys(m.strip() for m in REQUEST_PATTERN.findall(text)))
 
 
-def snap_name(name: str, visible: str, min_ratio: float = SNAP_MIN_RATIO) -> str:
-    """``name`` if it occurs in ``visible``; else the run of as many words of ``visible`` most similar
-    to it (difflib ratio, the earliest of equals) if that reaches ``min_ratio``; else ``name``.
+def snap_name(name: str, visible: str, min_ratio: float = SNAP_MIN_RATIO, match_case: bool = True) -> str:
+    """``name`` if it occurs in ``visible``; else the run of as many words of ``visible``, capitalised
+    word for word as ``name`` is (``match_case``), most similar to it (difflib ratio, the earliest of
+    equals) if that reaches ``min_ratio``; else ``name``. With ``match_case``, words starting lower-case
+    at the ends of a name that has capitalised ones are dropped first ("Peromed Holley was").
 
     >>> snap_name("Daleus Drenus", "In which field did Dareus Drenus earn a degree?")
     'Dareus Drenus'
     """
     if name in visible:
         return name
-    n = len(name.split())
+    if match_case and any(w[:1].isupper() for w in name.split()):
+        words = name.split()
+        keep = [not w[:1].islower() for w in words]
+        first, last = keep.index(True), len(keep) - keep[::-1].index(True)
+        name = " ".join(words[first:last])
+        if name in visible:
+            return name
+    shape = [w[:1].isupper() for w in name.split()]
+    n = len(shape)
     words = re.findall(r"\w+", visible)
     best, best_ratio = name, min_ratio
     for j in range(len(words) - n + 1):
+        if match_case and [w[:1].isupper() for w in words[j : j + n]] != shape:
+            continue
         cand = " ".join(words[j : j + n])
         ratio = SequenceMatcher(None, name, cand).ratio()
         if ratio > best_ratio or (ratio == best_ratio and best is name):
