@@ -3,6 +3,9 @@
 # then poll it from later calls (the machine keeps runs/ while it stays warm).
 #   bash bench/device_detached.sh start NAME CMD...   # runs CMD in the background, log in runs/jobs/NAME.log
 #   bash bench/device_detached.sh wait SECONDS NAME...  # waits until all NAMEs ended or SECONDS passed; tails logs
+# A detached job does not keep the machine: it goes back after ~30 s without a call in flight, jobs
+# and all. Follow a start with back-to-back wait calls until the jobs end, and copy results to $OUT
+# in every call.
 set -u
 mkdir -p runs/jobs
 case "$1" in
