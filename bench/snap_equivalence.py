@@ -15,7 +15,7 @@ import re
 import sys
 
 from msa.data.bios import BiosConfig, BiosWorld
-from msa.engine.engine import snap_name
+from msa.engine.engine import REQUEST_PATTERN, snap_name
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
         if not r["section"].startswith("bios"):
             continue
         t = r["transcript"]
-        for m in re.finditer(r"\[([^\[\]]+)\]", t):
+        for m in REQUEST_PATTERN.finditer(t):
             name = m.group(1).strip()
             if name.isdigit():
                 continue

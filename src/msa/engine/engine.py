@@ -297,13 +297,18 @@ class Engine:
                 break
             nxt = decode_step(self.model, out.cache, states)
         timer.add("decode", t0, self.device)
-        looked_up = self._look_up(active, round_text, access, slot_ids, timer) if self.doc_choice == "named" else {}
+        requests: dict[int, list[str]] = {}  # named: each unfinished sample's requests, snapped once
+        if self.doc_choice == "named":
+            requests = {i: self._named_requests(s, round_text[i], s.rounds[-1].snapped)
+                        for i, s in enumerate(active) if not s.finished}  # fmt: skip
+        looked_up = self._look_up(requests, access, slot_ids, timer) if requests else {}
         for i, (s, st) in enumerate(zip(active, states)):
             if s.finished:
                 continue
             s.ids = s.ids + st.generated
             s.doc_ids = self._restore_question_routing(s) + [RESPONSE] * len(st.generated)
-            new = self._collect_ids(s, round_text[i], retrieve=True, looked_up=looked_up.get(i, {}))
+            new = self._collect_ids(s, round_text[i], retrieve=True, looked_up=looked_up.get(i, {}),
+                                    requests=requests.get(i))  # fmt: skip
             if new:
                 text = self.prompt.retrieved_text([(d, self.bank.text(d) or "") for d in new])
                 add = self._tok(text)
@@ -332,12 +337,12 @@ class Engine:
         return self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
                                   last_only=True, top_k=top_k)  # fmt: skip
 
-    def _look_up(self, active: list[_Sample], round_text: list[str], access, slot_ids: Tensor,
+    def _look_up(self, requests: dict[int, list[str]], access, slot_ids: Tensor,
                  timer: Timer) -> dict[int, dict[str, list[int]]]:  # fmt: skip
-        """Route ``PromptFormat.lookup`` about every name written this round (one batched prefill).
-        Returns sample index -> name -> user ids, best first (last router layer)."""
-        asks = [(i, name) for i, s in enumerate(active) if not s.finished
-                for name in self._named_requests(s, round_text[i]) if not name.isdigit()]  # fmt: skip
+        """Route ``PromptFormat.lookup`` about every name requested this round (sample index -> its
+        requests; one batched prefill). Returns sample index -> name -> user ids, best first (last
+        router layer)."""
+        asks = [(i, name) for i, rs in requests.items() for name in rs if not name.isdigit()]
         if not asks:
             return {}
         t0 = time.perf_counter()
@@ -352,9 +357,10 @@ class Engine:
         timer.add("lookup", t0, self.device)
         return found
 
-    def _collect_ids(self, s: _Sample, text: str, retrieve: bool, looked_up: dict[str, list[int]] | None = None) -> list[int]:
+    def _collect_ids(self, s: _Sample, text: str, retrieve: bool, looked_up: dict[str, list[int]] | None = None,
+                     requests: list[str] | None = None) -> list[int]:  # fmt: skip
         if self.doc_choice == "named":
-            return self._collect_named(s, text, retrieve, looked_up or {})
+            return self._collect_named(s, text, retrieve, looked_up or {}, requests)
         info = s.rounds[-1]
         requested = [int(m) for m in ID_PATTERN.findall(text)]
         info.requested = requested
@@ -371,11 +377,13 @@ class Engine:
             s.seen.update(new)
         return new
 
-    def _collect_named(self, s: _Sample, text: str, retrieve: bool, looked_up: dict[str, list[int]]) -> list[int]:
+    def _collect_named(self, s: _Sample, text: str, retrieve: bool, looked_up: dict[str, list[int]],
+                       requests: list[str] | None = None) -> list[int]:  # fmt: skip
         """``doc_choice="named"``: per request, in order, the best unread document of its lookup (a name)
-        or of the round's routing (a numeric request)."""
+        or of the round's routing (a numeric request). ``requests``: the text's, already snapped."""
         info = s.rounds[-1]
-        requests = self._named_requests(s, text, info.snapped)
+        if requests is None:
+            requests = self._named_requests(s, text, info.snapped)
         info.requested = [int(r) for r in requests if r.isdigit()]
         info.named = [r for r in requests if not r.isdigit()]
         taken, new = set(s.seen), []
@@ -458,9 +466,10 @@ def snap_name(name: str, visible: str, min_ratio: float = SNAP_MIN_RATIO, match_
     shape = [w[:1].isupper() for w in name.split()]
     n = len(shape)
     words = re.findall(r"\w+", visible)
+    caps = [w[:1].isupper() for w in words]
     best, best_ratio = name, min_ratio
     for j in range(len(words) - n + 1):
-        if match_case and [w[:1].isupper() for w in words[j : j + n]] != shape:
+        if match_case and caps[j : j + n] != shape:
             continue
         cand = " ".join(words[j : j + n])
         ratio = SequenceMatcher(None, name, cand).ratio()
