@@ -276,6 +276,7 @@ def evaluate_questions(engine, questions: list[dict[str, Any]], interleave: bool
                 r = retrieval_scores(retrieved, gold)
                 rec["retrieval_recall"], rec["retrieval_precision"], rec["retrieval_f1"] = r["recall"], r["precision"], r["f1"]
             rec["rounds"] = len(a.rounds)
+            rec["timings"] = {k: round(v, 6) for k, v in a.timings.items()}
             rec["transcript"] = a.transcript
             records.append(rec)
     return records
