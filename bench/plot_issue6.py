@@ -7,7 +7,7 @@
 labelled by its engine's ``name_match``, ``lookup_k`` and ``snap_names``, or by ``=LABEL`` after the
 files; ``A.json+B.json`` joins the sizes of two runs); ``--extra-records`` (added to the first):
 per-question records of further sizes (e.g. a 100M run cut short: whatever sections it finished are
-averaged); ``--rag``: a ``msa bench rag`` result (best k per size and question kind, and the
+averaged); ``--rag``: a ``msa bench rag`` result (``A.json+B.json`` joins sizes too; best k per size and question kind, and the
 full-context reader); ``--note``: a caveat printed under the plot.
 """
 
@@ -57,11 +57,11 @@ def rag_points(rag: dict) -> dict[str, dict[int, tuple[float, str]]]:
     return pts
 
 
-def _joined(arg: str) -> dict:
-    """A scaling result, or several (``A.json+B.json``) with their memory sizes joined."""
+def _joined(arg: str, key: str = "bios") -> dict:
+    """A result, or several (``A.json+B.json``) with their memory sizes (the ``key`` list) joined."""
     parts = [json.loads(Path(p).read_text()) for p in arg.split("+")]
     out = parts[0]
-    out["bios"] = sorted((e for p in parts for e in p["bios"]), key=lambda e: e["target_tokens"])
+    out[key] = sorted((e for p in parts for e in p[key]), key=lambda e: e["target_tokens"])
     return out
 
 
@@ -95,7 +95,7 @@ def main() -> None:
                     label=f"MSA {label} ({match})")  # fmt: skip
             ticks.update(xs)
     if args.rag:
-        rag = rag_points(json.loads(Path(args.rag).read_text()))
+        rag = rag_points(_joined(args.rag, "sizes"))
         for key, color, style in (("rag single", "C0", "--"), ("rag multi", "C1", "--"),
                                   ("full single", "C0", ":"), ("full multi", "C1", ":")):  # fmt: skip
             xs = sorted(rag[key])

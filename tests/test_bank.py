@@ -124,6 +124,32 @@ def test_tiled_routing_equals_dense(tmp_path, tiny_model, tiny_tokenizer, tier, 
                 assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("routing_dtype", ["bf16", "fp8"])
+def test_mean_routing_keeps_one_row_per_document(tmp_path, tiny_tokenizer, routing_dtype):
+    """A model routing with head, query and chunk means (as msa-bios-tiny): the bank keeps one routing
+    row per document and selects as the reference that scores every chunk."""
+    model = build_tiny_model(query_reduce_method="mean", chunk_reduce_method="mean")
+    with MemoryBank.create(tmp_path / "b", model, tiny_tokenizer, segment_tokens=300) as bank:
+        bank.add(make_texts(24, seed=3))
+        bank.delete([4, 9])
+    with MemoryBank.open(tmp_path / "b", model, tiny_tokenizer, routing_dtype=routing_dtype, fp8_rescore=8) as bank:
+        snap = bank.snapshot()
+        assert len(snap.segments) > 1 and all(s.per_doc for s in snap.segments)
+        dense = DenseMemoryAccess(snap.materialize(), model.routing_options())
+        g = torch.Generator().manual_seed(4)
+        q = torch.randn(3, 7, 4, 16, generator=g)
+        qm = torch.rand(3, 7, generator=g) > 0.3
+        qm[:, 0] = True
+        for layer in model.config.router_layers:
+            assert snap.uses_fused_routing(layer)
+            keys, slots = snap.routing_keys(layer)
+            assert keys.num_chunks == 24 and int((slots < snap.num_docs).sum()) == 22
+            for k in (1, 5, 40):
+                r, rd = snap.route(layer, q, qm, k), dense.route(layer, q, qm, k)
+                assert torch.equal(r.docs, rd.docs)
+                torch.testing.assert_close(r.scores, rd.scores, rtol=1e-5, atol=1e-6)
+
+
 def test_delete_update_compact(bank, tiny_model, tiny_tokenizer, monkeypatch):
     bank.add(make_texts(16, seed=3))
     x, m = queries(tiny_model, seed=4)

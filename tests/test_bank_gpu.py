@@ -38,3 +38,27 @@ def test_bank_on_cuda_equals_dense(tmp_path, tier):
     ans = Engine(model, tok, bank).ask("Where was Alice 3 born?", max_new_tokens=4, return_routing=True)
     assert set(ans.rounds[0].routing) == set(model.router_layers)
     bank.close()
+
+
+def test_mean_routing_bank_on_cuda_equals_dense(tmp_path):
+    """A model routing with head, query and chunk means: one float32 row per document on the device,
+    the same documents as the dense reference over every chunk."""
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(query_reduce_method="mean", chunk_reduce_method="mean").to("cuda", torch.bfloat16)
+    with MemoryBank.create(tmp_path / "b", model, tok, segment_tokens=1500) as bank:
+        bank.add(TEXTS)
+        bank.delete([5, 17])
+    with MemoryBank.open(tmp_path / "b", model, tok, device="cuda") as bank:
+        snap = bank.snapshot()
+        dense = DenseMemoryAccess(snap.materialize("cuda"), model.routing_options())
+        g = torch.Generator().manual_seed(0)
+        for layer in model.router_layers:
+            keys, _ = snap.routing_keys(layer)
+            assert keys.keys.is_cuda and keys.keys.dtype == torch.float32 and keys.num_chunks == len(TEXTS)
+            q = torch.randn(3, 9, 4, 16, generator=g).to("cuda", torch.bfloat16)
+            mask = torch.rand(3, 9, generator=g) < 0.7
+            mask[:, 0] = True
+            a = snap.route(layer, q, mask.cuda(), 8)
+            b = dense.route(layer, q, mask.cuda(), 8)
+            assert torch.equal(a.docs.cpu(), b.docs.cpu())
+            torch.testing.assert_close(a.scores.cpu(), b.scores.cpu(), rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROUTING_TEXTS, routing_case, build_tiny_model, build_tiny_tokenizer
 from msa.functional import doc_scores, route_topk, select_docs
-from msa.kernels import prepare_routing_keys, route_topk_torch
+from msa.kernels import prepare_doc_mean_keys, prepare_routing_keys, route_topk_torch
 from msa.memory import BankSnapshot, LoadedSegment, MemoryBank
 from msa.memory.catalog import DocRow
 from msa.model.memory import DenseMemoryAccess, RoutingOptions
@@ -47,8 +47,11 @@ def test_dispatch_cpu_equals_reference(cosine, red):
     assert (docs[:, n:] == -1).all() and (docs[:, :n] >= 0).all()
 
 
-def _fake_snapshot(prep_dtype, seed=0, dead=(1, 5, 6)):
-    """Three segments of random routing keys; returns the snapshot and the dense reference."""
+def _fake_snapshot(prep_dtype, seed=0, dead=(1, 5, 6), options=None):
+    """Three segments of random routing keys; returns the snapshot and its router layer.
+
+    prep_dtype: a dtype (keys prepared per chunk), "per_doc" (float32 document means) or None (tiled)."""
+    options = options or RoutingOptions()
     g = torch.Generator().manual_seed(seed)
     hkv, d, layer = 2, 8, 3
     segs, rows = [], []
@@ -57,16 +60,21 @@ def _fake_snapshot(prep_dtype, seed=0, dead=(1, 5, 6)):
         c = int(counts.sum())
         chunk_doc = torch.repeat_interleave(torch.arange(n), counts)
         raw = torch.randn(c, hkv, d, generator=g)
-        prepared = {layer: prepare_routing_keys(raw, True, prep_dtype)} if prep_dtype is not None else None
+        if prep_dtype == "per_doc":
+            prepared = {layer: prepare_doc_mean_keys(raw, chunk_doc, n, options.cosine)}
+        elif prep_dtype is not None:
+            prepared = {layer: prepare_routing_keys(raw, options.cosine, prep_dtype)}
+        else:
+            prepared = None
         content = torch.randn(c, hkv, d, generator=g)
         segs.append(LoadedSegment(file=f"s{si}", routing={layer: raw}, keys={layer: content}, values={layer: content},
                                   chunk_doc=chunk_doc, doc_chunk_start=torch.cumsum(counts, 0) - counts, num_docs=n,
-                                  prepared=prepared))  # fmt: skip
+                                  prepared=prepared, per_doc=prep_dtype == "per_doc"))  # fmt: skip
         starts = (torch.cumsum(counts, 0) - counts).tolist()
         for j in range(n):
             i = len(rows)
             rows.append(DocRow(i, None, "", 10, si, j, starts[j], int(counts[j]), i in dead))
-    snap = BankSnapshot(segs, rows, {0: 0, 1: 1, 2: 2}, 0, RoutingOptions(), torch.device("cpu"), tile_chunks=4)
+    snap = BankSnapshot(segs, rows, {0: 0, 1: 1, 2: 2}, 0, options, torch.device("cpu"), tile_chunks=4)
     return snap, layer
 
 
@@ -88,6 +96,30 @@ def test_bank_fused_path_equals_tiled(dead):
     keys, slots = fused.routing_keys(layer)
     assert keys.num_chunks == slots.numel()
     assert int((slots < fused.num_docs).sum()) == fused.num_chunks  # live chunks; the others are the dummy
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+@pytest.mark.parametrize("dead", [(), (1, 5, 6), (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)])
+def test_bank_per_doc_path_equals_tiled(dead, cosine):
+    """Head, query and chunk means: one row per document (the mean of its chunks' keys) routes as the
+    reference scores every chunk."""
+    opts = RoutingOptions(cosine=cosine, query_reduce="mean", chunk_reduce="mean")
+    per_doc, layer = _fake_snapshot("per_doc", dead=dead, options=opts)
+    tiled, _ = _fake_snapshot(None, dead=dead, options=opts)
+    assert per_doc.uses_fused_routing(layer) and not tiled.uses_fused_routing(layer)
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 5, 4, 8, generator=g)
+    mask = torch.rand(3, 5, generator=g) > 0.4
+    mask[:, 0] = True
+    mask[2] = False  # a question with no routing token selects nothing
+    for k in (1, 3, 20):
+        a, b = per_doc.route(layer, q, mask, k), tiled.route(layer, q, mask, k)
+        assert torch.equal(a.docs, b.docs), (k, a.docs, b.docs)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
+    assert (a.docs[2] == -1).all()
+    keys, slots = per_doc.routing_keys(layer)
+    assert keys.num_chunks == slots.numel() == sum(s.num_docs for s in per_doc.segments)  # one row per document
+    assert int((slots < per_doc.num_docs).sum()) == per_doc.num_docs
 
 
 def _texts_bank(tmp_path, model, tok, **open_kw):

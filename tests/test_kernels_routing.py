@@ -24,6 +24,7 @@ from msa.kernels import (
     route_topk,
     route_topk_torch,
     router_query_matrix,
+    topk_docs,
     use_triton,
 )
 
@@ -118,6 +119,23 @@ def test_ties_go_to_lower_document():
     docs, _ = route_topk_torch(q, keys, chunk_doc, 10, 10)
     ref = doc_scores(q[0], k, chunk_doc, 10)
     assert docs[0].tolist() == select_docs(ref, 10).tolist()
+
+
+@pytest.mark.parametrize("k", [1, 7, 256])
+def test_topk_docs_long_rows_equal_a_stable_sort(k):
+    """Long CPU rows select through topk + a sort of the candidates: the same as a full stable sort,
+    ties (many here: scores on a coarse grid) towards the lower index, -inf never before a finite score."""
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 50, (3, 40_000), generator=g).float()
+    scores[1, ::3] = float("-inf")
+    scores[2, k // 2 :] = float("-inf")  # fewer finite scores than k in the last row (when k > 1)
+    docs, vals = topk_docs(scores, k)
+    finite = torch.isfinite(scores)
+    for r in range(3):
+        order = torch.sort(scores[r], descending=True, stable=True).indices[:k]
+        want = torch.where(finite[r, order], order, torch.full_like(order, -1))
+        assert torch.equal(docs[r], want), r
+        torch.testing.assert_close(vals[r], scores[r, order])
 
 
 def test_fp8_keys_keep_three_mantissa_bits():

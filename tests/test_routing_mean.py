@@ -151,7 +151,10 @@ def test_fp8_needs_supported_reductions():
     cpu = torch.device("cpu")
     assert RoutingPrep.choose("fp8", RoutingOptions(query_reduce="mean"), cpu).dtype == torch.float8_e4m3fn
     assert RoutingPrep.choose("bf16", RoutingOptions(query_reduce="mean"), cpu) is None  # exact tiled path on CPU
-    for bad in ({"query_reduce": "last"}, {"head_reduce": "max"}, {"query_reduce": "mean", "chunk_reduce": "mean"}):
+    means = RoutingOptions(query_reduce="mean", chunk_reduce="mean")  # linear: one row per document
+    assert RoutingPrep.choose("bf16", means, cpu) == RoutingPrep(torch.float32, True, 0, per_doc=True)
+    assert RoutingPrep.choose("fp8", means, cpu, fp8_rescore=3) == RoutingPrep(torch.float8_e4m3fn, True, 3, per_doc=True)
+    for bad in ({"query_reduce": "last"}, {"head_reduce": "max"}, {"query_reduce": "max", "chunk_reduce": "mean"}):
         with pytest.raises(ValueError):
             RoutingPrep.choose("fp8", RoutingOptions(**bad), cpu)
 

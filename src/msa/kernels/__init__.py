@@ -16,6 +16,7 @@ from torch import Tensor
 from msa.kernels.routing_prep import (
     RoutingKeys,
     chunk_doc_from_offsets,
+    prepare_doc_mean_keys,
     prepare_routing_keys,
     router_query_matrix,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "doc_scores_batched",
     "doc_scores_batched_torch",
     "doc_scores_rows_torch",
+    "prepare_doc_mean_keys",
     "prepare_routing_keys",
     "route_topk",
     "route_topk_rows",

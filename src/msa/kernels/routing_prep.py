@@ -54,6 +54,11 @@ class RoutingKeys:
             n += self.scale.numel() * self.scale.element_size()
         return n
 
+    def to(self, device: torch.device | str) -> "RoutingKeys":
+        """The same keys on ``device``."""
+        scale = self.scale.to(device) if self.scale is not None else None
+        return RoutingKeys(self.keys.to(device), scale, self.num_kv_heads, self.head_dim, self.cosine)
+
 
 def prepare_routing_keys(
     k_router: Tensor, cosine: bool = True, dtype: torch.dtype = torch.bfloat16
@@ -84,6 +89,44 @@ def prepare_routing_keys(
             k = k / s[:, None]
         keys[r0 : r0 + _PREP_ROWS] = k.to(dtype)
     return RoutingKeys(keys, scale, hkv, d, cosine)
+
+
+def prepare_doc_mean_keys(
+    k_router: Tensor, chunk_doc: Tensor, num_docs: int, cosine: bool = True, dtype: torch.dtype = torch.float32
+) -> RoutingKeys:
+    """One routing row per document: the mean of its chunks' rows (for head, query and chunk means).
+
+    With all three reductions means the document score is linear in the keys: the mean over the
+    document's chunks c of (query row . K[c]) equals query row . (mean over c of K[c]). So a
+    document routes as one row, exactly up to float rounding, and a routing pass reads one row per
+    document instead of one per chunk. The mean is taken in float32 on ``k_router``'s device (in
+    document order, so deterministic on the CPU), then stored in ``dtype``.
+
+    Args:
+        k_router: [C, Hkv, D] pooled router keys, any float dtype.
+        chunk_doc: [C] long, owning document 0..num_docs-1 of every chunk.
+        num_docs: N.
+        cosine: L2-normalise every chunk's head vectors before the mean (cosine routing).
+        dtype: torch.float32, torch.bfloat16 or torch.float8_e4m3fn (per-row scale).
+
+    Returns:
+        RoutingKeys with keys [N, Hkv*D]; a document with no chunk gets a zero row (the caller must
+        keep it out of the selection).
+    """
+    c, hkv, d = k_router.shape
+    if chunk_doc.numel() != c:
+        raise ValueError(f"chunk_doc has {chunk_doc.numel()} entries for {c} chunks")
+    chunk_doc = chunk_doc.to(device=k_router.device, dtype=torch.long)
+    sums = torch.zeros(num_docs, hkv * d, dtype=torch.float32, device=k_router.device)
+    for r0 in range(0, c, _PREP_ROWS):
+        k = k_router[r0 : r0 + _PREP_ROWS].float()
+        if cosine:
+            k = F.normalize(k, dim=-1)
+        sums.index_add_(0, chunk_doc[r0 : r0 + _PREP_ROWS], k.reshape(k.shape[0], hkv * d))
+    counts = torch.bincount(chunk_doc, minlength=num_docs).clamp_min(1)
+    mean = (sums / counts[:, None]).view(num_docs, hkv, d)
+    rows = prepare_routing_keys(mean, cosine=False, dtype=dtype)  # already normalised per chunk: no second normalisation
+    return RoutingKeys(rows.keys, rows.scale, hkv, d, cosine)
 
 
 def router_query_matrix(q_router: Tensor, num_kv_heads: int, cosine: bool) -> Tensor:

@@ -11,6 +11,7 @@ from torch import Tensor
 from msa.kernels.routing_prep import RoutingKeys, query_bias, router_query_matrix
 
 _BLOCK_ELEMS = 1 << 28  # scores [B*Tq, chunks] computed per step: 1 GiB of float32
+_PARTIAL_SORT_MIN = 1 << 15  # CPU rows at least this long select with topk + a sort of the candidates
 _KEY_TILE_ELEMS = 1 << 24  # key elements converted to the compute dtype per GEMV step (64 MiB of float32)
 
 
@@ -66,6 +67,18 @@ def doc_scores_batched_torch(
     return out
 
 
+def _stable_topk_rows(masked: Tensor, k: int) -> Tensor:
+    """The first k of a stable descending sort of every row, without sorting whole rows: ``torch.topk``
+    finds the k-th largest value, then only the entries at least that large (ties included, in index
+    order) are sorted stably. [B, N] -> [B, k] indices."""
+    kth = torch.topk(masked, k, dim=1, sorted=False).values.amin(dim=1)  # [B]
+    rows = []
+    for r in range(masked.shape[0]):
+        cand = (masked[r] >= kth[r]).nonzero().squeeze(1)  # ascending index
+        rows.append(cand[torch.sort(masked[r, cand], descending=True, stable=True).indices[:k]])
+    return torch.stack(rows)
+
+
 def topk_docs(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Best k finite-scored documents per row, best first, ties towards the lower index.
 
@@ -79,7 +92,10 @@ def topk_docs(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     scores = scores.float()
     finite = torch.isfinite(scores)
     masked = torch.where(finite, scores, torch.full_like(scores, -math.inf))
-    order = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]
+    if not masked.is_cuda and 0 < k and n >= _PARTIAL_SORT_MIN and k <= n // 16:
+        order = _stable_topk_rows(masked, k)
+    else:
+        order = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]
     top = torch.gather(masked, 1, order)
     docs = torch.full((b, k), -1, dtype=torch.long, device=scores.device)
     vals = torch.full((b, k), -math.inf, device=scores.device)

@@ -9,6 +9,10 @@ holds its routing keys prepared for the routing GEMM (``msa.kernels.prepare_rout
 float8 + scales), the snapshot concatenates them into one [C, Hkv*D] matrix per router layer and routes
 all B questions in one ``msa.kernels.route_topk`` call (query mean: one pre-reduced row per question). Chunks of deleted documents map to a dummy slot N; k+1 documents
 are requested and the dummy dropped, so the result is the exact top-k over live documents.
+Routing, per-document path (any device; head, query and chunk means, as ``msa-bios-tiny`` routes): the
+score is then linear in the keys, so every segment holds one row per document, the mean of its
+chunks' (normalised) keys (``msa.kernels.prepare_doc_mean_keys``; float32, or float8 + scales), and
+routing is one GEMV per question over documents instead of chunks, through the same fused call.
 Routing, tiled path (CPU, other reductions): document-aligned tiles of at most ``tile_chunks`` chunks
 with a running exact top-k, scored by ``tile_doc_scores``.
 """
@@ -24,7 +28,7 @@ import torch
 from torch import Tensor
 
 from msa import functional as MF
-from msa.kernels import RoutingKeys, prepare_routing_keys
+from msa.kernels import RoutingKeys, prepare_doc_mean_keys, prepare_routing_keys
 from msa.memory.catalog import DocRow, SegmentRow
 from msa.memory.errors import BankCorruptError
 from msa.memory.segments import load_segment, map_segment, segment_metadata
@@ -39,9 +43,15 @@ ROUTING_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 FUSED_QUERY_REDUCE = ("max", "mean")
 
 
+def per_doc_routing(options: RoutingOptions) -> bool:
+    """Whether the score is linear in the keys (head, query and chunk means): one routing row per document."""
+    return options.head_reduce == "mean" and options.query_reduce == "mean" and options.chunk_reduce == "mean"
+
+
 def fused_routing(options: RoutingOptions) -> bool:
-    """Whether the fused routing path computes these options (head mean, chunk max, query max or mean)."""
-    return (
+    """Whether the fused routing path computes these options (head mean, chunk max, query max or mean;
+    or all three means, one row per document)."""
+    return per_doc_routing(options) or (
         options.head_reduce == "mean" and options.chunk_reduce == "max"
         and options.query_reduce in FUSED_QUERY_REDUCE
     )  # fmt: skip
@@ -49,11 +59,13 @@ def fused_routing(options: RoutingOptions) -> bool:
 
 @dataclass(frozen=True)
 class RoutingPrep:
-    """How a segment prepares its routing keys for the fused path: GEMM dtype and cosine normalisation."""
+    """How a segment prepares its routing keys for the fused path: GEMM dtype, cosine normalisation,
+    float8 rescoring, and whether it keeps one row per document (``per_doc_routing``) or per chunk."""
 
     dtype: torch.dtype
     cosine: bool
     rescore: int = 0
+    per_doc: bool = False
 
     @classmethod
     def choose(cls, routing_dtype: str, options: RoutingOptions, device: torch.device,
@@ -61,19 +73,25 @@ class RoutingPrep:
         """The preparation for a bank opened with ``routing_dtype`` ("bf16" | "fp8"), or None (tiled path).
 
         bfloat16 keys take the fused path on CUDA only (on the CPU the float32 tiled path is exact and
-        as fast); float8 keys always do (their point is halving the resident bytes).
+        as fast); float8 keys always do (their point is halving the resident bytes). With head, query
+        and chunk means every device takes the per-document path; "bf16" then keeps float32 rows
+        (exact up to rounding, and still fewer bytes than bfloat16 chunks once documents average more
+        than two chunks).
         """
         if routing_dtype not in ROUTING_DTYPES:
             raise ValueError(f"routing_dtype must be one of {tuple(ROUTING_DTYPES)}, got {routing_dtype!r}")
         if not fused_routing(options):
             if routing_dtype == "fp8":
-                raise ValueError("routing_dtype='fp8' needs head mean, chunk max and query max or mean reductions")
+                raise ValueError("routing_dtype='fp8' needs head mean with chunk max and query max or mean, "
+                                 "or head, query and chunk means")  # fmt: skip
             return None
-        if routing_dtype == "bf16" and device.type != "cuda":
+        per_doc = per_doc_routing(options)
+        if routing_dtype == "bf16" and device.type != "cuda" and not per_doc:
             return None
         if fp8_rescore < 0:
             raise ValueError(f"fp8_rescore must be >= 0, got {fp8_rescore}")
-        return cls(ROUTING_DTYPES[routing_dtype], options.cosine, fp8_rescore if routing_dtype == "fp8" else 0)
+        dtype = torch.float32 if per_doc and routing_dtype == "bf16" else ROUTING_DTYPES[routing_dtype]
+        return cls(dtype, options.cosine, fp8_rescore if routing_dtype == "fp8" else 0, per_doc)
 
 
 def tile_doc_scores(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, query_mask: Tensor,
@@ -96,7 +114,8 @@ class LoadedSegment:
     when ``prepared`` is set; keys, values: layer -> [C, Hkv, D] on the host (pinned RAM or a read-only
     file mapping). chunk_doc: [C] long local document (compute device). doc_chunk_start: [n] long first
     chunk of every local document (CPU). prepared: layer -> RoutingKeys ([C, Hkv*D] bfloat16 or float8
-    + [C] scales) on the compute device for the fused path, else None.
+    + [C] scales; with ``per_doc`` [n, Hkv*D], one row per local document) on the compute device for
+    the fused path, else None.
     """
 
     file: str
@@ -107,6 +126,7 @@ class LoadedSegment:
     doc_chunk_start: Tensor
     num_docs: int
     prepared: dict[int, RoutingKeys] | None = field(default=None)
+    per_doc: bool = False
 
     @classmethod
     def load(cls, directory: Path, row: SegmentRow, fingerprint: str, device: torch.device, tier: str,
@@ -130,7 +150,12 @@ class LoadedSegment:
             raise BankCorruptError(str(path), "chunk/document counts differ from the catalog")
         counts = torch.bincount(chunk_doc, minlength=n)
         prepared = None
-        if prep is not None:
+        if prep is not None and prep.per_doc:
+            # document means on the host (deterministic order), then the rows to the device
+            prepared = {i: prepare_doc_mean_keys(t[f"{i}.routing_keys"], chunk_doc, n, prep.cosine, prep.dtype).to(device)
+                        for i in layers}  # fmt: skip
+            routing = {i: t[f"{i}.routing_keys"] for i in layers}
+        elif prep is not None:
             # Only the prepared keys live on the device; the raw ones stay on the host for materialize().
             prepared = {i: prepare_routing_keys(t[f"{i}.routing_keys"].to(device), prep.cosine, prep.dtype) for i in layers}
             routing = {i: t[f"{i}.routing_keys"] for i in layers}
@@ -146,7 +171,19 @@ class LoadedSegment:
             doc_chunk_start=torch.cumsum(counts, 0) - counts,
             num_docs=n,
             prepared=prepared,
+            per_doc=prep is not None and prep.per_doc,
         )
+
+
+def _row_slots(seg: LoadedSegment, slot_of: Tensor, n: int) -> Tensor:
+    """Slot of every row of ``seg``'s prepared keys ([C] chunks, or [n_local] documents when per_doc),
+    int32; ``n`` (the dummy) for deleted documents and documents without chunks."""
+    if seg.per_doc:
+        has_chunks = torch.bincount(seg.chunk_doc, minlength=seg.num_docs).to(slot_of.device) > 0
+        live = (slot_of >= 0) & has_chunks
+        return torch.where(live, slot_of, n).to(torch.int32)
+    rows = slot_of[seg.chunk_doc]
+    return torch.where(rows >= 0, rows, n).to(torch.int32)
 
 
 @dataclass(frozen=True)
@@ -240,7 +277,8 @@ class BankSnapshot:
         )  # fmt: skip
 
     def routing_keys(self, layer: int) -> tuple[RoutingKeys, Tensor]:
-        """The layer's prepared keys over all loaded segments ([C, Hkv*D]) and chunk slots [C] int32.
+        """The layer's prepared keys over all loaded segments ([R, Hkv*D]: R chunks, or documents with
+        per-document keys) and the slot of every row [R] int32 (N, a dummy, for deleted documents).
 
         Built on first use. After concatenating, every segment's prepared keys become views of the
         concatenation, so the per-segment copies are freed: one copy per layer stays resident.
@@ -248,8 +286,8 @@ class BankSnapshot:
         with self._fused_lock:
             if self._chunk_slot is None:
                 n = self.num_docs
-                parts = [torch.where(so[s.chunk_doc] >= 0, so[s.chunk_doc], n) for s, so in zip(self.segments, self._slot_of)]
-                self._chunk_slot = torch.cat(parts).to(torch.int32)
+                self._chunk_slot = torch.cat([_row_slots(s, so, n) for s, so in zip(self.segments, self._slot_of)])
+                self._has_dead = bool((self._chunk_slot == n).any())
             keys = self._fused_keys.get(layer)
             if keys is None:
                 parts = [s.prepared[layer] for s in self.segments]  # type: ignore[index]

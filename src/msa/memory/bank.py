@@ -206,8 +206,10 @@ class MemoryBank:
         content_tier: "host" (content K/V in RAM, pinned on CUDA) or "disk" (memory-mapped segments).
         routing_dtype: "bf16" or "fp8": the routing keys the device keeps for the fused routing kernel
             (fp8: e4m3 + a scale per chunk, half the bytes and device memory; the segment files are
-            unchanged). Applies with head mean, chunk max and query max or mean reductions (fp8 with
-            others raises ValueError); bf16 on the CPU routes by the exact tiled path.
+            unchanged). Applies with head mean, chunk max and query max or mean reductions, and with
+            head, query and chunk means (one row per document, the mean of its chunks' keys: "bf16"
+            keeps it in float32, on any device); fp8 with other reductions raises ValueError; bf16 on
+            the CPU with chunk max routes by the exact tiled path.
         fp8_rescore: with fp8 keys, the kernel returns fp8_rescore * k candidates that are scored again
             exactly from the raw keys on the host (0: plain fp8 selection). Measured on a trained
             model's bank: see bench/results/fp8_recall_cpu.json.
