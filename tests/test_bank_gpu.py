@@ -13,6 +13,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 TEXTS = [f"Document {i}: Alice {i} was born in Paris and works as a chemist number {i * 7}." * (1 + i % 4) for i in range(60)]
 
 
+def _route_both(snap, dense, layer: int, g: torch.Generator, k: int):
+    """The same random bfloat16 router queries (3 questions, 9 tokens) routed by the bank and the dense reference."""
+    q = torch.randn(3, 9, 4, 16, generator=g).to("cuda", torch.bfloat16)
+    mask = torch.rand(3, 9, generator=g) < 0.7
+    mask[:, 0] = True
+    return snap.route(layer, q, mask.cuda(), k), dense.route(layer, q, mask.cuda(), k)
+
+
 @pytest.mark.parametrize("tier", ["host", "disk"])
 def test_bank_on_cuda_equals_dense(tmp_path, tier):
     tok = build_tiny_tokenizer()
@@ -25,11 +33,7 @@ def test_bank_on_cuda_equals_dense(tmp_path, tier):
     dense = DenseMemoryAccess(snap.materialize(), model.routing_options())
     g = torch.Generator().manual_seed(0)
     for layer in model.router_layers:
-        q = torch.randn(3, 9, 4, 16, generator=g).to("cuda", torch.bfloat16)
-        mask = torch.rand(3, 9, generator=g) < 0.7
-        mask[:, 0] = True
-        a = snap.route(layer, q, mask.cuda(), 4)
-        b = dense.route(layer, q, mask.cuda(), 4)
+        a, b = _route_both(snap, dense, layer, g, 4)
         assert torch.equal(a.docs.cpu(), b.docs.cpu())
         ka, va, ma = snap.fetch(layer, a.docs)
         kb, vb, mb = dense.fetch(layer, b.docs)
@@ -55,10 +59,6 @@ def test_mean_routing_bank_on_cuda_equals_dense(tmp_path):
         for layer in model.router_layers:
             keys, _ = snap.routing_keys(layer)
             assert keys.keys.is_cuda and keys.keys.dtype == torch.float32 and keys.num_chunks == len(TEXTS)
-            q = torch.randn(3, 9, 4, 16, generator=g).to("cuda", torch.bfloat16)
-            mask = torch.rand(3, 9, generator=g) < 0.7
-            mask[:, 0] = True
-            a = snap.route(layer, q, mask.cuda(), 8)
-            b = dense.route(layer, q, mask.cuda(), 8)
+            a, b = _route_both(snap, dense, layer, g, 8)
             assert torch.equal(a.docs.cpu(), b.docs.cpu())
             torch.testing.assert_close(a.scores.cpu(), b.scores.cpu(), rtol=1e-5, atol=1e-5)
