@@ -150,14 +150,13 @@ class LoadedSegment:
             raise BankCorruptError(str(path), "chunk/document counts differ from the catalog")
         counts = torch.bincount(chunk_doc, minlength=n)
         prepared = None
-        if prep is not None and prep.per_doc:
-            # document means on the host (deterministic order), then the rows to the device
-            prepared = {i: prepare_doc_mean_keys(t[f"{i}.routing_keys"], chunk_doc, n, prep.cosine, prep.dtype).to(device)
-                        for i in layers}  # fmt: skip
-            routing = {i: t[f"{i}.routing_keys"] for i in layers}
-        elif prep is not None:
+        if prep is not None:
             # Only the prepared keys live on the device; the raw ones stay on the host for materialize().
-            prepared = {i: prepare_routing_keys(t[f"{i}.routing_keys"].to(device), prep.cosine, prep.dtype) for i in layers}
+            if prep.per_doc:  # document means on the host (deterministic order), then the rows to the device
+                prepared = {i: prepare_doc_mean_keys(t[f"{i}.routing_keys"], chunk_doc, n, prep.cosine, prep.dtype).to(device)
+                            for i in layers}  # fmt: skip
+            else:
+                prepared = {i: prepare_routing_keys(t[f"{i}.routing_keys"].to(device), prep.cosine, prep.dtype) for i in layers}
             routing = {i: t[f"{i}.routing_keys"] for i in layers}
         else:
             # clone: on the CPU .to() is a no-op and the disk tier must not route from the mapping
@@ -176,13 +175,9 @@ class LoadedSegment:
 
 
 def _row_slots(seg: LoadedSegment, slot_of: Tensor, n: int) -> Tensor:
-    """Slot of every row of ``seg``'s prepared keys ([C] chunks, or [n_local] documents when per_doc),
-    int32; ``n`` (the dummy) for deleted documents and documents without chunks."""
-    if seg.per_doc:
-        has_chunks = torch.bincount(seg.chunk_doc, minlength=seg.num_docs).to(slot_of.device) > 0
-        live = (slot_of >= 0) & has_chunks
-        return torch.where(live, slot_of, n).to(torch.int32)
-    rows = slot_of[seg.chunk_doc]
+    """Slot of every row of ``seg``'s prepared keys ([C] chunks, or [n_local] documents when per_doc;
+    every stored document has a chunk), int32; ``n`` (the dummy) for deleted documents."""
+    rows = slot_of if seg.per_doc else slot_of[seg.chunk_doc]
     return torch.where(rows >= 0, rows, n).to(torch.int32)
 
 
@@ -287,7 +282,6 @@ class BankSnapshot:
             if self._chunk_slot is None:
                 n = self.num_docs
                 self._chunk_slot = torch.cat([_row_slots(s, so, n) for s, so in zip(self.segments, self._slot_of)])
-                self._has_dead = bool((self._chunk_slot == n).any())
             keys = self._fused_keys.get(layer)
             if keys is None:
                 parts = [s.prepared[layer] for s in self.segments]  # type: ignore[index]
