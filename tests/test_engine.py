@@ -5,7 +5,6 @@ import torch
 
 from msa import MSAConfig, MSAForCausalLM, ModelConfig
 from msa.engine import Engine, InMemoryView
-from msa.engine.engine import LOOKUP_K, snap_name
 from msa.prompt import QUERY, encode_segments, query_segments
 from msa.tokenizer import train_tokenizer
 
@@ -121,27 +120,108 @@ def test_batch_equals_single(setup):
         assert single.transcript == a.transcript
 
 
-def test_routed_doc_choice_reads_the_routers_best_unread_documents(setup):
-    """doc_choice="routed": the model's ids only say how many documents a round reads; which ones is
-    the router's ranking of that round (last router layer, best first), never a document read before."""
+def _route_alone(tok, model, view, prompt, text):
+    """The engine's routing of one request, by hand: the text as a round-1 question, last router layer."""
+    ids, dids = encode_segments(tok, query_segments(prompt, text))
+    ids, q = torch.tensor([ids]), torch.tensor([dids]) == QUERY
+    r = model.prefill(ids, torch.ones_like(ids), q, memory=view, prefix=view.prefix, last_only=True)
+    r = r.routings[max(model.router_layers)]
+    return [int(view.slot_ids[d]) for d in r.docs[0][r.scores[0].argsort(descending=True)] if d >= 0]
+
+
+def test_routed_doc_choice_routes_each_request_and_reads_its_best_unread_document(setup):
+    """doc_choice="routed": each request the model writes is routed on its own (one batched prefill
+    for the round) and its best document not read before is read; ids are requests like any other."""
     tok, model, view = setup
-    script = "[999]<|object_ref_end|>[5][6]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
-    scripted = Scripted(model, tok.encode(script, add_special_tokens=False))
+
+    class Counting(Scripted):  # the requests' routing runs the real model: it generates nothing
+        def prefill(self, ids, *a, **k):
+            if ids.shape[0] > 1 or "born" not in tok.decode(ids[0]):
+                self.routings += 1
+                return self.model.prefill(ids, *a, **k)
+            return super().prefill(ids, *a, **k)
+
+    script = "[Person 7]<|object_ref_end|>[Person 7][4]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
+    scripted = Counting(model, tok.encode(script, add_special_tokens=False))
+    scripted.routings = 0
     engine = Engine(scripted, tok, view, device="cpu", doc_choice="routed")
-    ans = engine.ask("Where was person 7 born?", return_routing=True)
-    last = max(model.router_layers)
-
-    def ranked(info):
-        return [d for d, _ in sorted(info.routing[last], key=lambda x: -x[1])]
-
-    first = ranked(ans.rounds[0])
-    assert ans.rounds[0].requested == [999] and ans.rounds[0].unknown == [999]
-    assert ans.rounds[0].retrieved == first[:1]
-    second = [d for d in ranked(ans.rounds[1]) if d not in first[:1]]
-    assert ans.rounds[1].requested == [5, 6] and ans.rounds[1].retrieved == second[:2]
-    assert ans.text == "Paris" and scripted.prefills == 3
+    ans = engine.ask("Where was Person 7 born?")
+    alone = _route_alone(tok, model, view, engine.prompt, "Person 7")
+    assert ans.rounds[0].requests == ["Person 7"] and ans.rounds[0].requested == []
+    assert ans.rounds[0].retrieved == alone[:1]
+    # round 2: the same request reads its next best document; "4" is routed like any other request
+    four = _route_alone(tok, model, view, engine.prompt, "4")
+    assert ans.rounds[1].requests == ["Person 7", "4"] and ans.rounds[1].requested == [4]
+    second = alone[1]
+    assert ans.rounds[1].retrieved == [second, next(d for d in four if d not in (alone[0], second))]
+    assert ans.text == "Paris" and scripted.routings == 2 and "choose" in ans.timings
     read = sum(ans.doc_ids, [])
     assert len(read) == len(set(read)) == 3
+
+
+class _Oracle:
+    """A user strategy: always reads document 5 (the engine takes any object with choose())."""
+
+    name = "oracle"
+
+    def choose(self, ctx, requests, seen):
+        from msa.engine.choice import Choice
+
+        return [Choice(read=[5] if 5 not in s else []) for s in seen]
+
+
+def test_engine_takes_a_strategy_object(setup):
+    tok, model, view = setup
+    script = "[x]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
+    scripted = Scripted(model, tok.encode(script, add_special_tokens=False))
+    ans = Engine(scripted, tok, view, device="cpu", doc_choice=_Oracle()).ask("q?")
+    assert ans.rounds[0].retrieved == [5] and ans.rounds[0].requests == ["x"] and DOCS[5] in ans.transcript
+    with pytest.raises(TypeError, match="choose"):
+        Engine(model, tok, view, doc_choice=object())
+
+
+def test_the_engine_knows_no_corpus():
+    """The answer path holds no corpus-specific code: the engine package imports no corpus module
+    and no strategy matches strings of documents; the defaults are general protocols."""
+    import ast
+    import pathlib
+
+    import msa.engine
+
+    root = pathlib.Path(msa.engine.__file__).parent
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in mods if m.startswith(("msa.data", "msa.eval", "msa.parallel", "difflib"))], path
+    assert MSAConfig().doc_choice == "generated"
+    from msa.engine import DOC_CHOICES
+
+    assert set(DOC_CHOICES) == {"generated", "routed"}
+
+
+def test_stop_rules_are_token_ids_compiled_once(setup):
+    from msa.engine.stops import StopRules, ends_with
+
+    tok, model, view = setup
+    rules = Engine(model, tok, view).stops
+    assert rules == StopRules.compile(tok, Engine(model, tok, view).prompt)
+    assert rules.round_end == (tok.convert_tokens_to_ids("<|object_ref_end|>"),)
+    assert rules.end_of_retrieval == tuple(tok.encode("<End-of-Retrieve>", add_special_tokens=False))
+    assert tok.convert_tokens_to_ids("<|im_end|>") in rules.eos
+    assert ends_with([9, *rules.end_of_retrieval], rules.end_of_retrieval)
+    assert not ends_with(list(rules.end_of_retrieval[:-1]), rules.end_of_retrieval)
+
+
+def test_on_token_streams_every_generated_token(setup):
+    tok, model, view = setup
+    script = "[3]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
+    scripted = Scripted(model, tok.encode(script, add_special_tokens=False))
+    seen = []
+    ans = Engine(scripted, tok, view, device="cpu").ask("q?", on_token=lambda i, t: seen.append((i, t)))
+    assert {i for i, _ in seen} == {0} and ans.text == "Paris"
+    streamed = "".join(t for _, t in seen)
+    assert streamed.startswith("[3]<|object_ref_end|>") and streamed.endswith("Paris<|im_end|>")
 
 
 def test_doc_choice_default_comes_from_the_config_and_is_checked(setup):
@@ -149,111 +229,8 @@ def test_doc_choice_default_comes_from_the_config_and_is_checked(setup):
     assert Engine(model, tok, view).doc_choice == "generated"
     with pytest.raises(ValueError, match="doc_choice"):
         Engine(model, tok, view, doc_choice="oracle")
+    assert MSAConfig.from_dict({"doc_choice": "named"}, official=False).doc_choice == "routed"  # msa-bios-tiny
     cfg = MSAConfig(doc_choice="routed")
     cfg.validate()
     with pytest.raises(ValueError, match="doc_choice"):
         MSAConfig(doc_choice="best").validate()
-
-
-def test_named_doc_choice_reads_the_best_unread_document_for_each_name(setup):
-    """doc_choice="named": a written name is routed on its own as ``PromptFormat.lookup`` (one batched
-    prefill) and its best unread document is read; a numeric request reads the round's routing."""
-    tok, model, view = setup
-
-    class Lookups(Scripted):  # lookups run the real model: they generate nothing
-        def prefill(self, ids, *a, **k):
-            if "Who is" in tok.decode(ids[0]):
-                self.lookups += 1
-                return self.model.prefill(ids, *a, **k)
-            return super().prefill(ids, *a, **k)
-
-    script = "[Person 7]<|object_ref_end|>[Person 7][4]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
-    scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
-    scripted.lookups = 0
-    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", name_match=False, lookup_k=3)
-    ans = engine.ask("Where was Person 7 born?", return_routing=True)
-    last = max(model.router_layers)
-
-    def lookup(name, top_k=None):  # the engine's lookup, by hand
-        ids, dids = encode_segments(tok, query_segments(engine.prompt, engine.prompt.lookup.format(request=name)))
-        ids, q = torch.tensor([ids]), torch.tensor([dids]) == QUERY
-        r = model.prefill(ids, torch.ones_like(ids), q, memory=view.access(), prefix=view.prefix, last_only=True,
-                          top_k=top_k).routings[last]  # fmt: skip
-        return [int(view.slot_ids()[d]) for d in r.docs[0][r.scores[0].argsort(descending=True)] if d >= 0]
-
-    ranked = lookup("Person 7")
-    assert ans.rounds[0].named == ["Person 7"] and ans.rounds[0].requested == []
-    assert ans.rounds[0].retrieved == ranked[:1]
-    # round 2: the same name again reads its next best document; [4] reads the round's routing
-    assert ans.rounds[1].named == ["Person 7"] and ans.rounds[1].requested == [4]
-    first = ranked[1]
-    routed = [d for d, _ in sorted(ans.rounds[1].routing[last], key=lambda x: -x[1])]
-    assert ans.rounds[1].retrieved == [first, next(d for d in routed if d not in (ranked[0], first))]
-    assert ans.text == "Paris" and scripted.lookups == 2 and "lookup" in ans.timings
-    read = sum(ans.doc_ids, [])
-    assert len(read) == len(set(read)) == 3
-
-    # name_match (default): the lookup's top-k is re-ordered by mention of the name before the pick
-    scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
-    scripted.lookups = 0
-    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", lookup_k=3)
-    engine._mentioning_first = lambda name, ranked: ranked[::-1]
-    assert engine.ask("Where was Person 7 born?").rounds[0].retrieved == ranked[-1:]
-
-    # lookup_k: the lookup's candidates are the router's top lookup_k (here 8 of 12, the model's top_k is 3)
-    wide = lookup("Person 7", top_k=8)
-    assert len(wide) == 8 and wide[:3] == ranked
-    scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
-    scripted.lookups = 0
-    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", lookup_k=8)
-    engine._mentioning_first = lambda name, ranked: ranked[::-1]
-    assert engine.ask("Where was Person 7 born?").rounds[0].retrieved == wide[-1:]
-    # the default (LOOKUP_K = 256) is more than this memory holds: every document is a candidate
-    scripted = Lookups(model, tok.encode(script, add_special_tokens=False))
-    scripted.lookups = 0
-    engine = Engine(scripted, tok, view, device="cpu", doc_choice="named")
-    engine._mentioning_first = lambda name, ranked: ranked[::-1]
-    assert engine.lookup_k == LOOKUP_K > len(DOCS)
-    assert engine.ask("Where was Person 7 born?").rounds[0].retrieved == lookup("Person 7", top_k=len(DOCS))[-1:]
-    for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="lookup_k"):
-            Engine(model, tok, view, device="cpu", doc_choice="named", lookup_k=bad)
-
-
-def test_snap_name_replaces_a_name_the_model_could_not_have_copied():
-    question = "In which field did Dareus Drenus earn a degree?"
-    assert snap_name("Daleus Drenus", question) == "Dareus Drenus"
-    assert snap_name("Dareus Drenus", question) == "Dareus Drenus"  # present: kept
-    assert snap_name("Dareus", question + " Dareus's mentor") == "Dareus"
-    assert snap_name("Marovys Holmore", question) == "Marovys Holmore"  # nothing alike: kept
-    # the earliest of equally similar runs; the documents read count as seen text
-    assert snap_name("Ann Bx", "Ann Bz and Ann By") == "Ann Bz"
-    # only runs capitalised like the name: "Fenoved earned" is closer, but not a name
-    bio = "Fenoved Brackova was born in Trefield. Fenoved earned a degree. His father was Aloan Rennstrom."
-    assert snap_name("Fenoved Rennster", bio) == "Aloan Rennstrom"
-    assert snap_name("Aloan Rennstrom was", bio) == "Aloan Rennstrom"  # copied a word too far
-    assert snap_name("the Alon Rennstrom", bio) == "Aloan Rennstrom"
-    assert snap_name("Anerele Sarnsen", question + "\nHer mentor was Anerelle Sarnsen.") == "Anerelle Sarnsen"
-
-
-def test_engine_snaps_miscopied_names_before_the_lookup(setup):
-    tok, model, view = setup
-    script = "[Persn 7]<|object_ref_end|><End-of-Retrieve>The answer to the question is: Paris<|im_end|>"
-    runs = {}
-    for snap in (True, False):
-        scripted = Scripted(model, tok.encode(script, add_special_tokens=False))
-        engine = Engine(scripted, tok, view, device="cpu", doc_choice="named", lookup_k=len(DOCS), snap_names=snap)
-        runs[snap] = engine.ask("Where was Person 7 born?").rounds[0]
-    assert runs[True].snapped == {"Persn 7": "Person 7"} and runs[True].named == ["Person 7"]
-    assert runs[False].snapped == {} and runs[False].named == ["Persn 7"]
-    # snapped, the lookup is about the person of the question: name_match (all 12 documents are candidates)
-    # reads the one document naming them
-    assert runs[True].retrieved == [7]
-
-
-def test_name_match_puts_documents_that_mention_the_name_first(setup):
-    tok, model, view = setup
-    engine = Engine(model, tok, view, device="cpu", doc_choice="named")
-    assert engine._mentioning_first("Person 7", [3, 7, 5]) == [7, 3, 5]
-    # "firm1" is in documents 1, 10 and 11; document 1 names it earliest; ties keep the router's order
-    assert engine._mentioning_first("firm1", [11, 2, 10, 1]) == [1, 11, 10, 2]

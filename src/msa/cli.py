@@ -132,9 +132,9 @@ def cmd_ask(args) -> int:
     else:
         print(answer.text)
         for r, info in enumerate(answer.rounds, 1):
-            asked = f"asked for {info.named}, " if info.named else ""
+            asked = f"asked for {info.requests}, " if info.requests else ""
             unknown = f", unknown ids {info.unknown}" if info.unknown else ""
-            seconds = sum(v for k, v in info.timings.items() if k in ("prefill", "decode", "lookup"))
+            seconds = sum(v for k, v in info.timings.items() if k in ("prefill", "decode", "choose"))
             print(f"  round {r}: {asked}retrieved {info.retrieved}{unknown} ({seconds:.2f} s)")
     return 0
 
@@ -183,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--no-interleave", action="store_true", help="one retrieval round only")
     q.add_argument("--doc-choice", default=None, choices=DOC_CHOICES,
-                   help="documents Memory Interleave reads: the ids the model writes (official), the "
-                        "router's best unread ones (routed), or the best unread one for each name the model "
-                        "writes (named) (default: the model's msa.doc_choice)")
+                   help="documents Memory Interleave reads: the ids the model writes (official), or for each "
+                        "request the model writes the router's best unread document for it (routed) "
+                        "(default: the model's msa.doc_choice)")
     q.add_argument("--max-rounds", type=int, default=4)
     q.add_argument("--max-new-tokens", type=int, default=256)
     q.add_argument("--routing", action="store_true", help="include per-layer routing in --json output")

@@ -10,7 +10,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-DOC_CHOICES = ("generated", "routed", "named")  # MSAConfig.doc_choice: which documents Memory Interleave reads
+DOC_CHOICES = ("generated", "routed")  # MSAConfig.doc_choice: which documents Memory Interleave reads (msa.engine.choice)
+LEGACY_DOC_CHOICES = {"named": "routed"}  # saved by msa-bios-tiny: its requests are routed as "routed" routes them
 AUX_LOSS_METHODS = ("INFONCE", "INFONCE_FOCAL", "INFONCE_DECOUPLE", "INFONCE_DECOUPLE_FOCAL", "BCE")
 
 
@@ -33,11 +34,10 @@ class MSAConfig:
     prompt_format: the prompt layout the model was trained with (msa.prompt.PROMPT_FORMATS): "official"
         (the release's, the default and what official checkpoints get) or "question" (ours: the routing
         query is the question alone). Engines and the training collator read it from the config.
-    doc_choice: which documents Memory Interleave reads: "generated" (official: the ids the model
-        writes), "routed" (ours: the router's best unread documents, as many as the model asks for) or
-        "named" (ours: the model writes who it needs, ``[NAME]``, and the engine reads the best unread
-        document for the question ``PromptFormat.lookup`` about it; a numeric request is "routed");
-        msa.engine.engine. The Engine's default.
+    doc_choice: which documents Memory Interleave reads (msa.engine.choice): "generated" (official:
+        the ids the model writes) or "routed" (ours: each request the model writes is routed on its
+        own and its best unread document is read). The Engine's default. A saved "named" reads as
+        "routed".
     routing_cosine: cosine routing scores (True) or raw dot / sqrt(D) (False) in training AND inference;
         None = what the official code does for ``aux_loss_method`` (training cosine for INFONCE*,
         inference cosine only for exactly "INFONCE"), needed to reproduce MSA-4B numbers.
@@ -161,6 +161,8 @@ class MSAConfig:
         if unknown:
             logger.info("msa_config: ignoring keys %s (not used by this implementation)", unknown)
         kwargs = {k: v for k, v in d.items() if k in names}
+        if kwargs.get("doc_choice") in LEGACY_DOC_CHOICES:
+            kwargs["doc_choice"] = LEGACY_DOC_CHOICES[kwargs["doc_choice"]]
         if official:
             for key in cls.OFFICIAL_KEYS:
                 kwargs.setdefault(key, None)

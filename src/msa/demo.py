@@ -75,12 +75,8 @@ def _ask(cfg: DemoConfig, world: BiosWorld, engine: Engine, out) -> dict:
         out(f"\nQ ({q.kind}-hop): {q.text}\n  gold documents {list(q.gold_ids)}, gold answer {q.answer!r}")
         for r, info in enumerate(a.rounds):
             layer = max(info.routing)
-            slips = ""
-            if info.snapped:
-                slips = f" (written {', '.join(map(repr, info.snapped))}, snapped to the text it has seen)"
-            named = f"; model asked for {info.named or info.requested}{slips}"
-            asked = {"routed": "", "named": named}.get(
-                engine.doc_choice, f"; model asked for {info.requested}, unknown {info.unknown}")
+            unknown = f", unknown {info.unknown}" if info.unknown else ""
+            asked = f"; model asked for {info.requests}{unknown}"
             out(f"  round {r + 1}: router top-8 {[d for d, _ in info.routing[layer][:8]]}{asked}; read {info.retrieved}")
         mark = "right" if exact_match(a.text, q.answer) else "wrong"
         out(f"  answer: {a.text[:80]!r} ({mark})")

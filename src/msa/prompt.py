@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 # doc_ids conventions (MSA_SPEC Part B 3.1)
 QUERY, RESPONSE, TEMPLATE = 0, -1, -2
@@ -18,7 +18,6 @@ class PromptFormat:
     turn_end (doc_ids -2) and response_head (doc_ids -1) follow; the model continues after them.
     round_end: ends a retrieval round (after the generated ids); end_of_retrieval: no more documents;
     question_block: appended after end_of_retrieval; answer_lead: precedes the answer.
-    lookup: with ``doc_choice="named"``, the question a written request (``[NAME]``) is routed as.
     """
 
     memory_prefix: str = "<|im_start|>user\n"
@@ -32,7 +31,12 @@ class PromptFormat:
     question_block: str = "<|im_start|>The user's question is: {question}\n<|object_ref_end|>"
     answer_lead: str = "The answer to the question is: "
     end_of_turn: str = "<|im_end|>"
-    lookup: str = "Who is {request}?"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, str]) -> "PromptFormat":
+        """From a stored dict (a bank manifest); keys of older versions that no longer exist are dropped."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def format_document(self, gid: int | str, text: str) -> str:
         return self.document.format(gid=gid, text=text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from msa.model import CompressedMemory, MemoryAccess, MSAForCausalLM, PrefixCache
+from msa.model import CompressedMemory, MSAForCausalLM, PrefixCache
 from msa.prompt import OFFICIAL, PromptFormat
 
 
@@ -27,11 +27,19 @@ class InMemoryView:
         self.prefix: PrefixCache = model.encode_prefix(tokenizer.encode(prompt.memory_prefix, add_special_tokens=False))
         self._access = model.memory_access(self.memory)
 
-    def access(self) -> MemoryAccess:
-        return self._access
+    def snapshot(self) -> "InMemoryView":
+        """The view itself: it never changes (``route``/``fetch``/``slot_ids``/``text``)."""
+        return self
 
+    @property
     def slot_ids(self) -> Tensor:
         return self.memory.doc_ids
+
+    def route(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int):
+        return self._access.route(layer, q_router, query_mask, k)
+
+    def fetch(self, layer: int, docs: Tensor):
+        return self._access.fetch(layer, docs)
 
     def text(self, doc_id: int) -> str | None:
         return self.texts.get(doc_id)

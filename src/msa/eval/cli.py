@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from msa.config import DOC_CHOICES
 from msa.data.ruler import TASKS
 
 logger = logging.getLogger(__name__)
@@ -66,13 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ruler-samples", type=int, default=4)
     s.add_argument("--ruler-doc-tokens", type=int, default=512)
     s.add_argument("--no-records", action="store_true", help="do not write per-question records")
-    s.add_argument("--no-name-match", action="store_true",
-                   help='doc_choice "named": read the lookup\'s top document as routed (no name re-ordering)')
-    s.add_argument("--no-snap-names", action="store_true",
-                   help='doc_choice "named": look up a written name as it is, even when the model has not seen it')
-    s.add_argument("--lookup-k", type=int, default=None,
-                   help='doc_choice "named": candidates a lookup routes to (default msa.engine.engine.LOOKUP_K, 256; '
-                        'the model\'s top_k: the router\'s own choice)')
+    s.add_argument("--doc-choice", default=None, choices=DOC_CHOICES,
+                   help="documents Memory Interleave reads (default: the model's msa.doc_choice)")
 
     r = sub.add_parser("rag", help="dense RAG top-k and full-context baselines on the same questions")
     _common(r)
@@ -98,7 +94,6 @@ def bench_main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.bench == "scaling":
-        from msa.engine.engine import LOOKUP_K
         from msa.eval.scaling import DEFAULT_RULER_CONTEXTS, DEFAULT_SIZES, ScalingConfig, run_scaling
 
         tasks = tuple(t for t in args.ruler_tasks.split(",") if t)
@@ -114,8 +109,7 @@ def bench_main(argv: list[str] | None = None) -> int:
             max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size or 1,
             ruler_contexts=DEFAULT_RULER_CONTEXTS if args.ruler_contexts is None else args.ruler_contexts,
             ruler_tasks=tasks, ruler_samples=args.ruler_samples, ruler_doc_tokens=args.ruler_doc_tokens,
-            device=args.device, records=not args.no_records, name_match=not args.no_name_match,
-            lookup_k=LOOKUP_K if args.lookup_k is None else args.lookup_k, snap_names=not args.no_snap_names,
+            device=args.device, records=not args.no_records, doc_choice=args.doc_choice,
         )  # fmt: skip
         if cfg.model is None:
             print("msa bench scaling: --model is required", file=sys.stderr)

@@ -51,7 +51,6 @@ import numpy as np
 
 from msa.data.bios import BiosConfig, BiosWorld, Question
 from msa.data.ruler import TASKS, make_sample, segment_context
-from msa.engine.engine import LOOKUP_K
 from msa.eval.metrics import contains_answer, exact_match, retrieval_scores, ruler_score, summarize, token_f1
 
 logger = logging.getLogger(__name__)
@@ -133,10 +132,8 @@ class ScalingConfig:
     device: str | None = None
     add_batch_docs: int = 8192
     records: bool = True
-    name_match: bool = True  # Engine(name_match=...): with doc_choice "named", prefer documents naming the request
-    lookup_k: int = LOOKUP_K  # Engine(lookup_k=...): candidates of a named lookup
     question_pool: int = DEFAULT_SIZES[0]  # tokens: questions are about the people of a memory this size
-    snap_names: bool = True  # Engine(snap_names=...): a miscopied name is read as the nearest one seen
+    doc_choice: str | None = None  # Engine(doc_choice=...); None: the model's msa.doc_choice
 
 
 # -- memories -------------------------------------------------------------------------------------------
@@ -340,8 +337,7 @@ def _write_records(path: Path, section: str, records: list[dict[str, Any]], extr
 def _engine(cfg: ScalingConfig, model, tokenizer, bank):
     from msa.engine import Engine
 
-    return Engine(model, tokenizer, bank, device=cfg.device, name_match=cfg.name_match, lookup_k=cfg.lookup_k,
-                  snap_names=cfg.snap_names)  # fmt: skip
+    return Engine(model, tokenizer, bank, device=cfg.device, doc_choice=cfg.doc_choice)
 
 
 def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any]:

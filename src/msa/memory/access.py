@@ -23,6 +23,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -201,7 +202,8 @@ class BankSnapshot:
 
     def __init__(self, segments: list[LoadedSegment], rows: list[DocRow], seg_index: dict[int, int],
                  generation: int, options: RoutingOptions, device: torch.device, tile_chunks: int,
-                 prefix: PrefixCache | None = None, rescore: int = 0):  # fmt: skip
+                 prefix: PrefixCache | None = None, rescore: int = 0,
+                 text: Callable[[int], str | None] | None = None):  # fmt: skip
         if tile_chunks < 1:
             raise ValueError(f"tile_chunks must be >= 1, got {tile_chunks}")
         self.segments = segments
@@ -222,6 +224,7 @@ class BankSnapshot:
             loc.append((si, r.chunk_start, r.num_chunks))
             lengths.append(r.num_tokens)
         self.slot_to_id = torch.tensor(ids, dtype=torch.long)
+        self._text = text
         self.doc_lengths = torch.tensor(lengths, dtype=torch.long)
         self._loc = loc
         self._slot_of = [s.to(device) for s in slot_of]
@@ -231,6 +234,15 @@ class BankSnapshot:
         self._fused_keys: dict[int, RoutingKeys] = {}
         self._chunk_slot: Tensor | None = None  # [C] int32 slot of every loaded chunk, N for deleted ones
         self._has_dead = any(bool((s < 0).any()) for s in slot_of)
+
+    @property
+    def slot_ids(self) -> Tensor:
+        """[N] long bank id of every slot (the engine's MemorySnapshot)."""
+        return self.slot_to_id
+
+    def text(self, doc_id: int) -> str | None:
+        """A document's original text, None if unknown."""
+        return self._text(doc_id) if self._text is not None else None
 
     @property
     def num_docs(self) -> int:

@@ -123,7 +123,7 @@ class MemoryBank:
         self.readonly = readonly
         self.content_tier = content_tier
         self.fingerprint: str = manifest["fingerprint"]
-        self.prompt = PromptFormat(**manifest["prompt"])
+        self.prompt = PromptFormat.from_dict(manifest["prompt"])
         self.routing_options = RoutingOptions(**manifest["routing"])
         self.router_layers: tuple[int, ...] = tuple(manifest["router_layers"])
         self.settings = BankSettings(**manifest["settings"])
@@ -334,12 +334,15 @@ class MemoryBank:
         return self._prefix
 
     def snapshot(self, tile_chunks: int | None = None, verify: bool = True) -> BankSnapshot:
-        """A consistent MemoryAccess over the live documents at the current catalog state.
+        """A consistent MemoryAccess over the live documents at the current catalog state; with the
+        default arguments the last one is returned again while no write has committed since.
 
         Segments already loaded by an earlier snapshot of this bank object are shared; new ones are
         loaded (checksum-verified unless ``verify=False``). Segments removed by a concurrent compaction
         between the catalog read and the load are handled by reading the catalog again.
         """
+        if tile_chunks is None and verify and self._view is not None and self._view.generation == self.generation:
+            return self._view
         for attempt in range(10):
             with self.catalog.read() as c:
                 segs = Catalog.segments(c)
@@ -354,19 +357,20 @@ class MemoryBank:
             with self._lock:
                 keep = {s.file for s in segs}
                 self._cache = {f: v for f, v in self._cache.items() if f in keep}
-            return BankSnapshot(
+            snap = BankSnapshot(
                 loaded, rows, {s.id: i for i, s in enumerate(segs)}, gen, self.routing_options, self.device,
                 tile_chunks or self.settings.tile_chunks, prefix=self.prefix,
-                rescore=self._routing_prep.rescore if self._routing_prep is not None else 0,
+                rescore=self._routing_prep.rescore if self._routing_prep is not None else 0, text=self.text,
             )  # fmt: skip
+            if tile_chunks is None and verify:
+                self._view = snap
+            return snap
         raise BankError("could not take a snapshot")  # unreachable in practice
 
     # -- the engine's MemoryView ------------------------------------------------------------------
     def access(self) -> BankSnapshot:
         """The current snapshot (a new one only when a write has committed since the last call)."""
-        if self._view is None or self._view.generation != self.generation:
-            self._view = self.snapshot()
-        return self._view
+        return self.snapshot()
 
     def slot_ids(self) -> torch.Tensor:
         """[N] long bank id of every slot of the snapshot last returned by ``access``."""

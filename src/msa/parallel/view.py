@@ -25,6 +25,17 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
+class _ShardedSnapshot:
+    def __init__(self, access: DistributedAccess, slot_ids: Tensor, text):
+        self.access, self.slot_ids, self.text = access, slot_ids, text
+
+    def route(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int):
+        return self.access.route(layer, q_router, query_mask, k)
+
+    def fetch(self, layer: int, docs: Tensor):
+        return self.access.fetch(layer, docs)
+
+
 class DistributedBankView:
     """MemoryView for ``Engine``: every rank opens the bank (read-only, catalog on a shared filesystem)
     and loads only its shard. ``slot_ids`` are global; ``text`` reads the catalog; ``access`` reloads
@@ -71,6 +82,10 @@ class DistributedBankView:
 
     def text(self, doc_id: int) -> str | None:
         return self.bank.text(doc_id)
+
+    def snapshot(self) -> "_ShardedSnapshot":
+        """The engine's MemorySnapshot: the collective access, global slot ids and texts."""
+        return _ShardedSnapshot(self.access(), self.slot_ids(), self.text)
 
     def __len__(self) -> int:
         return self.plan.layout.num_docs  # type: ignore[union-attr]

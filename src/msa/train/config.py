@@ -62,7 +62,7 @@ class DataConfig:
     micro_batch_size: samples per forward per rank; grad_accum: micro-batches per optimizer step.
     Global batch = micro_batch_size * grad_accum * world_size.
     answer_round_fraction: ``interleave_round`` / ``interleave_named`` only: share of answer rounds
-        (None = uniform over rounds). ``interleave_named`` trains the ``doc_choice="named"`` protocol
+        (None = uniform over rounds). ``interleave_named`` trains the ``doc_choice="routed"`` protocol
         and sets it in the model's config.
     answer_round_hide_read: ``interleave_round`` / ``interleave_named`` only: answer rounds leave the
         documents read so far out of the memory (their text stays appended), so answers must be read

@@ -95,7 +95,7 @@ class Trainer:
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.data, self.info)
         self.model = build_model(config.model).to(self.info.device)
         if config.data.target_format == "interleave_named":  # the saved model carries the protocol it learnt
-            self.model.config.msa.doc_choice = "named"
+            self.model.config.msa.doc_choice = "routed"  # its requests are routed on their own
         vocab = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else None
         if vocab is not None and vocab > self.model.config.vocab_size:
             raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is {self.model.config.vocab_size}")

@@ -34,10 +34,10 @@ Which tokens are targets, per format (``fmt`` = the official PromptFormat):
     the answer. The routing query (doc_id 0) is the question plus the latest appended text, exactly as
     the engine routes that round, so routing and id generation are trained on the query they will see.
 
-``interleave_named`` (``interleave_round`` for ``doc_choice="named"``)
+``interleave_named`` (``interleave_round`` for ``doc_choice="routed"``)
     the same rounds, but a retrieval round's request names the document's subject, ``[NAME]`` (from the
     sample's ``extra["names"]``; documents without a name keep their id): the model copies the name out
-    of the question or out of the text it read, and the engine routes ``PromptFormat.lookup`` about it.
+    of the question or out of the text it read, and the engine routes that request on its own.
 
 A sample whose ``target`` field is set uses it verbatim as one target segment (``literal_target``).
 """
