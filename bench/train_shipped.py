@@ -78,10 +78,13 @@ def evaluate(model, tok, people: int, questions: int, seed: int = 7, doc_choice:
     return out
 
 
+RECIPE = "bios_tiny"  # --recipe
+
+
 def _rate(overrides: list[str], num_docs: int, steps: int = 12, profile: Path | None = None) -> float:
     """Steps/s of the recipe at a fixed memory size (after 4 warm-up steps); with ``profile`` a
     torch.profiler table of 4 more steps is written there."""
-    cfg = load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides])
+    cfg = load_recipe(RECIPE, ["checkpoint.dir=", "logging.metrics_file=", *overrides])
     cfg.data.curriculum = [CurriculumStage(0, num_docs)]
     probe = Trainer(cfg)
     for _ in range(4):
@@ -118,7 +121,7 @@ def reading_stage(overrides: list[str], out: Path, steps: int, docs: int, deadli
     stage's ``model.init``."""
     log_file = out / "reading_log.jsonl"
     log_file.unlink(missing_ok=True)
-    cfg = load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides, *READING])
+    cfg = load_recipe(RECIPE, ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides, *READING])
     cfg.data.curriculum = [CurriculumStage(0, docs)]
     cfg.schedule.phases = [Phase("reading", steps=steps, lr=cfg.schedule.phases[-1].lr, lm_weight=1.0, aux_weight=0.0,
                                  warmup_steps=50)]  # fmt: skip
@@ -163,6 +166,7 @@ def save_model(trainer: Trainer, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--recipe", default=RECIPE, help="recipes/NAME.py")
     ap.add_argument("--minutes", type=float, default=8.0, help="training budget (probe included)")
     ap.add_argument("--snapshot-minutes", type=float, default=5.0)
     ap.add_argument("--out", default="runs/msa-bios-tiny")
@@ -179,6 +183,8 @@ def main() -> None:
     ap.add_argument("--reading-target", type=float, default=1.0, help="stage 0 stops at this held-out answer accuracy")
     ap.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
     args, overrides = ap.parse_known_args()
+    global RECIPE
+    RECIPE = args.recipe
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +192,7 @@ def main() -> None:
     if args.reading_steps:
         deadline = t_start + args.minutes * 60 * args.reading_max_share
         overrides = [*overrides, f"model.init={reading_stage(overrides, out, args.reading_steps, args.reading_docs, deadline, args.reading_target)}"]
-    base = load_recipe("bios_tiny", ["checkpoint.dir=", "logging.metrics_file=", *overrides])
+    base = load_recipe(RECIPE, ["checkpoint.dir=", "logging.metrics_file=", *overrides])
     docs = [int(x) for x in args.docs.split(",")] if args.docs else None
     if docs is not None and len(docs) != 3:
         ap.error("--docs takes three sizes (warm-up, middle, last stage)")
@@ -203,7 +209,7 @@ def main() -> None:
         log.info("probe: %.2f steps/s at %d docs, %.2f at %d docs -> %d steps", r_small, sizes[0], r_large, sizes[-1], steps)
     log_file = out / "training_log.jsonl"
     log_file.unlink(missing_ok=True)
-    cfg = rescale(load_recipe("bios_tiny", ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps, args.lr_scale,
+    cfg = rescale(load_recipe(RECIPE, ["checkpoint.dir=", f"logging.metrics_file={log_file}", *overrides]), steps, args.lr_scale,
                   args.warmup_fraction, docs)
     trainer = Trainer(cfg)
     t0 = time.perf_counter()
@@ -218,7 +224,7 @@ def main() -> None:
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tok_dir / f).exists():
             shutil.copy(tok_dir / f, out / f)
-    shutil.copy(Path(__file__).resolve().parents[1] / "recipes" / "bios_tiny.py", out / "recipe_bios_tiny.py")
+    shutil.copy(Path(__file__).resolve().parents[1] / "recipes" / f"{RECIPE}.py", out / f"recipe_{RECIPE}.py")
     result = {
         "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "steps_planned": steps, "steps": done, "train_seconds": train_s,

@@ -66,7 +66,7 @@ def recipe() -> TrainConfig:
         msa=MSAConfig(router_layer_idx="1", top_k_docs=16, pooling_kernel_size=8, query_reduce_method="mean",
                       template_len=4,  # our BPE splits "<|im_start|>user\n" into 4 tokens
                       chunk_reduce_method="mean", routing_cosine=True, prompt_format="question",
-                      doc_choice="named"),
+                      doc_choice="routed"),  # trained as "named", the name routing "routed" now is
     )  # fmt: skip
     return TrainConfig(
         model=ModelSpec(config=model, seed=0, router_init="mirror"),

@@ -61,6 +61,11 @@ from typing import Any
 import numpy as np
 
 from msa.data.jsonl import PathOrFile, write_jsonl
+from msa.data.bios_text import (
+    ATTRIBUTES, RELATIONS,
+    _COLLEAGUE, _EDUCATION, _FIELDS, _INTRO, _MENTOR, _MONTHS, _MULTI_ATTRIBUTES, _OCCUPATIONS, _PARENT,
+    _SPOUSE, _WORK, HELDOUT_LEADS, _article, _orders, _pools, _Pools, lead_in, question_templates,
+)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -81,134 +86,6 @@ _GEN = 256  # people per generation inside a block
 _BIRTH_YEAR0 = 1905
 _GEN_YEARS = 27
 _YEAR_SPAN = 10
-
-ATTRIBUTES: tuple[str, ...] = (
-    "birth_date",
-    "birth_city",
-    "university",
-    "field",
-    "employer",
-    "employer_city",
-    "occupation",
-)
-"""Attributes asked about, in single-hop questions and at the end of multi-hop chains."""
-
-RELATIONS: tuple[str, ...] = ("mentor", "parent", "spouse", "colleague")
-"""Relations between people; in a single-hop question a relation is asked as a name."""
-
-_MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)
-
-_FIELDS = (
-    "physics", "chemistry", "mathematics", "astronomy", "geology", "marine biology", "botany",
-    "zoology", "economics", "history", "philosophy", "linguistics", "architecture", "medicine",
-    "law", "music", "painting", "sculpture", "civil engineering", "mechanical engineering",
-    "electrical engineering", "computer science", "statistics", "sociology", "psychology",
-    "anthropology", "archaeology", "agriculture", "forestry", "oceanography", "meteorology",
-    "literature", "journalism", "theater", "nursing", "pharmacy", "veterinary science",
-    "political science", "urban planning", "materials science",
-)
-
-_OCCUPATIONS = (
-    "accountant", "architect", "baker", "biologist", "bookbinder", "cartographer", "chemist",
-    "clockmaker", "composer", "curator", "dentist", "designer", "diplomat", "editor", "engineer",
-    "economist", "geologist", "glassblower", "historian", "illustrator", "interpreter", "jeweler",
-    "judge", "librarian", "lighthouse keeper", "machinist", "mathematician", "midwife", "navigator",
-    "nurse", "optician", "pharmacist", "photographer", "physician", "pilot", "potter", "printer",
-    "surveyor", "teacher", "translator", "veterinarian", "violinist",
-)
-
-_EMPLOYER_SUFFIXES = (
-    "Systems", "Laboratories", "Holdings", "Foods", "Analytics", "Press", "Instruments", "Logistics",
-    "Textiles", "Pharmaceuticals", "Engineering", "Media", "Motors", "Robotics", "Energy",
-    "Shipping", "Optics", "Mining", "Insurance", "Publishing",
-)
-
-
-
-def _prefix_free(words: set[str]) -> tuple[str, ...]:
-    """Drop every word that is a proper prefix of another (sorted order makes this one pass)."""
-    ordered = sorted(words)
-    return tuple(w for w, nxt in zip(ordered, ordered[1:] + [""]) if not nxt.startswith(w))
-
-
-@dataclass(frozen=True)
-class _Pools:
-    first: tuple[str, ...]
-    first_female: np.ndarray  # [F] bool
-    last: tuple[str, ...]
-    cities: tuple[str, ...]
-    universities: tuple[str, ...]
-    employers: tuple[str, ...]
-
-
-@functools.lru_cache(maxsize=1)
-def _pools() -> _Pools:
-    """Build the fixed name pools (identical for every seed; the seed only permutes assignment)."""
-    onsets = (
-        "Al Am An Ar Bel Bram Cal Cor Dal Dar Del Dor El Em Fal Fen Gal Ger Hal Hel Il Is Jor Kal "
-        "Kel Lor Lys Mar Mer Mir Nal Nor Or Os Per Quel Ral Ros Sel Sol Tal Tor Ul Val Ven Wen Yor Zel"
-    ).split()
-    middles = ("", "a", "e", "i", "o", "ad", "an", "en", "er", "id", "is", "om", "ov", "ur")
-    female_ends = ("a", "ina", "elle", "ara", "ys", "ine", "ia", "wen", "eth", "ora")
-    male_ends = ("o", "an", "ric", "us", "in", "ar", "as", "ion", "ed", "ald")
-    first_gender: dict[str, bool] = {}
-    for onset, middle in itertools.product(onsets, middles):
-        for ends, female in ((female_ends, True), (male_ends, False)):
-            for end in ends:
-                name = onset + middle + end
-                # Skip awkward triple letters; keep the first gender a spelling was built with.
-                if any(a == b == c for a, b, c in zip(name, name[1:], name[2:])):
-                    continue
-                first_gender.setdefault(name, female)
-    first = tuple(sorted(first_gender))
-    first_female = np.array([first_gender[n] for n in first], dtype=bool)
-
-    heads = (
-        "Ash Bar Bren Carr Dalm Dren Elm Farr Gald Grev Hask Hol Ister Jarv Kest Lind Marl Mord "
-        "Norr Osk Pell Quen Rask Renn Sarn Stav Tarn Tess Ulm Varn Vess Wald Wyn Yarr Zorn Brack "
-        "Corv Dusk Fenn Harl Kerr Lask Morr Ness Orr Pask Rood Selk Thorn Vard"
-    ).split()
-    tails = (
-        "ane ard by dale den dane ell ett field ford gard holt ick ington is ley low mere mont more "
-        "ner ock ow rick sen ski son stead ster strom ton ven vik wick win worth ova ault ery arsk "
-        "idge ish ard eau us"
-    ).split()
-    last = _prefix_free({h + t for h, t in itertools.product(heads, tails)} - set(first))
-
-    city_heads = (
-        "Aber Bal Cairn Dun Ebb Fal Glen Hart Ivor Kil Lan Mon Nor Ost Pen Quar Ros Strath Tre Vel"
-    ).split()
-    city_tails = "bury holm mouth haven mere ford wick stead port vale gate field crest moor".split()
-    cities = _prefix_free({h + t for h, t in itertools.product(city_heads, city_tails)})
-
-    uni_stems = tuple(
-        h + t
-        for h, t in itertools.product(
-            "Ard Bel Cre Dom Esk Gar Hel Ith Lor Mal Ner Or Pra Sel Tav Ved".split(),
-            "anthe ory ellis ivan orum ester ingham".split(),
-        )
-    )
-    uni_forms = ("{} University", "University of {}", "{} Institute of Technology", "{} College")
-    universities = tuple(
-        uni_forms[k % len(uni_forms)].format(stem) for k, stem in enumerate(uni_stems)
-    )
-
-    emp_stems = tuple(
-        h + t
-        for h, t in itertools.product(
-            "Bran Cor Dax Ever Fal Gry Hex Lum Mav Nim Oak Pyr Quin Sol Tan Vox".split(),
-            "del ris tron ven ora ex ium line".split(),
-        )
-    )
-    employers = tuple(
-        f"{stem} {suffix}"
-        for k, stem in enumerate(emp_stems)
-        for suffix in (_EMPLOYER_SUFFIXES[k % 20], _EMPLOYER_SUFFIXES[(k * 7 + 3) % 20])
-    )
-    return _Pools(first, first_female, last, cities, universities, employers)
 
 
 _U64 = np.uint64
@@ -329,103 +206,6 @@ class Question:
         }
 
 
-# Placeholders: {S} subject (pronoun or first name, capitalised), {s} same lower-case where it can
-# be a pronoun, {P}/{p} possessive, {x} related person's full name, {rel} kinship word.
-
-_INTRO = (
-    "{name} was born on {date} in {city}.",
-    "{name} was born in {city} on {date}.",
-    "{name}, born on {date}, was a native of {city}.",
-    "{name} came from {city}, where {pron} was born on {date}.",
-    "On {date}, {name} was born in {city}.",
-)
-_EDUCATION = (
-    "{S} studied {field} at {uni}.",
-    "{S} earned a degree in {field} from {uni}.",
-    "At {uni}, {s} studied {field}.",
-    "{S} graduated from {uni} with a degree in {field}.",
-    "{S} attended {uni}, where {pron} focused on {field}.",
-)
-_WORK = (
-    "{S} worked as {occ} at {emp} in {ecity}.",
-    "{S} was employed by {emp} in {ecity} as {occ}.",
-    "{S} held a position as {occ} at {emp}, based in {ecity}.",
-    "For most of {p} career, {s} worked for {emp} in {ecity} as {occ}.",
-)
-_MENTOR = (
-    "{P} mentor was {x}.",
-    "{S} was mentored by {x}.",
-    "{x} served as {p} mentor.",
-    "{S} trained under the guidance of {x}.",
-)
-_PARENT = (
-    "{P} {rel} was {x}.",
-    "{x} was {p} {rel}.",
-    "{S} was raised by {p} {rel}, {x}.",
-    "{S} was the {child} of {x}.",
-)
-_SPOUSE = (
-    "{S} was married to {x}.",
-    "{P} {rel} was {x}.",
-    "{S} married {x}.",
-    "{x} was {p} spouse.",
-)
-_COLLEAGUE = (
-    "{P} colleague was {x}.",
-    "{S} worked alongside {x}.",
-    "Among {p} colleagues was {x}.",
-    "{S} shared an office with {x}.",
-)
-
-_SINGLE_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "birth_date": ("When was {who} born?", "What is the birth date of {who}?", "On what date was {who} born?"),
-    "birth_city": ("Where was {who} born?", "In which city was {who} born?", "What is the birthplace of {who}?"),
-    "university": (
-        "Which university did {who} attend?",
-        "Where did {who} study?",
-        "From which university did {who} graduate?",
-    ),
-    "field": (
-        "What did {who} study?",
-        "What was the field of study of {who}?",
-        "In which field did {who} earn a degree?",
-    ),
-    "employer": ("Which company did {who} work for?", "Who employed {who}?", "Where did {who} work?"),
-    "employer_city": (
-        "In which city did {who} work?",
-        "Where was the employer of {who} based?",
-        "In what city was the workplace of {who}?",
-    ),
-    "occupation": ("What was the occupation of {who}?", "What did {who} do for a living?", "What job did {who} hold?"),
-    "mentor": ("Who was the mentor of {who}?", "Who mentored {who}?", "Who was {who}'s mentor?"),
-    "parent": ("Who was the {rel} of {who}?", "Who was {who}'s {rel}?", "Name the {rel} of {who}."),
-    "spouse": ("Who was {who} married to?", "Who was the spouse of {who}?", "Who was {who}'s {rel}?"),
-    "colleague": ("Who was a colleague of {who}?", "Who worked alongside {who}?", "Who was {who}'s colleague?"),
-}
-
-# Multi-hop attributes that are not answered by the related document alone (a colleague's
-# employer is also in the first document) are excluded.
-_MULTI_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "mentor": ATTRIBUTES,
-    "parent": ATTRIBUTES,
-    "spouse": ATTRIBUTES,
-    "colleague": tuple(a for a in ATTRIBUTES if a not in ("employer", "employer_city")),
-}
-
-# All orders of up to 6 body sentences, indexed by a hash.
-_MAX_BODY = 6
-
-
-@functools.lru_cache(maxsize=1)
-def _orders() -> tuple[tuple[tuple[int, ...], ...], ...]:
-    return tuple(tuple(itertools.permutations(range(n))) for n in range(_MAX_BODY + 1))
-
-
-def _article(word: str) -> str:
-    return ("an " if word[0] in "aeiou" else "a ") + word
-
-
-
 @dataclass
 class _Batch:
     """Integer facts for a batch of people (all arrays have the batch's length)."""
@@ -473,6 +253,7 @@ class BiosWorld:
         bits = max(2, int(self.capacity - 1).bit_length())
         self._half = (bits + 1) // 2
         self._names_cache: tuple[list[str], list[str], list[str]] | None = None
+        self._name_index: tuple | None = None  # (order, sorted keys) of first and last names; namesakes()
 
     def __len__(self) -> int:
         return self.config.num_people
@@ -588,6 +369,21 @@ class BiosWorld:
             style=self._h(u, _S_STYLE),
             order=self._h(u, _S_ORDER),
         )
+
+    def namesakes(self, i: int) -> np.ndarray:
+        """People of this world other than ``i`` who share ``i``'s first or last name (int64, sorted).
+
+        The first call builds an index over all ``num_people`` names (vectorised, ~1 s per million)."""
+        if self._name_index is None:
+            first, last = self._name_pair(np.arange(self.config.num_people, dtype=np.uint64))
+            self._name_index = tuple((np.argsort(k, kind="stable"), np.sort(k)) for k in (first, last))
+        f, l_ = (int(x[0]) for x in self._name_pair(np.array([self._check(i)], dtype=np.uint64)))
+        out = []
+        for (order, keys), key in zip(self._name_index, (f, l_)):
+            lo, hi = np.searchsorted(keys, key, "left"), np.searchsorted(keys, key, "right")
+            out.append(order[lo:hi])
+        both = np.unique(np.concatenate(out))
+        return both[both != i].astype(np.int64)
 
     def _names(self, idx: np.ndarray) -> list[str]:
         first, last = self._name_pair(idx.astype(np.uint64))
@@ -750,19 +546,26 @@ class BiosWorld:
         attribute: str | None = None,
         relation: str | None = None,
         variant: int | None = None,
+        wording: str = "base",
+        lead: str | None = None,
+        lower_names: bool = False,
     ) -> Question:
         """A question about person ``i`` of ``kind`` ``"single"`` or ``"multi"``.
 
         ``attribute`` (single: one of :data:`ATTRIBUTES` or :data:`RELATIONS`; multi: one of
         :data:`ATTRIBUTES`), ``relation`` (multi only) and the phrasing ``variant`` default to
-        choices hashed from ``(seed, i, kind)``. Raises ``ValueError`` when the question has no
-        answer in this world (no such relation, or the related person is ``>= num_people``).
+        choices hashed from ``(seed, i, kind)``. ``wording``: a split of ``msa.data.bios_text.WORDINGS``
+        (the same person, attribute and variant hash in every split); ``lead``: a lead-in such as
+        ``"Tell me: {q}"``; ``lower_names``: the names written lower-case. Raises ``ValueError`` when
+        the question has no answer in this world (no such relation, or the related person is
+        ``>= num_people``).
         """
         i = self._check(i)
         if i >= self.config.num_people:
             raise ValueError(f"person {i} is not in a world of {self.config.num_people} people")
         h = self._question_hashes(np.array([i], dtype=np.int64), kind)[0]
-        return self._question(self.person(i), kind, attribute, relation, variant, h, self.person)
+        return self._question(self.person(i), kind, attribute, relation, variant, h, self.person, wording, lead,
+                              lower_names)  # fmt: skip
 
     def _question_hashes(self, idx: np.ndarray, kind: str) -> list[int]:
         with np.errstate(over="ignore"):
@@ -777,8 +580,22 @@ class BiosWorld:
         variant: int | None,
         h: int,
         lookup: Callable[[int], Person],
+        wording: str = "base",
+        lead: str | None = None,
+        lower_names: bool = False,
     ) -> Question:
         i = person.index
+        if wording == "polite" and lead is None:
+            lead = HELDOUT_LEADS[(h >> 24) % len(HELDOUT_LEADS)]
+        lower_names = lower_names or wording == "lowercase"
+
+        def phrase(who: str, rel: str) -> str:
+            templates = question_templates(attribute, wording)
+            v = (h >> 16) % len(templates) if variant is None else variant % len(templates)
+            name = person.name.lower() if lower_names else person.name
+            text = templates[v].format(who=who.replace(person.name, name), rel=rel)
+            return text if lead is None else lead_in(text, lead, templates[v].startswith("{who}"))
+
         if kind == "single":
             choices = ATTRIBUTES + RELATIONS
             if attribute is None:
@@ -791,10 +608,7 @@ class BiosWorld:
                 answer, word = target.name, self._who(person, attribute, target)[1]
             else:
                 answer, word = person.attribute(attribute), ""
-            templates = _SINGLE_TEMPLATES[attribute]
-            v = (h >> 16) % len(templates) if variant is None else variant % len(templates)
-            text = templates[v].format(who=person.name, rel=word)
-            return Question(text, answer, (i,), "single", attribute, None)
+            return Question(phrase(person.name, word), answer, (i,), "single", attribute, None)
         if kind != "multi":
             raise ValueError(f"kind must be 'single' or 'multi', got {kind!r}")
         if relation is None:
@@ -809,10 +623,7 @@ class BiosWorld:
         if attribute not in allowed:
             raise ValueError(f"attribute {attribute!r} is not asked through relation {relation!r}")
         who, _ = self._who(person, relation, target)
-        templates = _SINGLE_TEMPLATES[attribute]
-        v = (h >> 16) % len(templates) if variant is None else variant % len(templates)
-        text = templates[v].format(who=who, rel="")
-        return Question(text, target.attribute(attribute), (i, target.index), "multi", attribute, relation)
+        return Question(phrase(who, ""), target.attribute(attribute), (i, target.index), "multi", attribute, relation)
 
     def _related_ok(self, person: Person, relation: str) -> bool:
         j = person.relation(relation)
@@ -824,11 +635,12 @@ class BiosWorld:
             raise ValueError(f"person {person.index} has no {relation} inside a world of {self.config.num_people}")
         return lookup(j)
 
-    def iter_questions(self, n: int, kind: str = "single", seed: int = 0) -> Iterator[Question]:
+    def iter_questions(self, n: int, kind: str = "single", seed: int = 0, wording: str = "base") -> Iterator[Question]:
         """Yield ``n`` questions about people drawn uniformly (with replacement) with ``seed``.
 
         People without a usable relation are skipped for ``kind="multi"``; the sequence depends
-        only on ``(config, n, kind, seed)`` and equals ``question(i, kind)`` for the drawn ``i``.
+        only on ``(config, n, kind, seed)`` and equals ``question(i, kind, wording=wording)`` for the
+        drawn ``i`` (so every wording asks about the same people and attributes).
         """
         if kind not in ("single", "multi"):
             raise ValueError(f"kind must be 'single' or 'multi', got {kind!r}")
@@ -847,7 +659,7 @@ class BiosWorld:
             by_index = dict(zip(targets.tolist(), self._people(targets))) if len(targets) else {}
             for person, h in zip(people, self._question_hashes(idx, kind)):
                 try:
-                    q = self._question(person, kind, None, None, None, h, by_index.__getitem__)
+                    q = self._question(person, kind, None, None, None, h, by_index.__getitem__, wording)
                 except ValueError:
                     misses += 1
                     if misses > 1000 + 100 * n:

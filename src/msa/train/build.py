@@ -70,7 +70,7 @@ def build_source(data: DataConfig) -> SampleSource:
         source: SampleSource = JsonlSamples(data.path)
     else:
         source = BiosSamples(data.world, data.curriculum[0].num_docs, data.kind, data.seed, data.multi_fraction,
-                             data.recite_fraction)
+                             data.recite_fraction, data.bios)
         if data.niah_fraction > 0:
             niah = NiahSamples(data.curriculum[0].num_docs, data.seed, data.niah_doc_tokens)
             source = MixedSamples(source, niah, data.niah_fraction)

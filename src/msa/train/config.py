@@ -50,6 +50,39 @@ class CurriculumStage:
 
 
 @dataclass
+class BiosSampling:
+    """How bios samples are drawn beyond their kind and memory size (all off by default).
+
+    hard_negative_fraction: share of the distractor documents that are namesakes of a gold person
+        (same first or same last name): in a memory of millions the router must separate full names.
+    max_doc_id: documents get distinct random ids whose number of digits is uniform in 1..digits of
+        ``max_doc_id - 1`` (so short and long ids are equally common, as across a bank of that size);
+        None = the person's index in the world.
+    lookup_fraction: share of samples whose question is a person's name alone (how ``doc_choice=
+        "routed"`` routes a request the model writes); the answer is the biography.
+    wording: question phrasings, a split of ``msa.data.bios_text.WORDINGS`` ("base" or "train");
+        lead_fraction: questions behind a training lead-in (``TRAIN_LEADS``); lower_fraction:
+        questions (and name lookups) with the names lower-cased. Requests copy the name as written.
+    """
+
+    hard_negative_fraction: float = 0.0
+    max_doc_id: int | None = None
+    lookup_fraction: float = 0.0
+    wording: str = "base"
+    lead_fraction: float = 0.0
+    lower_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("hard_negative_fraction", "lookup_fraction", "lead_fraction", "lower_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_doc_id is not None and self.max_doc_id < 2:
+            raise ValueError(f"max_doc_id must be >= 2, got {self.max_doc_id}")
+        if self.wording not in ("base", "train"):
+            raise ValueError(f'wording for training must be "base" or "train", got {self.wording!r}')
+
+
+@dataclass
 class DataConfig:
     """Training data.
 
@@ -71,6 +104,7 @@ class DataConfig:
         (``NiahSamples``, documents of about ``niah_doc_tokens`` tokens), for NIAH-capable models.
     recite_fraction: bios source only: share of bios samples that ask for a whole biography (the
         document's text is the answer; ``BiosSamples``): dense in-context copying signal for reading.
+    bios: bios source only: hard negatives, id range, name lookups, question wording (``BiosSampling``).
     workers: processes that generate and collate the next steps' batches while the model trains (0 = in
         the training process). Needs a source with random access (bios); a JSONL stream ignores it.
     """
@@ -95,6 +129,7 @@ class DataConfig:
     niah_fraction: float = 0.0
     niah_doc_tokens: int = 96
     recite_fraction: float = 0.0
+    bios: BiosSampling = field(default_factory=BiosSampling)
 
 
 @dataclass

@@ -31,8 +31,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from msa.data.bios_text import TRAIN_LEADS
 from msa.data.bios import BiosConfig, BiosWorld
 from msa.data.jsonl import read_jsonl
+from msa.train.config import BiosSampling
 
 logger = logging.getLogger(__name__)
 
@@ -191,10 +193,12 @@ _RECITE = ("Tell me about {who}.", "Who is {who}?", "Write the biography of {who
 
 class BiosSamples(_Indexed):
     """Generates bios QA samples on the fly: sample ``i`` is a pure function of ``(world, seed, kind, i,
-    num_docs)``.
+    num_docs, sampling)``.
 
-    memory = the question's gold documents plus ``num_docs - len(gold)`` distinct random distractor
-    documents of the world, shuffled; positives = the gold ids in reasoning order; answer = the answer.
+    memory = the question's gold documents plus ``num_docs - len(gold)`` distinct distractor
+    documents of the world (random, and namesakes of the gold people per ``sampling``), shuffled;
+    positives = the gold ids in reasoning order; answer = the answer; ``extra["names"]``: gold id ->
+    the person's name as the question writes it (the first) or as documents write it.
 
     Args:
         world: the bios world configuration.
@@ -205,10 +209,12 @@ class BiosSamples(_Indexed):
             NAME."; answer = the document's text; kind "recite"): every token of the answer is a copy
             out of the retrieved document, a dense signal for the in-context copying that reading an
             answer needs (a question's answer has ~5 target tokens, a biography ~70).
+        sampling: hard negatives, id range, name lookups and wording (``BiosSampling``).
     """
 
     def __init__(self, world: BiosConfig, num_docs: int = 16, kind: str = "single", seed: int = 0,
-                 multi_fraction: float = 0.5, recite_fraction: float = 0.0):  # fmt: skip
+                 multi_fraction: float = 0.5, recite_fraction: float = 0.0,
+                 sampling: BiosSampling | None = None):  # fmt: skip
         if kind not in ("single", "multi", "mixed"):
             raise ValueError(f"kind must be 'single', 'multi' or 'mixed', got {kind!r}")
         if num_docs < 2 and kind != "single":
@@ -224,11 +230,13 @@ class BiosSamples(_Indexed):
         self.kind = kind
         self.seed = seed
         self.multi_fraction = multi_fraction
+        self.sampling = sampling or BiosSampling()
 
     def sample(self, index: int, num_docs: int | None = None) -> TrainSample:
         n_docs = self.num_docs if num_docs is None else num_docs
         n_people = self.config.num_people
         rng = np.random.default_rng([self.seed, index, 0x5A17])
+        opt = self.sampling
         kind = self.kind
         if kind == "mixed":
             kind = "multi" if rng.random() < self.multi_fraction else "single"
@@ -236,27 +244,71 @@ class BiosSamples(_Indexed):
             i = int(rng.integers(0, n_people))
             text = _RECITE[int(rng.integers(0, len(_RECITE)))].format(who=self.world.name(i))
             return self._with_distractors(rng, text, [i], self.world.document(i), "recite", n_docs)
+        if opt.lookup_fraction > 0 and rng.random() < opt.lookup_fraction:
+            i = int(rng.integers(0, n_people))
+            name = self.world.name(i)
+            written = name.lower() if opt.lower_fraction > 0 and rng.random() < opt.lower_fraction else name
+            return self._with_distractors(rng, written, [i], self.world.document(i), "lookup", n_docs, {i: written})
+        # (no draws for options that are off: the stream of a default BiosSampling is the one before it)
+        lead = None
+        if opt.lead_fraction > 0 and rng.random() < opt.lead_fraction:
+            lead = TRAIN_LEADS[int(rng.integers(0, len(TRAIN_LEADS)))]
+        lower = bool(opt.lower_fraction > 0 and rng.random() < opt.lower_fraction)
         for _ in range(10_000):
             try:
-                q = self.world.question(int(rng.integers(0, n_people)), kind)
+                q = self.world.question(int(rng.integers(0, n_people)), kind, wording=opt.wording, lead=lead,
+                                        lower_names=lower)  # fmt: skip
                 break
             except ValueError:
                 continue
         else:
             raise ValueError(f"could not draw a {kind}-hop question from this world")
-        return self._with_distractors(rng, q.text, list(q.gold_ids), q.answer, q.kind, n_docs)
+        first = self.world.name(q.gold_ids[0])
+        return self._with_distractors(rng, q.text, list(q.gold_ids), q.answer, q.kind, n_docs,
+                                      {q.gold_ids[0]: first.lower() if lower else first})  # fmt: skip
 
     def _with_distractors(self, rng: np.random.Generator, question: str, gold: list[int], answer: str, kind: str,
-                          n_docs: int) -> TrainSample:  # fmt: skip
+                          n_docs: int, written: dict[int, str] | None = None) -> TrainSample:  # fmt: skip
         if n_docs < len(gold):
             raise ValueError(f"num_docs={n_docs} is smaller than the {len(gold)} gold documents")
         n_people = self.config.num_people
-        draw = rng.choice(n_people, size=min(n_people, n_docs + len(gold)), replace=False).tolist()
-        gold_set = set(gold)
-        ids = gold + [int(i) for i in draw if i not in gold_set][: n_docs - len(gold)]
-        rng.shuffle(ids)
-        memory = [Document(i, t) for i, t in zip(ids, self.world.documents(ids))]
-        return TrainSample(question, memory, gold, None, answer, {"kind": kind, "names": {g: self.world.name(g) for g in gold}})
+        chosen = list(gold)
+        taken = set(gold)
+        n_hard = int(round(self.sampling.hard_negative_fraction * (n_docs - len(gold))))
+        if n_hard:
+            pool = np.unique(np.concatenate([self.world.namesakes(g) for g in gold]))
+            pool = [int(j) for j in pool if int(j) not in taken]
+            for j in rng.permutation(len(pool))[:n_hard].tolist():
+                chosen.append(pool[j])
+                taken.add(pool[j])
+        need = n_docs - len(chosen)
+        draw = rng.choice(n_people, size=min(n_people, n_docs + len(chosen)), replace=False).tolist()
+        chosen += [int(i) for i in draw if i not in taken][:need]
+        rng.shuffle(chosen)
+        texts = self.world.documents(chosen)
+        names = {g: self.world.name(g) for g in gold} | (written or {})
+        gid = self._ids(rng, chosen)
+        memory = [Document(gid[i], t) for i, t in zip(chosen, texts)]
+        return TrainSample(question, memory, [gid[g] for g in gold], None, answer,
+                           {"kind": kind, "names": {gid[g]: n for g, n in names.items()}})  # fmt: skip
+
+    def _ids(self, rng: np.random.Generator, people: list[int]) -> dict[int, int]:
+        """Person -> the id its document shows in this sample (see ``BiosSampling.max_doc_id``)."""
+        top = self.sampling.max_doc_id
+        if top is None:
+            return {p: p for p in people}
+        digits = len(str(top - 1))
+        out: dict[int, int] = {}
+        used: set[int] = set()
+        for p in people:
+            while True:
+                d = int(rng.integers(1, digits + 1))
+                v = int(rng.integers(0 if d == 1 else 10 ** (d - 1), min(top, 10**d)))
+                if v not in used:
+                    break
+            used.add(v)
+            out[p] = v
+        return out
 
 
 class NiahSamples(_Indexed):
