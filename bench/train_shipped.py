@@ -165,8 +165,9 @@ def save_model(trainer: Trainer, out: Path) -> None:
 
 
 def main() -> None:
+    global RECIPE
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--recipe", default=RECIPE, help="recipes/NAME.py")
+    ap.add_argument("--recipe", default="bios_tiny", help="recipes/NAME.py")
     ap.add_argument("--minutes", type=float, default=8.0, help="training budget (probe included)")
     ap.add_argument("--snapshot-minutes", type=float, default=5.0)
     ap.add_argument("--out", default="runs/msa-bios-tiny")
@@ -183,7 +184,6 @@ def main() -> None:
     ap.add_argument("--reading-target", type=float, default=1.0, help="stage 0 stops at this held-out answer accuracy")
     ap.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the recipe's learning rates")
     args, overrides = ap.parse_known_args()
-    global RECIPE
     RECIPE = args.recipe
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
