@@ -56,7 +56,7 @@ def test_scaling_end_to_end(bios_model, tmp_path):
     cfg = ScalingConfig(work_dir=str(tmp_path / "work"), out=str(out), plot=str(tmp_path / "results" / "s.png"),
                         sizes=(2048, 8192), num_single=3, num_multi=2, max_rounds=2, max_new_tokens=6,
                         batch_size=2, ruler_contexts=(600,), ruler_tasks=("niah_single_1", "niah_multikey_2"),
-                        ruler_samples=1, ruler_doc_tokens=128)  # fmt: skip
+                        ruler_samples=1, ruler_doc_tokens=128, wordings=("paraphrase",), wording_sizes=(8192,))  # fmt: skip
     res = run_scaling(cfg, model, tok)
     disk = json.loads(out.read_text())
     assert disk["schema"] == SCHEMA and disk["router_k"] == 4
@@ -79,7 +79,16 @@ def test_scaling_end_to_end(bios_model, tmp_path):
     assert 0.0 <= ruler["average"] <= 1.0
     recs = [json.loads(x) for x in out.with_suffix(".records.jsonl").read_text().splitlines()]
     assert {r["section"] for r in recs} >= {"bios/single", "bios/multi_interleave", "ruler/niah_single_1"}
-    assert all(set(r["gold_ids"]) <= set(range(small["num_people"])) for r in recs if r["section"].startswith("bios"))
+    shared = [r for r in recs if r["section"].startswith("bios") and "_own" not in r["section"]]
+    assert all(set(r["gold_ids"]) <= set(range(small["num_people"])) for r in shared)
+    # the larger memory is also asked about its own people, and reworded (same people, other words)
+    assert "single_own" not in small and {"single_own", "multi_interleave_own", "single_own_paraphrase"} <= set(big)
+    own = {r["question"]: r for r in recs if r["section"] == "bios/single_own"}
+    worded = [r for r in recs if r["section"] == "bios/single_own_paraphrase"]
+    assert all(set(r["gold_ids"]) <= set(range(big["num_people"])) for r in own.values())
+    assert [r["gold_ids"] for r in worded] == [r["gold_ids"] for r in own.values()]
+    assert not {r["question"] for r in worded} & set(own)
+    assert all(0.0 <= r["router_top1"] <= 1.0 for r in own.values())
     if res.get("bios") and cfg.plot:
         try:
             import matplotlib  # noqa: F401

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-records", action="store_true", help="do not write per-question records")
     s.add_argument("--doc-choice", default=None, choices=DOC_CHOICES,
                    help="documents Memory Interleave reads (default: the model's msa.doc_choice)")
+    s.add_argument("--wordings", default="", help="held-out wordings asked too, e.g. paraphrase,polite,lowercase")
+    s.add_argument("--wording-sizes", type=_sizes, default=(), help="sizes the wordings are asked at (default all)")
+    s.add_argument("--no-own-questions", action="store_true",
+                   help="only the shared questions (no questions drawn from each memory's own people)")
 
     r = sub.add_parser("rag", help="dense RAG top-k and full-context baselines on the same questions")
     _common(r)
@@ -110,6 +114,8 @@ def bench_main(argv: list[str] | None = None) -> int:
             ruler_contexts=DEFAULT_RULER_CONTEXTS if args.ruler_contexts is None else args.ruler_contexts,
             ruler_tasks=tasks, ruler_samples=args.ruler_samples, ruler_doc_tokens=args.ruler_doc_tokens,
             device=args.device, records=not args.no_records, doc_choice=args.doc_choice,
+            wordings=tuple(w for w in args.wordings.split(",") if w), wording_sizes=tuple(args.wording_sizes),
+            own_questions=not args.no_own_questions,
         )  # fmt: skip
         if cfg.model is None:
             print("msa bench scaling: --model is required", file=sys.stderr)

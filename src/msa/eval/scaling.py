@@ -6,16 +6,22 @@ the model's tokenizer) reach S tokens. Bios worlds are prefix-stable, so every m
 smaller ones. Each memory is a MemoryBank on disk under ``work_dir`` named by world seed, people and
 model fingerprint; a run reuses a complete bank and finishes an interrupted one (missing ids only).
 
-Questions. Held-out questions (``question_seed``) are drawn from the first people of the world: those
-of a memory of ``question_pool`` tokens (default 16K), or of the smallest memory run if that is
-smaller. Their gold documents are in every memory, and a run of any sizes (100M alone, say) asks the
-same questions as a run of all of them.
+Questions. Held-out questions (``question_seed``) about people drawn uniformly from the people of a
+memory of ``question_pool`` tokens (default 16K, or the smallest memory run if smaller): their gold
+documents are in every memory, so every size asks these same (``single``, ``multi_*``) questions, and a
+run of any sizes (100M alone, say) asks the same ones as a run of all of them. With ``own_questions``
+each larger memory is also asked questions about people drawn uniformly from all of ITS people
+(``single_own``, ``multi_interleave_own``): what a user meets, the right document anywhere in memory.
+``wordings`` asks those own questions again reworded (held-out paraphrases, lead-ins, lower-cased
+names: ``msa.data.bios_text``; same people and attributes), at ``wording_sizes``.
 
 Metrics per size (``metric_definitions`` in the JSON repeats these):
 
 * ``exact_match`` / ``f1`` / ``contains``: SQuAD-normalised, see :mod:`msa.eval.metrics`; single-hop
   asked with Memory Interleave, multi-hop with (``multi_interleave``) and without
   (``multi_no_interleave``, one round) interleave.
+* ``router_top1``: per router layer whether the first round's best-scored document is the first gold
+  document, averaged over layers.
 * ``router_recall``: routing of the FIRST round (question-only routing query). For router layer l with
   selected set R_l (its top-k documents, k = the model's ``top_k``; 16 for MSA-4B) and gold set G:
   recall_l = |G ∩ R_l| / |G|; a question's router recall is the mean of recall_l over the router layers;
@@ -38,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import re
 import time
@@ -51,6 +56,7 @@ import numpy as np
 
 from msa.data.bios import BiosConfig, BiosWorld, Question
 from msa.data.ruler import TASKS, make_sample, segment_context
+from msa.eval.scaling_plot import plot_scaling
 from msa.eval.metrics import contains_answer, exact_match, retrieval_scores, ruler_score, summarize, token_f1
 
 logger = logging.getLogger(__name__)
@@ -132,7 +138,10 @@ class ScalingConfig:
     device: str | None = None
     add_batch_docs: int = 8192
     records: bool = True
-    question_pool: int = DEFAULT_SIZES[0]  # tokens: questions are about the people of a memory this size
+    question_pool: int = DEFAULT_SIZES[0]  # tokens: the shared questions are about the people of a memory this size
+    own_questions: bool = True  # also questions drawn uniformly from each memory's own people (sections *_own)
+    wordings: tuple[str, ...] = ()  # held-out wordings (msa.data.bios_text.WORDINGS) asked on the own questions
+    wording_sizes: tuple[int, ...] = ()  # sizes the wordings are asked at (empty: every size)
     doc_choice: str | None = None  # Engine(doc_choice=...); None: the model's msa.doc_choice
 
 
@@ -211,12 +220,15 @@ def question_pool(sizes: list[int], pool: int) -> int:
     return min([pool, *sizes])
 
 
-def held_out_questions(world_seed: int, num_people: int, n_single: int, n_multi: int, seed: int) -> dict[str, list[Question]]:
-    """Questions whose gold documents are among the first ``num_people`` people (all memories)."""
+def held_out_questions(world_seed: int, num_people: int, n_single: int, n_multi: int, seed: int,
+                       wording: str = "base") -> dict[str, list[Question]]:  # fmt: skip
+    """Questions about people drawn uniformly among the first ``num_people`` (so their gold documents
+    are in every memory at least that large), in a ``wording`` of ``msa.data.bios_text.WORDINGS``
+    (every wording asks about the same people and attributes)."""
     world = BiosWorld(BiosConfig(num_people=num_people, seed=world_seed))
-    out = {"single": list(world.iter_questions(n_single, "single", seed))}
+    out = {"single": list(world.iter_questions(n_single, "single", seed, wording))}
     try:
-        out["multi"] = list(world.iter_questions(n_multi, "multi", seed))
+        out["multi"] = list(world.iter_questions(n_multi, "multi", seed, wording))
     except ValueError:
         logger.warning("the smallest memory (%d people) has too few related people for multi-hop questions", num_people)
         out["multi"] = []
@@ -260,6 +272,8 @@ def evaluate_questions(engine, questions: list[dict[str, Any]], interleave: bool
                 rec["ruler_score"] = ruler_score(a.text, q["answers"])
             routing = a.rounds[0].routing if a.rounds else {}
             rec["router_recall"], rec["router_recall_any"] = router_recall(routing, set(gold))
+            if routing and gold:
+                rec["router_top1"] = sum(max(sel, key=lambda x: x[1])[0] == gold[0] for sel in routing.values() if sel) / len(routing)
             if len(gold) > 1:
                 rec["router_recall_first_hop"] = router_recall(routing, {gold[0]})[0]
             # documents read, plus (generated ids) ids the model named that exist in memory: the last
@@ -279,7 +293,7 @@ def evaluate_questions(engine, questions: list[dict[str, Any]], interleave: bool
     return records
 
 
-_SUMMARY_KEYS = ("exact_match", "f1", "contains", "ruler_score", "router_recall", "router_recall_any",
+_SUMMARY_KEYS = ("exact_match", "f1", "contains", "ruler_score", "router_recall", "router_top1", "router_recall_any",
                  "router_recall_first_hop", "retrieval_recall", "retrieval_precision", "retrieval_f1")  # fmt: skip
 
 
@@ -385,6 +399,15 @@ def run_scaling(cfg: ScalingConfig, model=None, tokenizer=None) -> dict[str, Any
             entry: dict[str, Any] = {"target_tokens": size, "label": format_size(size), "num_people": n,
                                      "memory_tokens": info["tokens"], "bank": info}  # fmt: skip
             runs = [("single", single, True), ("multi_interleave", multi, True), ("multi_no_interleave", multi, False)]
+            if cfg.own_questions and n != n0:  # questions about anyone in this memory, drawn uniformly
+                own = held_out_questions(cfg.world_seed, n, cfg.num_single, cfg.num_multi, cfg.question_seed)
+                runs += [("single_own", _question_dicts(own["single"]), True),
+                         ("multi_interleave_own", _question_dicts(own["multi"]), True)]  # fmt: skip
+            if cfg.wordings and (not cfg.wording_sizes or size in cfg.wording_sizes):
+                for w in cfg.wordings:
+                    worded = held_out_questions(cfg.world_seed, n, cfg.num_single, cfg.num_multi, cfg.question_seed, w)
+                    runs += [(f"single_own_{w}", _question_dicts(worded["single"]), True),
+                             (f"multi_interleave_own_{w}", _question_dicts(worded["multi"]), True)]  # fmt: skip
             for name, questions, interleave in runs:
                 if not questions:
                     continue
@@ -449,52 +472,3 @@ def _dump(result: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
     tmp.replace(path)
-
-
-def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
-    """Score vs memory size (log x), like the paper's Figure 1; False (and a log line) without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
-        return False
-    ruler = result.get("ruler", [])
-    fig = Figure(figsize=(11, 4.2) if ruler else (6, 4.2))
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2) if ruler else (fig.subplots(1, 1), None)
-    bios = result.get("bios", [])
-    x = [e["target_tokens"] for e in bios]
-    lines = [("single", "exact_match", "single-hop EM"), ("multi_interleave", "exact_match", "multi-hop EM (interleave)"),
-             ("multi_no_interleave", "exact_match", "multi-hop EM (no interleave)"),
-             ("single", "router_recall", f"router recall@{result.get('router_k')} (single)")]  # fmt: skip
-    for section, key, label in lines:
-        y = [(e.get(section, {}).get(key) or {}).get("mean") for e in bios]
-        if any(v is not None for v in y):
-            ax1.plot(x, [math.nan if v is None else v for v in y], marker="o", label=label)
-    ax1.set_xscale("log")
-    if bios:
-        ax1.set_xticks(x, [e["label"] for e in bios])
-        ax1.minorticks_off()
-    ax1.set_xlabel("memory size (tokens)")
-    ax1.set_ylabel("score")
-    ax1.set_ylim(-0.02, 1.02)
-    ax1.set_title("bios QA vs memory size")
-    ax1.grid(True, which="both", alpha=0.3)
-    if bios:
-        ax1.legend(fontsize=8)
-    if ax2 is not None:  # RULER panel only when RULER ran
-        rx = [e["context_tokens"] for e in ruler]
-        ax2.plot(rx, [math.nan if e["average"] is None else e["average"] for e in ruler], marker="o", label="average")
-        ax2.legend(fontsize=8)
-        ax2.set_xscale("log")
-        ax2.set_xticks(rx, [e["label"] for e in ruler])
-        ax2.minorticks_off()
-        ax2.set_xlabel("context (tokens)")
-        ax2.set_ylim(-0.02, 1.02)
-        ax2.set_title("RULER NIAH")
-        ax2.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), dpi=120)
-    return True

@@ -1,0 +1,59 @@
+"""The scaling run's figure: score vs memory size (log axis), like the paper's Figure 1."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
+    """Score vs memory size (log x), like the paper's Figure 1; False (and a log line) without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
+        return False
+    ruler = result.get("ruler", [])
+    fig = Figure(figsize=(11, 4.2) if ruler else (6, 4.2))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2) if ruler else (fig.subplots(1, 1), None)
+    bios = result.get("bios", [])
+    x = [e["target_tokens"] for e in bios]
+    lines = [("single", "exact_match", "single-hop EM"), ("multi_interleave", "exact_match", "multi-hop EM (interleave)"),
+             ("multi_no_interleave", "exact_match", "multi-hop EM (no interleave)"),
+             ("single", "router_recall", f"router recall@{result.get('router_k')} (single)")]  # fmt: skip
+    for section, key, label in lines:
+        y = [(e.get(section, {}).get(key) or {}).get("mean") for e in bios]
+        if any(v is not None for v in y):
+            ax1.plot(x, [math.nan if v is None else v for v in y], marker="o", label=label)
+    ax1.set_xscale("log")
+    if bios:
+        ax1.set_xticks(x, [e["label"] for e in bios])
+        ax1.minorticks_off()
+    ax1.set_xlabel("memory size (tokens)")
+    ax1.set_ylabel("score")
+    ax1.set_ylim(-0.02, 1.02)
+    ax1.set_title("bios QA vs memory size")
+    ax1.grid(True, which="both", alpha=0.3)
+    if bios:
+        ax1.legend(fontsize=8)
+    if ax2 is not None:  # RULER panel only when RULER ran
+        rx = [e["context_tokens"] for e in ruler]
+        ax2.plot(rx, [math.nan if e["average"] is None else e["average"] for e in ruler], marker="o", label="average")
+        ax2.legend(fontsize=8)
+        ax2.set_xscale("log")
+        ax2.set_xticks(rx, [e["label"] for e in ruler])
+        ax2.minorticks_off()
+        ax2.set_xlabel("context (tokens)")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_title("RULER NIAH")
+        ax2.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), dpi=120)
+    return True
