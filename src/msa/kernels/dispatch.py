@@ -89,11 +89,9 @@ class RoutingPrep:
         """The preparation for keys resident in ``routing_dtype`` ("bf16" | "fp8"), or None (the caller
         scores with the float32 reference instead).
 
-        bfloat16 keys take the fused path on CUDA only (on the CPU the float32 reference is exact and
-        as fast); float8 keys always do (their point is halving the resident bytes). With head, query
-        and chunk means every device takes the per-document path; "bf16" then keeps float32 rows
-        (exact up to rounding, and fewer bytes than bfloat16 chunks once documents average more than
-        two chunks).
+        bfloat16 keys take the fused path on CUDA only (on the CPU the float32 reference, exact, serves);
+        float8 keys on every device. With head, query and chunk means every device takes the
+        per-document path; "bf16" then keeps float32 rows, exact up to rounding. Why: docs/decisions.md.
         """
         if routing_dtype not in ROUTING_DTYPES:
             raise ValueError(f"routing_dtype must be one of {tuple(ROUTING_DTYPES)}, got {routing_dtype!r}")

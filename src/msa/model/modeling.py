@@ -163,9 +163,8 @@ class MSAForCausalLM(nn.Module):
         Args:
             docs: N token-id sequences (each non-empty).
             packed: one row of all documents back to back with a block-diagonal causal mask (no padding
-                memory or work; FlexAttention on CUDA) instead of one padded row per document. Measured on
-                an H200 at the MSA-4B width (bench/encode.py): 41.9% MFU packed vs 43.8% for
-                length-sorted padded batches (8.5% padding), so padded is the default; sort by length.
+                memory or work; FlexAttention on CUDA) instead of one padded row per document. Either
+                gives the same memory; padded is the default (docs/decisions.md), so sort by length.
 
         Returns:
             CompressedMemory over the N documents for every router layer (model dtype, model device).
