@@ -171,19 +171,9 @@ def doc_scores_batched(
     return doc_scores_batched_torch(q_router, keys, chunk_doc, num_docs, query_mask, cosine)
 
 
-def route_docs(
-    q_router: Tensor,
-    k_router: Tensor,
-    chunk_doc: Tensor,
-    num_docs: int,
-    k: int,
-    query_mask: Tensor | None = None,
-    cosine: bool = True,
-    *,
-    head_reduce: HeadReduce = "mean",
-    query_reduce: QueryReduce = "max",
-    chunk_reduce: ChunkReduce = "max",
-) -> tuple[Tensor, Tensor]:
+def route_docs(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, k: int,
+               query_mask: Tensor | None = None, cosine: bool = True, *, head_reduce: HeadReduce = "mean",
+               query_reduce: QueryReduce = "max", chunk_reduce: ChunkReduce = "max") -> tuple[Tensor, Tensor]:  # fmt: skip
     """``msa.functional.route_topk`` (same arguments and result layout) on the fastest backend:
     raw keys prepared in bfloat16 and routed by ``route_topk`` where ``kernel_applies``, else the
     float32 reference.
