@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from msa import functional as MF
-from msa.kernels import RoutingKeys, RoutingPrep, fused_routing, prepare_doc_mean_keys, prepare_routing_keys
+from msa.kernels.dispatch import RoutingPrep, fused_routing  # the routing backend is chosen in msa.kernels
+from msa.kernels import RoutingKeys, prepare_doc_mean_keys, prepare_routing_keys
 from msa.memory.catalog import DocRow, SegmentRow
 from msa.memory.errors import BankCorruptError
 from msa.memory.segments import load_segment, map_segment, segment_metadata
