@@ -81,6 +81,15 @@ def official_msa_config(d: dict) -> tuple[MSAConfig, MSALossConfig]:
             MSALossConfig(**{k: v for k, v in values.items() if k in loss}))  # fmt: skip
 
 
+def config_from_hf_dict(raw: dict) -> ModelConfig:
+    """The ModelConfig of an MSA ``config.json`` dict: the backbone and its ``msa_config`` read with the
+    official semantics (``official_msa_config``). The one reader of an MSA model's config."""
+    if "msa_config" not in raw:
+        raise CheckpointError("config.json has no msa_config: not an MSA model")
+    msa, loss = official_msa_config(raw["msa_config"] or {})
+    return ModelConfig.from_hf_dict(raw, msa, loss)
+
+
 def shipped_models() -> dict[str, Path]:
     """Models shipped inside the package: name -> directory."""
     if not SHIPPED_DIR.is_dir():
@@ -187,8 +196,7 @@ def load_pretrained(cls, path, dtype=None, device="cpu") -> "MSAForCausalLM":
             f"{path} is not an MSA checkpoint (model_type={raw.get('model_type')!r}); "
             "use MSAForCausalLM.from_base() for a base Qwen3 checkpoint"
         )
-    msa, loss = official_msa_config(raw["msa_config"] or {})
-    config = ModelConfig.from_hf_dict(raw, msa, loss)
+    config = config_from_hf_dict(raw)
     model = _build(cls, config, device)
     _assign(model, read_tensors(path), dtype, device, fresh=set(), source=path)
     return model.eval()
