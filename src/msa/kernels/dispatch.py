@@ -65,12 +65,10 @@ def fused_routing(options: Reductions) -> bool:
 def kernel_applies(t: Tensor, head_reduce: str = "mean", query_reduce: str = "max", chunk_reduce: str = "max") -> bool:
     """Whether ``msa.kernels.route_docs`` runs the fused path (instead of the float32 reference) for raw
     keys on t's device: CUDA only, the Triton kernel's reductions (triton importable) or query mean."""
-    if force_reference() or not t.is_cuda:
-        return False
     reductions = (head_reduce, query_reduce, chunk_reduce)
     if reductions == QUERY_MEAN_REDUCTIONS:
-        return True
-    return reductions == DEFAULT_REDUCTIONS and importlib.util.find_spec("triton") is not None
+        return t.is_cuda and not force_reference()
+    return reductions == DEFAULT_REDUCTIONS and use_triton(t)
 
 
 @dataclass(frozen=True)
