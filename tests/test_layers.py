@@ -205,3 +205,10 @@ def test_the_checks_can_fail():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}}) is None
     assert len(MODULES) > 50 and any(package(a) == "msa.kernels" for a, _, _ in EDGES)
+
+
+def test_routing_backend_is_chosen_in_one_place():
+    """MSA_FORCE_REFERENCE and the probe for triton are read by msa.kernels.dispatch alone."""
+    for needle in ('"MSA_FORCE_REFERENCE"', 'find_spec("triton")'):
+        readers = sorted(str(p.relative_to(SRC)) for p in (SRC / "msa").rglob("*.py") if needle in p.read_text())
+        assert readers == ["msa/kernels/dispatch.py"], f"{needle} read in {readers}"
