@@ -215,19 +215,9 @@ def batched_select_docs(scores: Tensor, k: int) -> Tensor:
     return order.masked_fill(~finite.gather(1, order), -1)
 
 
-def route_topk(
-    q_router: Tensor,
-    k_router: Tensor,
-    chunk_doc: Tensor,
-    num_docs: int,
-    k: int,
-    query_mask: Tensor | None = None,
-    cosine: bool = True,
-    *,
-    head_reduce: HeadReduce = "mean",
-    query_reduce: QueryReduce = "max",
-    chunk_reduce: ChunkReduce = "max",
-) -> tuple[Tensor, Tensor]:
+def route_topk(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, k: int,
+               query_mask: Tensor | None = None, cosine: bool = True, *, head_reduce: HeadReduce = "mean",
+               query_reduce: QueryReduce = "max", chunk_reduce: ChunkReduce = "max") -> tuple[Tensor, Tensor]:  # fmt: skip
     """Top-k documents of B questions over one layer's pooled router keys: ``doc_scores`` +
     ``select_docs`` per question, in float32 (``msa.kernels.route_docs`` is the fast version).
 

@@ -107,17 +107,9 @@ class RoutingPrep:
         return cls(dtype, options.cosine, fp8_rescore if routing_dtype == "fp8" else 0, per_doc)
 
 
-def route_topk(
-    q_router: Tensor,
-    keys: RoutingKeys,
-    chunk_doc: Tensor,
-    num_docs: int,
-    k: int,
-    query_mask: Tensor | None = None,
-    cosine: bool | None = None,
-    *,
-    query_reduce: str = "max",
-) -> tuple[Tensor, Tensor]:
+def route_topk(q_router: Tensor, keys: RoutingKeys, chunk_doc: Tensor, num_docs: int, k: int,
+               query_mask: Tensor | None = None, cosine: bool | None = None, *,
+               query_reduce: str = "max") -> tuple[Tensor, Tensor]:  # fmt: skip
     """Top-k documents of B questions over prepared keys (``doc_scores`` + ``select_docs`` of
     msa.functional, batched): the Triton kernel where ``use_triton``, else the PyTorch GEMM.
 
@@ -150,14 +142,8 @@ def route_topk(
     return route_topk_torch(q_router, keys, chunk_doc, num_docs, k, query_mask, cosine)
 
 
-def doc_scores_batched(
-    q_router: Tensor,
-    keys: RoutingKeys,
-    chunk_doc: Tensor,
-    num_docs: int,
-    query_mask: Tensor | None = None,
-    cosine: bool | None = None,
-) -> Tensor:
+def doc_scores_batched(q_router: Tensor, keys: RoutingKeys, chunk_doc: Tensor, num_docs: int,
+                       query_mask: Tensor | None = None, cosine: bool | None = None) -> Tensor:  # fmt: skip
     """Document scores [B, N] float32 of B questions (``msa.functional.doc_scores`` batched).
 
     Args as ``route_topk``. Documents with no chunk, or questions with no token, get -inf.
