@@ -3,6 +3,10 @@
 Reports encode tokens/s, peak device and host memory, and ask latency per stage (route, fetch,
 prefill, decode). The model has random weights: answers are noise, the timings are what we measure.
 
+Card and versions (torch, python, msa) are recorded in the JSON. No floor of its own: an end-to-end
+record of the bank's path; its parts are measured against floors by bench/encode.py (the bf16 matmul
+rate) and bench/routing.py (the read bandwidth).
+
     PYTHONPATH=src python bench/bank.py --tokens 10_000_000 --out bench/results/bank_<card>.json
 """
 
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import msa
 from msa import MSAConfig, MSAForCausalLM, ModelConfig
 from msa.data import BiosConfig, BiosWorld
 from msa.engine import Engine
@@ -81,6 +86,8 @@ def main() -> None:
     result = {
         "card": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
+        "python": platform.python_version(),
+        "msa": msa.__version__,
         "model": "random weights: hidden 256, 4 layers (router layers 2,3), 8 q heads / 2 kv heads x 32, chunk 64, bf16",
         "documents": stats.get("documents"),
         "tokens": stats.get("tokens"),

@@ -9,6 +9,7 @@ route time of both and their ratio, the bytes the per-document pass reads and it
 at the device's read bandwidth, measured in the same run by summing a tensor of that size), the
 snapshot build time of both (the per-document one computes the means), and whether both select the
 same documents. Router queries are random, of the model's shape (timings do not depend on them).
+The JSON records the device, its name and the versions (``environment``: torch, msa, python).
 
     PYTHONPATH=src python bench/doc_mean_routing.py --bank runs/s5/banks_cpu/bios-w7-n111951-26ba6f3162c7 \
         --model msa-bios-tiny --device cpu --out bench/results/doc_mean_routing_cpu.json

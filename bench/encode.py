@@ -12,6 +12,7 @@ lengths uniform in [--min-len, --max-len]. Batching strategies compared (no mode
 MFU = (2 * params_used * real tokens + causal attention FLOPs of the real tokens) / time / peak,
 peak = bf16 matmul rate of an 8192^3 product measured in the same run. ``gemm_only`` times just the
 layers' linear maps on the real tokens packed without padding: what a packed (varlen) encode could reach.
+The JSON records the card and the versions (torch, python).
 
     python bench/encode.py [--layers 4] [--docs 2048] [--quick] [--out PATH]
 """

@@ -20,6 +20,10 @@ recall@16 = |top16(fp8) & top16(bf16)| / 16 averaged over questions (and router 
 fraction of questions whose gold document is selected; bf16_top16_in_fp8_topS = how much of the bf16
 top 16 a float8 shortlist of S documents holds (what an fp8 shortlist + exact rescoring would recover).
 
+Card and versions: the CPU it ran on (``card``, ``platform``), torch, python and msa are recorded in
+the JSON. Baseline: the bfloat16 selection (and the float32 one) of the same questions in the same run;
+the target recall@16 is 0.99.
+
     python bench/fp8_recall.py [--steps 1500] [--people 1024] [--docs 4096] [--questions 400] [--quick]
 """
 
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+import msa
 from msa.data.bios import BiosConfig, BiosWorld
 
 log = logging.getLogger("bench.fp8_recall")
@@ -251,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("layer %d %s", layer, json.dumps({a: round(b, 4) for a, b in per_layer[layer].items()}))
     mean = {m: sum(v[m] for v in per_layer.values()) / len(per_layer) for m in next(iter(per_layer.values()))}
     result = {
-        "bench": "fp8_recall", "card": "cpu", "torch": torch.__version__, "python": platform.python_version(),
+        "bench": "fp8_recall", "card": platform.processor() or platform.machine(), "device": "cpu",
+        "torch": torch.__version__, "msa": msa.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "threads": args.threads, "quick": args.quick,
         "path": "bank fused path, query_reduce='mean': queries pre-reduced to one row per question, GEMV over "
                 "float8 e4m3 keys + per-chunk scales (float32 queries); bf16: same function on bfloat16 keys; "

@@ -9,7 +9,8 @@ the right sizes, the values are meaningless). The model has the MSA-4B shape wit
     torchrun --nproc-per-node W bench/parallel.py --tokens 1e8      # GPU, NCCL, bf16
     torchrun --nproc-per-node 2 bench/parallel.py --quick            # CPU, gloo, tiny sizes (tested)
 
-Writes bench/results/parallel_<card>_w<W>.json (rank 0) and prints a table; compares with the W=1
+Writes bench/results/parallel_<card>_w<W>.json (rank 0: card, world, backend, torch, python) and
+prints a table; compares with the W=1
 file of the same card when present.
 """
 

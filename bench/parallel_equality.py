@@ -4,7 +4,8 @@
 
 Rank 0 builds a bank with a tiny random model (bf16, CUDA) and computes the single-GPU reference;
 then every rank serves its shard (NCCL) and the distributed engine answers the same questions. Exits
-non-zero on any difference. Writes a JSON verdict (rank 0).
+non-zero on any difference. Writes a JSON verdict (rank 0) with the card, world size and versions.
+Baseline: the single-GPU engine on the same bank in the same run; the only passing result is equality.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -63,7 +65,8 @@ def main() -> int:
     ok = True
     if rank == 0:
         ok = got == ref
-        verdict = {"world": world, "card": torch.cuda.get_device_name(), "equal": ok, "questions": len(QUESTIONS),
+        verdict = {"world": world, "card": torch.cuda.get_device_name(), "torch": torch.__version__,
+                   "python": platform.python_version(), "equal": ok, "questions": len(QUESTIONS),
                    "routing_layers": list(model.router_layers), "first_answer_rounds": got[0][1]}  # fmt: skip
         print(json.dumps({k: v for k, v in verdict.items() if k != "first_answer_rounds"}))
         if args.out:

@@ -8,11 +8,15 @@ Trains the bios_tiny recipe shrunk to the vanilla probe's size on answer rounds 
 the answer), then prints every 100 steps the held-out teacher-forced accuracy of the last answer
 tokens of ordinary questions, with the gold document in memory (the inference condition) and
 without it (the answer can only come from the appended text).
+
+CPU, prints to the terminal (torch version first). Baseline: bench/reading_vanilla_probe.py, the
+same metric for a vanilla Qwen3 of the same size; used by bench/train_shipped.py for its reading stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 
 import torch
@@ -42,6 +46,7 @@ def main() -> None:
     ap.add_argument("--hide-read", action="store_true", help="answer rounds leave the read documents out of memory")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    print(f"torch {torch.__version__} on {platform.processor() or platform.machine()}")
     if args.threads:
         torch.set_num_threads(args.threads)
     h = args.hidden

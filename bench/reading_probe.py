@@ -6,6 +6,9 @@ Each held-out question (bios world seed 7, a world no shipped recipe trains on) 
 its gold documents plus ``--distractors`` random others. With 0 distractors Memory Interleave with
 ``doc_choice="routed"`` must read the gold documents, so EM measures reading and answering alone
 (routing factored out); the official ``generated`` choice is reported beside it.
+
+Prints a JSON record with the device, torch and msa versions. Floor: none; the model with its
+gold documents is the ceiling the full engine run (bench/scaling.py) is compared with.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import argparse
 import json
 
 import numpy as np
+import torch
 from transformers import PreTrainedTokenizerFast
 
+import msa
 from msa.data.bios import BiosConfig, BiosWorld
 from msa.engine import Engine, InMemoryView
 from msa.eval.metrics import exact_match, token_f1
@@ -55,7 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     model = MSAForCausalLM.from_pretrained(args.model).eval()
     tok = PreTrainedTokenizerFast.from_pretrained(args.model)
-    out = {"model": args.model, "distractors": args.distractors, **reading(model, tok, args.questions, args.distractors)}
+    out = {"model": args.model, "device": str(model.device), "torch": torch.__version__, "msa": msa.__version__,
+           "distractors": args.distractors, **reading(model, tok, args.questions, args.distractors)}
     for key, r in out.items():
         if isinstance(r, dict):
             print(key, {k: round(v, 3) for k, v in r.items() if k != "examples"})

@@ -4,6 +4,7 @@ Methods: the PyTorch reference (msa.functional.doc_scores + select_docs per ques
 formulation (msa.kernels.route_topk_torch), the Triton kernel with bf16 keys and with float8 keys.
 Floor: key bytes / read bandwidth measured in the same run (a pure read; a device copy is reported
 beside it), and the tensor-core time of 2*B*Tq*Hkv*D FLOPs per chunk at the measured bf16 matmul rate.
+The JSON records the card and the versions (torch, triton, CUDA, python).
 
     python bench/routing.py [--sizes 1M,10M,100M] [--layers 1,18] [--quick] [--out PATH]
 """

@@ -1,4 +1,4 @@
-"""msa.functional.route_topk (kernel or reference dispatch) and the bank's fused routing path.
+"""msa.kernels.route_docs (kernel or reference dispatch) and the bank's fused routing path.
 
 CPU: the dispatcher equals doc_scores + select_docs exactly; the bank's fused path (prepared keys,
 one call for all questions, deleted documents behind a dummy slot) equals the dense reference on the
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import ROUTING_TEXTS, routing_case, build_tiny_model, build_tiny_tokenizer
-from msa.functional import doc_scores, route_topk, select_docs
-from msa.kernels import prepare_doc_mean_keys, prepare_routing_keys, route_topk_torch
+from msa.functional import doc_scores, select_docs
+from msa.kernels import prepare_doc_mean_keys, prepare_routing_keys, route_docs, route_topk_torch
 from msa.memory import BankSnapshot, LoadedSegment, MemoryBank
 from msa.memory.catalog import DocRow
 from msa.model.memory import DenseMemoryAccess, RoutingOptions
@@ -37,13 +37,13 @@ def _reference(q, k, chunk_doc, n, mask, kk, cosine=True, **red):
 @pytest.mark.parametrize("red", [{}, {"head_reduce": "max"}, {"query_reduce": "mean", "chunk_reduce": "mean"}])
 def test_dispatch_cpu_equals_reference(cosine, red):
     q, k, chunk_doc, n, mask = routing_case(4, 7, 6, 3, 12, 61, seed=1)
-    docs, scores = route_topk(q, k, chunk_doc, n, 5, mask, cosine, **red)
+    docs, scores = route_docs(q, k, chunk_doc, n, 5, mask, cosine, **red)
     assert docs.shape == (4, 5) and scores.shape == (4, 5)
     assert torch.equal(docs, _reference(q, k, chunk_doc, n, mask, 5, cosine, **red))
     assert (docs[-1] == -1).all() and (scores[-1] == float("-inf")).all()
     assert torch.isfinite(scores[:-1]).all()
     # k beyond N: -1 padded
-    docs, scores = route_topk(q, k, chunk_doc, n, n + 3, None, cosine, **red)
+    docs, scores = route_docs(q, k, chunk_doc, n, n + 3, None, cosine, **red)
     assert (docs[:, n:] == -1).all() and (docs[:, :n] >= 0).all()
 
 
@@ -177,11 +177,11 @@ def _check(docs, scores, q, k, chunk_doc, n, mask, kk, tol):
 def test_dispatch_cuda_kernel(shape):
     b, tq, hq, hkv, d, c = shape
     q, k, chunk_doc, n, mask = routing_case(b, tq, hq, hkv, d, c, seed=c, device="cuda")
-    docs, scores = route_topk(q.bfloat16(), k.bfloat16(), chunk_doc, n, 16, mask)
+    docs, scores = route_docs(q.bfloat16(), k.bfloat16(), chunk_doc, n, 16, mask)
     assert docs.is_cuda
     _check(docs, scores, q.bfloat16().float(), k.bfloat16().float(), chunk_doc, n, mask, 16, TOL[torch.bfloat16])
     # other reductions stay on the reference path, on the GPU
-    d2, _ = route_topk(q, k, chunk_doc, n, 4, mask, head_reduce="max")
+    d2, _ = route_docs(q, k, chunk_doc, n, 4, mask, head_reduce="max")
     assert torch.equal(d2.cpu(), _reference(q, k, chunk_doc, n, mask, 4, head_reduce="max"))
 
 

@@ -229,7 +229,10 @@ def test_doc_choice_default_comes_from_the_config_and_is_checked(setup):
     assert Engine(model, tok, view).doc_choice == "generated"
     with pytest.raises(ValueError, match="doc_choice"):
         Engine(model, tok, view, doc_choice="oracle")
-    assert MSAConfig.from_dict({"doc_choice": "named"}, official=False).doc_choice == "routed"  # msa-bios-tiny
+    from msa.model.checkpoint import official_msa_config
+
+    legacy = {"doc_choice": "named", "top_k_docs": 4, "pooling_kernel_size": 8}
+    assert official_msa_config(legacy)[0].doc_choice == "routed"  # msa-bios-tiny saved "named"
     cfg = MSAConfig(doc_choice="routed")
     cfg.validate()
     with pytest.raises(ValueError, match="doc_choice"):

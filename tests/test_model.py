@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from msa import MSAConfig, MSAForCausalLM, ModelConfig, PackedBatch
+from msa.config import MSALossConfig
 from msa.model import CheckpointError
+from msa.model.checkpoint import official_msa_config
 
 V = 101
 
@@ -262,16 +264,22 @@ def test_official_config_semantics():
     }  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cfg = MSAConfig.from_dict(official)
+        cfg, loss = official_msa_config(official)
     assert cfg.router_layers(36) == tuple(range(18, 36))
     assert cfg.query_offset == 19
     assert cfg.train_cosine() is True and cfg.inference_cosine() is False  # the release's mismatch, reproduced
-    assert MSAConfig.from_dict({**official, "aux_loss_method": "INFONCE"}).inference_cosine() is True
+    assert official_msa_config({**official, "aux_loss_method": "INFONCE"})[0].inference_cosine() is True
+    assert {**cfg.to_dict(36), **loss.to_dict()}.items() >= official.items()  # the official keys round-trip
     partial = dict(official)
     del partial["router_layer_idx"], partial["decouple_router"]
     with pytest.warns(UserWarning, match="no router_layer_idx"):
-        cfg = MSAConfig.from_dict(partial)
-    assert cfg.router_layers(36) == () and cfg.decouple_router is None
+        cfg, _ = official_msa_config(partial)
+    assert cfg.router_layers(36) == () and cfg.decouple_router is False  # None reads as false
+    with pytest.raises(CheckpointError, match="top_k_docs"):
+        official_msa_config({k: v for k, v in official.items() if k != "top_k_docs"})
+    written = ModelConfig(loss=MSALossConfig(auxloss_weight=0.5)).to_hf_dict()["msa_config"]
+    msa, loss = official_msa_config(written)  # what we write reads back the same, the loss keys included
+    assert loss == MSALossConfig(auxloss_weight=0.5) and msa.to_dict() == MSAConfig().to_dict(36)
     with pytest.raises(ValueError, match="router_layer_idx"):
         MSAConfig(router_layer_idx="1,x").router_layers(4)
     with pytest.raises(ValueError, match="out of range"):

@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from conftest import ROUTING_TEXTS, routing_case, build_tiny_model, build_tiny_tokenizer
-from msa.functional import doc_scores, route_topk, select_docs
-from msa.functional.dispatch import kernel_applies
-from msa.kernels import prepare_routing_keys, route_topk_rows, router_query_rows
+from msa.functional import doc_scores, select_docs
+from msa.kernels import RoutingPrep, kernel_applies, prepare_routing_keys, route_docs, route_topk_rows, router_query_rows
 from msa.kernels import route_topk as kernel_route_topk
 from msa.memory import BankSnapshot, LoadedSegment, MemoryBank
-from msa.memory.access import RoutingPrep
 from msa.memory.catalog import DocRow
 from msa.model.memory import DenseMemoryAccess, RoutingOptions
 
@@ -101,7 +99,7 @@ def test_ties_go_to_the_lower_document():
 def test_functional_dispatch_mean():
     q, k, chunk_doc, n, mask = routing_case(4, 7, 6, 3, 12, 61, seed=1)
     assert not kernel_applies(k, **MEAN)  # CPU: the float32 reference
-    docs, _ = route_topk(q, k, chunk_doc, n, 5, mask, **MEAN)
+    docs, _ = route_docs(q, k, chunk_doc, n, 5, mask, **MEAN)
     ref = _reference_scores(q, k, chunk_doc, n, mask)
     assert docs.tolist() == [
         select_docs(r, 5).tolist() + [-1] * (5 - select_docs(r, 5).numel()) for r in ref

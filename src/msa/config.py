@@ -1,36 +1,43 @@
-"""Typed configuration: the Qwen3-family backbone and the MSA options (official ``msa_config`` keys)."""
+"""Typed configuration by concern: the Qwen3-family backbone (``ModelConfig``), what an MSA checkpoint
+needs to run (``MSAConfig``) and the keys only training reads (``MSALossConfig``); the last two are the
+official ``msa_config`` keys between them."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 DOC_CHOICES = ("generated", "routed")  # MSAConfig.doc_choice: which documents Memory Interleave reads (msa.engine.choice)
 LEGACY_DOC_CHOICES = {"named": "routed"}  # saved by msa-bios-tiny: its requests are routed as "routed" routes them
 AUX_LOSS_METHODS = ("INFONCE", "INFONCE_FOCAL", "INFONCE_DECOUPLE", "INFONCE_DECOUPLE_FOCAL", "BCE")
+NO_AUX_LOSS = "NONE"  # MSAConfig.aux_loss_method of a checkpoint that names none: no extra scalar, raw-dot routing
 
 
 @dataclass
 class MSAConfig:
-    """MSA options. Field names and meanings are the official ``msa_config`` keys (MSA_SPEC Part B 1),
-    defaults are the release script's (the MSA-4B checkpoint), plus the choices the release hard-codes.
+    """What an MSA checkpoint needs to run: the ``msa_config`` keys the model reads. Field names and
+    meanings are the official ones (MSA_SPEC Part B 1), defaults are the release script's (the MSA-4B
+    checkpoint), plus the choices the release hard-codes. The keys only training reads are
+    ``MSALossConfig``; reading an official ``msa_config`` (where a missing key reads as None) is
+    ``msa.model.checkpoint.official_msa_config``.
 
     router_layer_idx: "all", "half" (layers L//2..L-1, the paper's "latter half"; written out as the
-        explicit list when saved) or comma-separated layer indices.
+        explicit list when saved), comma-separated layer indices, or "" (no layer routes).
     top_k_docs: documents selected per query per router layer (honoured at inference too).
     pooling_kernel_size: chunk length P of the mean pooling.
     head_reduce_method / query_reduce_method / chunk_reduce_method: routing reductions.
     decouple_router: separate router_q_proj / router_k_proj (else route with attention Q and pooled K).
-    aux_loss / aux_loss_method / infonce_loss_temp: routing loss switch, variant and tau.
-    rewrite_position: use the collator's document-wise position ids in training.
-    lmloss_weigth (sic), auxloss_weight, recloss_weight, ansloss_weight: loss weights.
+    decouple_pooling_mode: stored for the official format; only mean pooling exists.
+    aux_loss_method: the routing-loss variant (``AUX_LOSS_METHODS``), or "NONE". It decides the model's
+        extra scalar (INFONCE*: a frozen ``temperature`` buffer; BCE: a learnable bias ``b``) and, with
+        ``routing_cosine=None``, the routing normalisation.
+    infonce_loss_temp: tau (the ``temperature`` scalar's initial value).
     template_len: tokens of the template prefix (official ``<|im_start|>user\\n`` = 3).
     query_position_offset: position of the first query token; None = template_len + top_k_docs (official).
+    routing_cosine: cosine routing scores (True) or raw dot / sqrt(D) (False) in training AND inference;
+        None = what the official code does for ``aux_loss_method`` (training cosine for INFONCE*,
+        inference cosine only for exactly "INFONCE"), needed to reproduce MSA-4B numbers.
     prompt_format: the prompt layout the model was trained with (msa.prompt.PROMPT_FORMATS): "official"
         (the release's, the default and what official checkpoints get) or "question" (ours: the routing
         query is the question alone). Engines and the training collator read it from the config.
@@ -38,49 +45,32 @@ class MSAConfig:
         the ids the model writes) or "routed" (ours: each request the model writes is routed on its
         own and its best unread document is read). The Engine's default. A saved "named" reads as
         "routed".
-    routing_cosine: cosine routing scores (True) or raw dot / sqrt(D) (False) in training AND inference;
-        None = what the official code does for ``aux_loss_method`` (training cosine for INFONCE*,
-        inference cosine only for exactly "INFONCE"), needed to reproduce MSA-4B numbers.
     """
 
-    router_layer_idx: str | None = "half"
-    top_k_docs: int | None = 16
-    pooling_kernel_size: int | None = 64
-    head_reduce_method: str | None = "mean"
-    query_reduce_method: str | None = "max"
-    chunk_reduce_method: str | None = "max"
-    decouple_router: bool | None = True
-    decouple_pooling_mode: str | None = "mean"
-    aux_loss: bool | None = True
-    aux_loss_method: str | None = "INFONCE_DECOUPLE"
-    infonce_loss_temp: float | None = 0.1
-    rewrite_position: bool | None = True
-    lmloss_weigth: float | None = 1.0
-    auxloss_weight: float | None = 0.1
-    recloss_weight: float | None = 0.0
-    ansloss_weight: float | None = 1.0
+    router_layer_idx: str = "half"
+    top_k_docs: int = 16
+    pooling_kernel_size: int = 64
+    head_reduce_method: str = "mean"
+    query_reduce_method: str = "max"
+    chunk_reduce_method: str = "max"
+    decouple_router: bool = True
+    decouple_pooling_mode: str = "mean"
+    aux_loss_method: str = "INFONCE_DECOUPLE"
+    infonce_loss_temp: float = 0.1
     template_len: int = 3
     query_position_offset: int | None = None
     routing_cosine: bool | None = True
     prompt_format: str = "official"
     doc_choice: str = "generated"
 
-    OFFICIAL_KEYS = (
-        "router_layer_idx", "top_k_docs", "pooling_kernel_size", "head_reduce_method", "query_reduce_method",
-        "chunk_reduce_method", "decouple_router", "decouple_pooling_mode", "aux_loss", "aux_loss_method",
-        "infonce_loss_temp", "rewrite_position", "lmloss_weigth", "auxloss_weight", "recloss_weight",
-        "ansloss_weight",
-    )  # fmt: skip
-
     def validate(self, num_layers: int | None = None) -> None:
         """Raise ValueError on values the model cannot run with."""
-        if not self.pooling_kernel_size or self.pooling_kernel_size < 1:
+        if not isinstance(self.pooling_kernel_size, int) or self.pooling_kernel_size < 1:
             raise ValueError(f"msa_config.pooling_kernel_size must be a positive int, got {self.pooling_kernel_size!r}")
-        if self.top_k_docs is None or self.top_k_docs < 1:
+        if not isinstance(self.top_k_docs, int) or self.top_k_docs < 1:
             raise ValueError(f"msa_config.top_k_docs must be a positive int, got {self.top_k_docs!r}")
-        if self.aux_loss_method is not None and self.aux_loss_method not in AUX_LOSS_METHODS:
-            raise ValueError(f"msa_config.aux_loss_method {self.aux_loss_method!r} not in {AUX_LOSS_METHODS}")
         for name, allowed in (
+            ("aux_loss_method", (*AUX_LOSS_METHODS, NO_AUX_LOSS)),
             ("head_reduce_method", ("mean", "max")),
             ("query_reduce_method", ("max", "mean", "last")),
             ("prompt_format", ("official", "question")),
@@ -93,11 +83,8 @@ class MSAConfig:
             self.router_layers(num_layers)
 
     def router_layers(self, num_layers: int) -> tuple[int, ...]:
-        """Parse ``router_layer_idx`` into sorted layer indices (empty when it is None)."""
-        spec = self.router_layer_idx
-        if spec is None:
-            return ()
-        spec = str(spec).strip()
+        """Parse ``router_layer_idx`` into sorted layer indices (empty for "")."""
+        spec = str(self.router_layer_idx).strip()
         if spec == "all":
             return tuple(range(num_layers))
         if spec == "half":
@@ -113,11 +100,11 @@ class MSAConfig:
 
     @property
     def top_k(self) -> int:
-        return int(self.top_k_docs or 0)
+        return self.top_k_docs
 
     @property
     def chunk_size(self) -> int:
-        return int(self.pooling_kernel_size or 0)
+        return self.pooling_kernel_size
 
     @property
     def query_offset(self) -> int:
@@ -129,13 +116,13 @@ class MSAConfig:
     @property
     def tau(self) -> float:
         """Temperature, clamped to [0.001, 0.5] as the official code does."""
-        return min(max(float(self.infonce_loss_temp or 0.1), 0.001), 0.5)
+        return min(max(float(self.infonce_loss_temp), 0.001), 0.5)
 
     def train_cosine(self) -> bool:
         """Whether routing scores are cosine in training (official: any INFONCE* method)."""
         if self.routing_cosine is not None:
             return self.routing_cosine
-        return "INFONCE" in (self.aux_loss_method or "")
+        return "INFONCE" in self.aux_loss_method
 
     def inference_cosine(self) -> bool:
         """Whether routing scores are cosine at inference (official: exactly "INFONCE")."""
@@ -144,40 +131,32 @@ class MSAConfig:
         return self.aux_loss_method == "INFONCE"
 
     def to_dict(self, num_layers: int | None = None) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The fields as ``msa_config`` keys; with ``num_layers``, "half" written out as the layer list."""
+        d = dataclasses.asdict(self)
         if num_layers is not None and d["router_layer_idx"] == "half":
             d["router_layer_idx"] = ",".join(str(i) for i in self.router_layers(num_layers))
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], official: bool = True) -> "MSAConfig":
-        """Build from a stored ``msa_config`` dict.
 
-        official=True applies the official loader's semantics: a missing key reads as None (false),
-        exactly like the release's ``DotDict``, with a warning where that silently changes routing.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            logger.info("msa_config: ignoring keys %s (not used by this implementation)", unknown)
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if kwargs.get("doc_choice") in LEGACY_DOC_CHOICES:
-            kwargs["doc_choice"] = LEGACY_DOC_CHOICES[kwargs["doc_choice"]]
-        if official:
-            for key in cls.OFFICIAL_KEYS:
-                kwargs.setdefault(key, None)
-            kwargs.setdefault("routing_cosine", None)
-            missing = [k for k in cls.OFFICIAL_KEYS if k not in d]
-            if missing:
-                warnings.warn(f"msa_config lacks {missing}; they read as None/false as in the official loader", stacklevel=2)
-            if "router_layer_idx" not in d:
-                warnings.warn("msa_config has no router_layer_idx: no layer routes or keeps memory", stacklevel=2)
-            if "decouple_router" not in d:
-                warnings.warn(
-                    "msa_config has no decouple_router: routing uses attention Q/K and router weights are not created",
-                    stacklevel=2,
-                )
-        return cls(**kwargs)
+@dataclass
+class MSALossConfig:
+    """The ``msa_config`` keys only training reads (official names and the release script's values).
+    Stored with the checkpoint so the official format round-trips.
+
+    aux_loss: the routing loss is on. rewrite_position: training uses the collator's document-wise
+    position ids (else global positions). lmloss_weigth (sic), auxloss_weight, recloss_weight,
+    ansloss_weight: the official loss weights (LM, routing, reconstruction, answer).
+    """
+
+    aux_loss: bool = True
+    rewrite_position: bool = True
+    lmloss_weigth: float = 1.0
+    auxloss_weight: float = 0.1
+    recloss_weight: float = 0.0
+    ansloss_weight: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -202,6 +181,7 @@ class ModelConfig:
     pad_token_id: int | None = None
     msa: MSAConfig = field(default_factory=MSAConfig)
     extra: dict[str, Any] = field(default_factory=dict)
+    loss: MSALossConfig = field(default_factory=MSALossConfig)
 
     BACKBONE_KEYS = (
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -230,13 +210,14 @@ class ModelConfig:
             model_type="msa",
             architectures=["MSAForCausalLM"],
             hidden_act="silu",
-            msa_config=self.msa.to_dict(self.num_hidden_layers),
+            msa_config={**self.msa.to_dict(self.num_hidden_layers), **self.loss.to_dict()},
         )
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], msa: MSAConfig | None = None) -> "ModelConfig":
-        """From an HF config.json dict (Qwen3 or MSA). ``msa`` overrides any stored ``msa_config``."""
+    def from_hf_dict(cls, d: dict[str, Any], msa: MSAConfig, loss: MSALossConfig | None = None) -> "ModelConfig":
+        """The backbone from an HF config.json dict (Qwen3 or MSA) with the given MSA configs; a stored
+        ``msa_config`` is read by ``msa.model.checkpoint.official_msa_config``, not here."""
         d = dict(d)
         if d.get("rope_theta") is None and isinstance(d.get("rope_parameters"), dict):
             d["rope_theta"] = d["rope_parameters"].get("rope_theta")
@@ -245,12 +226,7 @@ class ModelConfig:
         act = d.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"only SiLU (SwiGLU) MLPs are supported, config has hidden_act={act!r}")
-        if msa is None:
-            if "msa_config" in d:
-                msa = MSAConfig.from_dict(d["msa_config"] or {}, official=True)
-            else:
-                msa = MSAConfig()
         kwargs = {k: d[k] for k in cls.BACKBONE_KEYS if d.get(k) is not None}
         skip = set(cls.BACKBONE_KEYS) | {"msa_config", "model_type", "architectures", "hidden_act", "rope_parameters"}
         extra = {k: v for k, v in d.items() if k not in skip}
-        return cls(**kwargs, msa=msa, extra=extra)
+        return cls(**kwargs, msa=msa, extra=extra, loss=loss or MSALossConfig())

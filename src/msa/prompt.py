@@ -49,7 +49,7 @@ class PromptFormat:
 OFFICIAL = PromptFormat()
 # Our own models: the routing query is the question alone. In the official turn ~31 of ~35 routing
 # tokens are fixed template text, and a router trained from scratch with per-token cosine scores
-# collapses to uniform scores on it (bench/NOTES_training.md); without it, it learns.
+# collapses to uniform scores on it; without it, it learns (docs/decisions.md).
 QUESTION_ONLY = PromptFormat(question_head="\n", question_tail="\n")
 PROMPT_FORMATS: dict[str, PromptFormat] = {"official": OFFICIAL, "question": QUESTION_ONLY}
 

@@ -10,6 +10,7 @@ reported. Stop rules are token ids (``msa.engine.stops``); nothing here knows a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -116,8 +117,11 @@ class Engine:
         self.choice = choice_strategy(doc_choice if doc_choice is not None else model.config.msa.doc_choice)
         self.stops = StopRules.compile(tokenizer, prompt, getattr(model.config, "eos_token_id", None))
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
-        # the answer ends at the first end-of-turn or end-of-sequence text
-        self._answer_ends = [prompt.end_of_turn] + [tokenizer.decode([i], skip_special_tokens=False) for i in sorted(self.stops.eos)]
+
+    @functools.cached_property
+    def _answer_ends(self) -> list[str]:
+        """The answer ends at the first end-of-turn or end-of-sequence text."""
+        return [self.prompt.end_of_turn] + [self._text([i]) for i in sorted(self.stops.eos)]
 
     @property
     def doc_choice(self) -> str:

@@ -1,6 +1,5 @@
 """Pure tensor math of MSA: pooling, routing, positions, routing losses. The readable reference."""
 
-from msa.functional.dispatch import route_topk
 from msa.functional.losses import (
     bce_loss,
     decoupled_focal_infonce_loss,
@@ -13,7 +12,8 @@ from msa.functional.losses import (
 from msa.functional.pooling import chunk_layout, chunk_mean_pool
 from msa.functional.positions import doc_position_ids, query_position_ids
 from msa.functional.routing import (
-    batched_doc_scores, batched_select_docs, chunk_scores, doc_scores, reduce_chunks_to_docs, select_docs,
+    batched_doc_scores, batched_select_docs, chunk_scores, doc_scores, reduce_chunks_to_docs, route_topk,
+    select_docs,
 )
 
 __all__ = [

@@ -213,3 +213,38 @@ def batched_select_docs(scores: Tensor, k: int) -> Tensor:
     masked = torch.where(finite, scores, torch.full_like(scores, float("-inf")))
     order = torch.sort(masked, descending=True, stable=True).indices[:, : min(k, scores.shape[1])]
     return order.masked_fill(~finite.gather(1, order), -1)
+
+
+def route_topk(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, k: int,
+               query_mask: Tensor | None = None, cosine: bool = True, *, head_reduce: HeadReduce = "mean",
+               query_reduce: QueryReduce = "max", chunk_reduce: ChunkReduce = "max") -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Top-k documents of B questions over one layer's pooled router keys: ``doc_scores`` +
+    ``select_docs`` per question, in float32 (``msa.kernels.route_docs`` is the fast version).
+
+    Args:
+        q_router: [B, Tq, Hq, D] router queries (questions padded to a common Tq).
+        k_router: [C, Hkv, D] pooled router keys (raw; normalised here in cosine mode).
+        chunk_doc: [C] long, owning document 0..num_docs-1 of every chunk.
+        num_docs: N.
+        k: documents to select.
+        query_mask: [B, Tq] bool, tokens taking part (default all).
+        cosine, head_reduce, query_reduce, chunk_reduce: as ``doc_scores``.
+
+    Returns:
+        docs [B, k] long, best first, ties towards the lower index, -1 where fewer than k documents
+        have a finite score; scores [B, k] float32, -inf there. On k_router's device.
+    """
+    if q_router.dim() != 4 or k_router.dim() != 3:
+        raise ValueError(f"q_router must be [B, Tq, Hq, D] and k_router [C, Hkv, D], got {tuple(q_router.shape)}, {tuple(k_router.shape)}")
+    b, device = q_router.shape[0], k_router.device
+    docs = torch.full((b, k), -1, dtype=torch.long, device=device)
+    scores = torch.full((b, k), float("-inf"), device=device)
+    chunk_doc = chunk_doc.to(device=device, dtype=torch.long)
+    for s in range(b):
+        m = None if query_mask is None else query_mask[s].to(device)
+        sc = doc_scores(q_router[s].to(device), k_router, chunk_doc, num_docs, m, cosine,
+                        head_reduce=head_reduce, query_reduce=query_reduce, chunk_reduce=chunk_reduce)  # fmt: skip
+        top = select_docs(sc, k)
+        docs[s, : top.numel()] = top
+        scores[s, : top.numel()] = sc[top]
+    return docs, scores

@@ -37,7 +37,7 @@ class KernelConfig:
 
 DEFAULT_CONFIG = KernelConfig()
 # float8 rows are half as long: larger tiles keep the per-tile epilogue small against the bytes read
-# (H200 sweep, bench/NOTES_routing.md).
+# (docs/decisions.md).
 DEFAULT_CONFIG_FP8 = KernelConfig(block_c=256, block_k=128, block_n_max=64, num_warps=8, num_stages=3)
 
 
@@ -82,8 +82,7 @@ def _kernel_queries(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Padded query matrix [b_pad*tq_pad, K] in the keys' GEMM dtype, token bias and per-row scale (float8).
 
-    One launch (``prepare_queries_kernel``): the routing pass itself is ~1 ms, so a dozen small PyTorch
-    ops here would cost several percent.
+    One launch (``prepare_queries_kernel``) rather than a dozen small PyTorch ops (docs/decisions.md).
     """
     from msa.kernels import _routing_triton as kern
 

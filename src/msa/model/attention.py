@@ -40,7 +40,7 @@ class MemorySparseAttention(nn.Module):
         self.head_dim = c.head_dim
         self.msa = c.msa
         self.is_router = layer_idx in c.router_layers
-        self.decoupled = bool(c.msa.decouple_router)
+        self.decoupled = c.msa.decouple_router
         hq, hkv, d = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.head_dim
         self.q_proj = nn.Linear(c.hidden_size, hq, bias=c.attention_bias)
         self.k_proj = nn.Linear(c.hidden_size, hkv, bias=c.attention_bias)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from msa.config import MSAConfig, ModelConfig
+from msa.config import LEGACY_DOC_CHOICES, NO_AUX_LOSS, MSAConfig, MSALossConfig, ModelConfig
 
 if TYPE_CHECKING:
     from msa.model.modeling import MSAForCausalLM
@@ -23,8 +25,71 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets"
 OPTIONAL_KEYS = ("temperature", "b")
 
 
+# The official loader's ``msa_config`` is a DotDict: a missing key reads as None, i.e. false. What each
+# such key then means, as concrete values (resolved here once; the model code never sees None).
+OFFICIAL_MISSING: dict[str, object] = {
+    "router_layer_idx": "",  # no layer routes or keeps memory
+    "head_reduce_method": "mean",
+    "query_reduce_method": "max",
+    "chunk_reduce_method": "max",
+    "decouple_router": False,  # route with attention Q / pooled K; no router weights
+    "decouple_pooling_mode": "mean",
+    "aux_loss_method": NO_AUX_LOSS,  # no temperature / b scalar; raw-dot routing
+    "infonce_loss_temp": 0.1,
+    "aux_loss": False,
+    "rewrite_position": False,
+    "lmloss_weigth": 0.0,
+    "auxloss_weight": 0.0,
+    "recloss_weight": 0.0,
+    "ansloss_weight": 0.0,
+}
+OFFICIAL_REQUIRED = ("top_k_docs", "pooling_kernel_size")  # a model cannot run without them
+
+
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded into the model it describes."""
+
+
+def official_msa_config(d: dict) -> tuple[MSAConfig, MSALossConfig]:
+    """Read a stored ``msa_config`` with the official loader's semantics: a missing official key reads as
+    None (false), resolved here to the concrete value it then means (``OFFICIAL_MISSING``), with a
+    warning where that silently changes routing; a missing ``routing_cosine`` (ours) is None, the
+    official normalisation rule. Keys of neither config are logged and ignored.
+
+    Raises CheckpointError when ``top_k_docs`` or ``pooling_kernel_size`` is missing.
+    """
+    arch = {f.name for f in dataclasses.fields(MSAConfig)}
+    loss = {f.name for f in dataclasses.fields(MSALossConfig)}
+    unknown = sorted(set(d) - arch - loss)
+    if unknown:
+        logger.info("msa_config: ignoring keys %s (not used by this implementation)", unknown)
+    lacking = [k for k in OFFICIAL_REQUIRED if d.get(k) is None]
+    if lacking:
+        raise CheckpointError(f"msa_config lacks {lacking}: a model cannot run without them")
+    missing = [k for k in OFFICIAL_MISSING if k not in d]
+    if missing:
+        warnings.warn(f"msa_config lacks {missing}; they read as None/false as in the official loader", stacklevel=2)
+    if "router_layer_idx" not in d:
+        warnings.warn("msa_config has no router_layer_idx: no layer routes or keeps memory", stacklevel=2)
+    if "decouple_router" not in d:
+        warnings.warn("msa_config has no decouple_router: routing uses attention Q/K and router weights are not created",
+                      stacklevel=2)  # fmt: skip
+    values: dict[str, object] = {**OFFICIAL_MISSING, "routing_cosine": None}
+    for k, v in d.items():  # a stored null reads as a missing key
+        values[k] = OFFICIAL_MISSING[k] if v is None and k in OFFICIAL_MISSING else v
+    if values.get("doc_choice") in LEGACY_DOC_CHOICES:  # msa-bios-tiny saved "named"
+        values["doc_choice"] = LEGACY_DOC_CHOICES[values["doc_choice"]]
+    return (MSAConfig(**{k: v for k, v in values.items() if k in arch}),
+            MSALossConfig(**{k: v for k, v in values.items() if k in loss}))  # fmt: skip
+
+
+def config_from_hf_dict(raw: dict) -> ModelConfig:
+    """The ModelConfig of an MSA ``config.json`` dict: the backbone and its ``msa_config`` read with the
+    official semantics (``official_msa_config``). The one reader of an MSA model's config."""
+    if "msa_config" not in raw:
+        raise CheckpointError("config.json has no msa_config: not an MSA model")
+    msa, loss = official_msa_config(raw["msa_config"] or {})
+    return ModelConfig.from_hf_dict(raw, msa, loss)
 
 
 def shipped_models() -> dict[str, Path]:
@@ -119,7 +184,7 @@ def _assign(model: "MSAForCausalLM", tensors: dict[str, torch.Tensor], dtype, de
                 continue
             param.data = src.to(device=device, dtype=dtype if src.is_floating_point() and src.dim() else src.dtype).contiguous()
         if "temperature" in dict(model.named_buffers()):
-            src = tensors.get("temperature", torch.tensor(float(model.config.msa.infonce_loss_temp or 0.1)))
+            src = tensors.get("temperature", torch.tensor(float(model.config.msa.infonce_loss_temp)))
             model.temperature = src.to(device=device, dtype=torch.float32)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -133,7 +198,7 @@ def load_pretrained(cls, path, dtype=None, device="cpu") -> "MSAForCausalLM":
             f"{path} is not an MSA checkpoint (model_type={raw.get('model_type')!r}); "
             "use MSAForCausalLM.from_base() for a base Qwen3 checkpoint"
         )
-    config = ModelConfig.from_hf_dict(raw)
+    config = config_from_hf_dict(raw)
     model = _build(cls, config, device)
     _assign(model, read_tensors(path), dtype, device, fresh=set(), source=path)
     return model.eval()
@@ -144,7 +209,7 @@ def load_base(cls, path, msa_config: MSAConfig | None, seed=0, dtype=None, devic
     raw = read_config(path)
     if raw.get("model_type") not in ("qwen3", "msa"):
         logger.warning("%s has model_type=%r; loading it as a Qwen3-family decoder", path, raw.get("model_type"))
-    config = ModelConfig.from_hf_dict(raw, msa=msa_config or MSAConfig())
+    config = ModelConfig.from_hf_dict(raw, msa_config or MSAConfig())
     model = _build(cls, config, device)
     routers = {n for n, _ in model.named_parameters() if ".router_q_proj." in n or ".router_k_proj." in n}
     tensors = read_tensors(path)

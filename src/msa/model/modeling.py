@@ -94,9 +94,9 @@ class MSAForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        method = config.msa.aux_loss_method or ""
+        method = config.msa.aux_loss_method
         if "INFONCE" in method:  # the official checkpoint's frozen top-level scalar; a buffer, not trained
-            self.register_buffer("temperature", torch.tensor(float(config.msa.infonce_loss_temp or 0.1)))
+            self.register_buffer("temperature", torch.tensor(float(config.msa.infonce_loss_temp)))
         elif method == "BCE":
             self.b = nn.Parameter(torch.tensor(-20.0))
 
@@ -163,9 +163,8 @@ class MSAForCausalLM(nn.Module):
         Args:
             docs: N token-id sequences (each non-empty).
             packed: one row of all documents back to back with a block-diagonal causal mask (no padding
-                memory or work; FlexAttention on CUDA) instead of one padded row per document. Measured on
-                an H200 at the MSA-4B width (bench/encode.py): 41.9% MFU packed vs 43.8% for
-                length-sorted padded batches (8.5% padding), so padded is the default; sort by length.
+                memory or work; FlexAttention on CUDA) instead of one padded row per document. Either
+                gives the same memory; padded is the default (docs/decisions.md), so sort by length.
 
         Returns:
             CompressedMemory over the N documents for every router layer (model dtype, model device).
@@ -244,9 +243,9 @@ class MSAForCausalLM(nn.Module):
         cosine = m.inference_cosine()
         return RoutingOptions(
             cosine=cosine,
-            head_reduce=m.head_reduce_method or "mean",
-            query_reduce=m.query_reduce_method or "max",
-            chunk_reduce=m.chunk_reduce_method or "max",
+            head_reduce=m.head_reduce_method,
+            query_reduce=m.query_reduce_method,
+            chunk_reduce=m.chunk_reduce_method,
             coupled_scale=1.0 / math.sqrt(self.config.head_dim) if (cosine and not m.decouple_router) else 1.0,
         )
 

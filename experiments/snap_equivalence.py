@@ -1,6 +1,6 @@
 """Which named requests of a scaling run's records a change of ``snap_name`` would look up differently.
 
-    python bench/snap_equivalence.py RECORDS.jsonl.gz [WORLD_SEED]
+    python experiments/snap_equivalence.py RECORDS.jsonl.gz [WORLD_SEED]
 
 Replays every non-numeric request in the records' transcripts against the text the engine shows
 the snapping (the question and the documents read before it, in id order) with the first version

@@ -7,7 +7,7 @@ the longest ids of the bank, this routes "Who is NAME?" over the whole bank (the
 lookup, ``--lookup-k`` candidates) and reports where the person ranks among the people sharing their
 first name (0 = first, 1 = last; 1 also when not among the candidates).
 
-    PYTHONPATH=src python bench/id_length_probe.py --bank runs/s5/banks_cpu/bios-w7-n111951-26ba6f3162c7 \
+    PYTHONPATH=src python experiments/id_length_probe.py --bank runs/s5/banks_cpu/bios-w7-n111951-26ba6f3162c7 \
         --world-seed 7 --out bench/results/issue6_h200_2026-11-27/id_length_probe_10M_cpu.json
 """
 
@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import random
 import statistics
 from pathlib import Path
 
+import torch
+
+import msa
 from msa.data.bios import BiosConfig, BiosWorld
 from msa.engine import Engine
 from msa.engine.generation import Timer
@@ -51,7 +55,11 @@ def main() -> None:
     rng = random.Random(0)
     late = max(args.people, n - 10 * args.people)
     groups = {f"ids < {args.people}": range(args.people), f"ids >= {late}": range(late, n)}
-    result = {"bank": args.bank, "documents": n, "lookup_k": args.lookup_k, "groups": {}}
+    dev = model.device
+    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    result = {"card": card, "device": str(dev), "torch": torch.__version__, "msa": msa.__version__,
+              "python": platform.python_version(), "bank": args.bank, "documents": n, "lookup_k": args.lookup_k,
+              "groups": {}}  # fmt: skip
     for label, pool in groups.items():
         people = rng.sample(list(pool), min(args.sample, len(pool)))
         found = eng._look_up({0: [names[p] for p in people]}, access, slots, Timer())[0]

@@ -1,6 +1,6 @@
 """CPU probe: does a tiny MSA model learn generative retrieval + Memory Interleave on a small bios world?
 
-    python bench/learning_probe.py STEPS PEOPLE HIDDEN        e.g. 900 64 64  (~15 min on 2 cores)
+    python experiments/learning_probe.py STEPS PEOPLE HIDDEN        e.g. 900 64 64  (~15 min on 2 cores)
 
 Trains with interleave_round targets (query_reduce mean, chunk 8, top-4), then asks held-out
 single-hop questions through the Engine over the whole world and prints: first requested id correct,
