@@ -14,7 +14,8 @@ last index wins**. A gold text that is not in memory is reported (``Query.missin
 
 Pickles are untrusted input. :func:`safe_load_pickle` admits only what pickle encodes without naming
 a Python object: lists, tuples, dicts, strings, bytes, ints, floats, booleans and None (plus the
-builtins ``set`` and ``frozenset``, which protocols below 4 construct by name). Any other object
+builtins ``set`` and ``frozenset``, which protocols below 4 construct by name, and the
+``_codecs.encode(str, "latin1")`` call by which protocols 0-2 write bytes). Any other object
 (a class, a function such as ``os.system``, a numpy array) is refused with one line naming it,
 before anything is constructed or called: :class:`UnsafePickleError`.
 """
@@ -66,7 +67,7 @@ class UnsafePickleError(OfficialFormatError):
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Unpickler whose only reachable globals are ``set`` and ``frozenset``.
+    """Unpickler whose only reachable globals are ``set``, ``frozenset`` and a bytes-only ``_codecs.encode``.
 
     Every way a pickle can call code (REDUCE, BUILD, INST, OBJ, NEWOBJ, the extension registry)
     needs a callable obtained through ``find_class`` (or ``persistent_load``, which the base class
@@ -80,10 +81,18 @@ class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_GLOBALS:
             return set if name == "set" else frozenset
+        if (module, name) == ("_codecs", "encode"):  # how protocols 0-2 spell bytes
+            return self._latin1_bytes
         raise UnsafePickleError(
             f"{self._name}: refused to load a pickle that references {module}.{name}; only lists, tuples, "
             "dicts, strings, bytes, numbers, booleans and None are admitted (convert the file to JSON)"
         )
+
+    def _latin1_bytes(self, text, encoding="utf-8"):
+        """``_codecs.encode`` as protocols 0-2 call it for bytes: (str, "latin1") only."""
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise UnsafePickleError(f"{self._name}: refused a _codecs.encode call other than the one bytes use")
+        return text.encode("latin-1")
 
     def persistent_load(self, pid):
         raise UnsafePickleError(f"{self._name}: refused to load a pickle with persistent ids")
