@@ -70,7 +70,8 @@ def test_bench_official_end_to_end(tmp_path, capsys, judge_url, monkeypatch):
     assert [o["index"] for o in ours] == list(range(6)) and all(o["official"] == r for o, r in zip(ours, recs))
     assert all("recall@16" in o["router"] and o["rounds"] for o in ours)
     summary = json.loads((out / "bios.summary.json").read_text())
-    assert summary["judge"]["mode"] == "llm" and summary["judge"]["requests"] == 6 == srv.calls
+    distinct = len({(r["question"], r["true_answer"], r["pred_answer"]) for r in recs})  # questions may repeat
+    assert summary["judge"]["mode"] == "llm" and summary["judge"]["requests"] == distinct == srv.calls
     score = json.loads((out / "bios_llmscore.json").read_text())
     exact = sum(r["pred_answer"] == r["true_answer"] for r in recs)
     assert score["mean_score"] == pytest.approx((5 * exact + 6 - exact) / 6) and len(score["scores"]) == 6
@@ -86,7 +87,7 @@ def test_bench_official_end_to_end(tmp_path, capsys, judge_url, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(Engine, "ask_batch", refuse)
         assert main(args) == 0
-    assert srv.calls == 6 and json.loads((out / "bios.summary.json").read_text())["judge"]["cached"] == 6
+    assert srv.calls == distinct and json.loads((out / "bios.summary.json").read_text())["judge"]["cached"] == 6
     assert len((out / "bios.records.jsonl").read_text().splitlines()) == 6
     assert json.loads((out / "bios.json").read_text()) == rel
 

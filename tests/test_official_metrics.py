@@ -68,6 +68,7 @@ def test_release_text_starts_at_the_query_template():
 def test_ours_read_scores_and_router_recall():
     s = om.read_scores([[4], [3], []], [3, 7])
     assert s["precision"] == 0.5 and s["recall"] == 0.5 and s["rounds"] == 2 and s["read"] == 2
+    assert om.recall_by_round([[4], [3, 7]], [3, 7], rounds=4) == [0.0, 1.0, 1.0, 1.0]
     routing = {2: [(9, 0.1), (7, 0.9), (3, 0.5)], 3: [(3, 0.8), (1, 0.7), (7, 0.2)]}
     r = om.router_recall(routing, [3, 7], ks=(1, 2, 3))
     assert r["recall@1"] == pytest.approx(0.5) and r["last_recall@1"] == 0.5  # layer 2 top-1 = 7, layer 3 = 3

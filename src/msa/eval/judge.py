@@ -229,12 +229,16 @@ class LLMJudge:
         return JudgeResult(None, None, error, self.retries + 1)
 
     def judge_many(self, items: list[JudgeItem], workers: int = 8) -> JudgeSummary:
-        """Grade items concurrently (``workers`` threads); results keep the input order."""
+        """Grade items concurrently (``workers`` threads); results keep the input order. Identical
+        items are graded once and share the result."""
+        unique = list(dict.fromkeys(items))
         if workers <= 1:
-            results = [self.score(it) for it in items]
+            graded = [self.score(it) for it in unique]
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(self.score, items))
+                graded = list(pool.map(self.score, unique))
+        by_item = dict(zip(unique, graded))
+        results = [by_item[it] for it in items]
         ok = [r.score for r in results if r.score is not None]
         failures = len(results) - len(ok)
         if failures:

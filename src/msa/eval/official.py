@@ -11,7 +11,8 @@ Outputs in ``out`` (``X`` = the query file's name without ``qdata_``):
   predict_context, gt_context}]}}`` (:mod:`msa.eval.official_metrics` says how each is computed);
 * ``X.records.jsonl``: ours, one line per question, appended after every batch (a crashed or
   interrupted run resumes from it): the release record, the documents read per round and their
-  scores, the router's recall@k, offline answer scores, timings;
+  scores (and the recall of what was read after each round), the router's recall@k, offline answer
+  scores, timings;
 * ``X.summary.json``: the release's metrics, ours beside them, the judge's or the offline scores;
 * ``X_llmscore.json`` (with a judge endpoint): the 0-5 verdict of every question and their mean
   with failures counted as 0 (the release's number; ``mean_graded`` leaves failures out).
@@ -39,6 +40,7 @@ from msa.eval.official_metrics import (
     answer_scores,
     mean_scores,
     read_scores,
+    recall_by_round,
     release_record,
     release_report,
     release_text,
@@ -131,7 +133,8 @@ def _load_model(bank_path: str, device: str | None):
     return MSAForCausalLM.from_pretrained(path, device=device or "cpu"), load_tokenizer(path)
 
 
-def _our_record(index: int, q: Query, answer, prompt, texts: dict[int, str], routing: bool) -> dict[str, Any]:
+def _our_record(index: int, q: Query, answer, prompt, texts: dict[int, str], routing: bool,
+                max_rounds: int) -> dict[str, Any]:  # fmt: skip
     generated = release_text(prompt, q.question, answer.transcript)
     official = release_record(q.question, q.answer, q.gold, generated, texts, q.references)
     rounds = [{"requested": r.requested, "retrieved": r.retrieved, "unknown": r.unknown, "named": r.named}
@@ -146,6 +149,7 @@ def _our_record(index: int, q: Query, answer, prompt, texts: dict[int, str], rou
         "official": official,
         "official_scores": set_scores(official["pred_id"], q.gold),
         "read": read_scores([r.retrieved for r in answer.rounds], q.gold),
+        "read_recall_by_round": recall_by_round([r.retrieved for r in answer.rounds], q.gold, max_rounds),
         "rounds": rounds,
         "router": router_recall(answer.rounds[0].routing, q.gold) if routing and answer.rounds else {},
         "answer_scores": answer_scores(official["pred_answer"], q.answer),
@@ -212,7 +216,8 @@ def run_official(cfg: OfficialConfig, model=None, tokenizer=None) -> dict[str, A
             batch = todo[start : start + cfg.batch_size]
             answers = engine.ask_batch([queries[i].question for i in batch], max_rounds=cfg.max_rounds,
                                        max_new_tokens=cfg.max_new_tokens, return_routing=cfg.routing)  # fmt: skip
-            rows = [_our_record(i, queries[i], a, engine.prompt, texts, cfg.routing) for i, a in zip(batch, answers)]
+            rows = [_our_record(i, queries[i], a, engine.prompt, texts, cfg.routing, cfg.max_rounds)
+                    for i, a in zip(batch, answers)]  # fmt: skip
             write_jsonl(out / f"{name}.records.jsonl", rows, append=True)
             done.update(zip(batch, rows))
             bar.update(len(batch))
@@ -236,6 +241,7 @@ def _summary(cfg: OfficialConfig, name: str, records: list[dict]) -> dict[str, A
         "release": {"precision": mean_scores([r["official_scores"] for r in records])},
         "ours": {
             "read": _mean([r["read"] for r in records], (*SCORE_KEYS, "rounds", "read")),
+            "read_recall_by_round": [sum(col) / len(col) for col in zip(*(r["read_recall_by_round"] for r in records))],
             "router_round1": _mean([r["router"] for r in records], router_keys) if router_keys else {},
             "pred_answer": _mean([r["answer_scores"] for r in records], ("em", "token_f1")),
             "engine_answer": _mean([r["engine_answer_scores"] for r in records], ("em", "token_f1")),
@@ -259,6 +265,7 @@ def _judge(cfg: OfficialConfig, out: Path, name: str, records: list[dict], summa
     scores = [r.score if r.score is not None else 0 for r in s.results]
     result = {"mode": "llm", "model": cfg.judge_model, "mean_score": s.mean_failures_as_zero, "mean_graded": s.mean,
               "graded": s.graded, "failures": s.failures,
-              "requests": sum(r.attempts for r in s.results), "cached": sum(r.cached for r in s.results)}  # fmt: skip
+              "requests": sum(r.attempts for r in {id(r): r for r in s.results}.values()),
+              "cached": sum(r.cached for r in s.results)}  # fmt: skip
     _write_json(out / f"{name}_llmscore.json", result | {"scores": scores, "replies": [r.reply for r in s.results]})
     summary["judge"] = result

@@ -38,6 +38,7 @@ __all__ = [
     "release_record",
     "release_report",
     "read_scores",
+    "recall_by_round",
     "router_recall",
     "answer_scores",
 ]
@@ -112,6 +113,17 @@ def read_scores(rounds_retrieved: Sequence[Sequence[int]], gold: Sequence[int]) 
     ``rounds`` (rounds that read something) and ``read`` (documents read)."""
     read = [d for r in rounds_retrieved for d in r]
     return set_scores(read, gold) | {"rounds": float(sum(1 for r in rounds_retrieved if r)), "read": float(len(read))}
+
+
+def recall_by_round(rounds_retrieved: Sequence[Sequence[int]], gold: Sequence[int], rounds: int) -> list[float]:
+    """Ours: recall of the documents read up to and including each round 1..``rounds`` (a question
+    that stopped earlier keeps its last value)."""
+    g, seen, out = set(gold), set(), []
+    for r in range(rounds):
+        if r < len(rounds_retrieved):
+            seen.update(rounds_retrieved[r])
+        out.append(len(g & seen) / len(g) if g else 0.0)
+    return out
 
 
 def router_recall(routing: dict[int, list[tuple[int, float]]], gold: Sequence[int],
