@@ -99,10 +99,12 @@ def test_bench_official_end_to_end(tmp_path, capsys, judge_url, monkeypatch):
         init(self, *a, **k)
 
     monkeypatch.setattr(Engine, "__init__", spy)
-    assert main(args[:-4] + ["--doc-choice", "generated", "--limit", "2", "--no-routing"]) == 0
+    more = ["--doc-choice", "generated", "--limit", "2", "--no-routing", "--memory", str(d / "mdata_bios.pkl")]
+    assert main(args[:-4] + more) == 0
     assert seen == ["generated"]
     ours = [json.loads(line) for line in (out / "bios.records.jsonl").read_text().splitlines()]
     assert len(ours) == 2 and all(o["router"] == {} for o in ours)
+    assert [o["gold"] for o in ours] == [r["labels_id"] for r in recs[:2]]  # same gold from the mdata file
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -111,8 +111,15 @@ def bench_name(queries: str | Path) -> str:
 
 
 def _memory_texts(cfg: OfficialConfig, bank) -> dict[int, str]:
+    """id -> text of the memory: the mdata file's (checked against a sample of the bank) or the bank's."""
     if cfg.memory:
-        return dict(enumerate(read_memory(cfg.memory)))
+        texts = dict(enumerate(read_memory(cfg.memory)))
+        sample = list(texts)[:: max(1, len(texts) // 256)]
+        differ = [i for i in sample if texts[i].strip() and bank.text(i) != texts[i]]
+        if differ:
+            logger.warning("%s: %d of %d sampled documents differ from the bank's (first: id %d); is it the file "
+                           "the bank was built from?", cfg.memory, len(differ), len(sample), differ[0])  # fmt: skip
+        return texts
     texts = {}
     for i in bank.ids():
         if bank.parent(i) is None:
