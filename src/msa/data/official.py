@@ -22,7 +22,6 @@ before anything is constructed or called: :class:`UnsafePickleError`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import pickle
@@ -107,7 +106,8 @@ def safe_load_pickle(path: str | Path) -> Any:
     if not p.is_file():
         raise OfficialFormatError(f"no such file: {p}")
     try:
-        return _PlainUnpickler(io.BytesIO(p.read_bytes()), str(p)).load()
+        with p.open("rb") as f:
+            return _PlainUnpickler(f, str(p)).load()
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:

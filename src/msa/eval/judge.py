@@ -147,6 +147,11 @@ class JudgeCache:
         return len(self._replies)
 
 
+def _verdict(reply: str, attempts: int, cached: bool = False) -> JudgeResult:
+    s = parse_score(reply)
+    return JudgeResult(s, reply, None if s is not None else "no digit 0-5 in the reply", attempts, cached)
+
+
 class LLMJudge:
     """Grades answers through an OpenAI-compatible chat completions endpoint.
 
@@ -204,8 +209,7 @@ class LLMJudge:
         """Grade one item; never raises for request or parse failures (see JudgeResult.error)."""
         prompt = self.prompt(item)
         if self.cache is not None and (reply := self.cache.get(self.model, prompt)) is not None:
-            s = parse_score(reply)
-            return JudgeResult(s, reply, None if s is not None else "no digit 0-5 in the reply", 0, cached=True)
+            return _verdict(reply, 0, cached=True)
         error = None
         for attempt in range(1, self.retries + 2):
             try:
@@ -221,8 +225,7 @@ class LLMJudge:
             else:
                 if self.cache is not None:
                     self.cache.put(self.model, prompt, reply)
-                s = parse_score(reply)
-                return JudgeResult(s, reply, None if s is not None else "no digit 0-5 in the reply", attempt)
+                return _verdict(reply, attempt)
             if attempt <= self.retries:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
         logger.warning("judge request failed after %d attempts: %s", self.retries + 1, error)
