@@ -111,3 +111,84 @@ def test_bench_judge_cli_over_records(server, tmp_path, capsys):
     assert bench_main(["judge", "--records", str(tmp_path / "missing"), "--base-url", url, "--judge-model", "m"]) == 2
     with pytest.raises(SystemExit):
         bench_main(["scaling", "--work-dir", "w", "--out", "o", "--sizes", "12Q"])
+
+
+class _FlakyHandler(BaseHTTPRequestHandler):
+    """Fails the first ``server.fail_first`` requests with 503 (or a dropped connection), then grades:
+    "5" when the prediction equals the reference, else "2"."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            self.server.calls += 1
+            n = self.server.calls
+        if n <= self.server.fail_first:
+            if n % 2:
+                self.send_response(503)
+                self.end_headers()
+            else:
+                self.close_connection = True  # no reply at all: the client sees a network error
+            return
+        prompt = body["messages"][0]["content"]
+        ref = prompt.split("Reference answer: ")[1].split("\n")[0]
+        pred = prompt.split("Answer to grade: ")[1].split("\n")[0]
+        content = "" if pred == "EMPTY" else ("5" if pred == ref else "2")
+        reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+
+@pytest.fixture()
+def flaky():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyHandler)
+    srv.calls, srv.fail_first, srv.lock = 0, 0, threading.Lock()
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_judge_retries_with_backoff_then_caches_every_verdict(flaky, tmp_path):
+    from msa.eval.judge import JudgeCache
+
+    url = f"http://127.0.0.1:{flaky.server_address[1]}/v1"
+    flaky.fail_first = 3
+    cache = tmp_path / "cache.jsonl"
+    items = [JudgeItem("q1", "Paris", "Paris"), JudgeItem("q2", "Rome", "Milan"), JudgeItem("q3", "x", "EMPTY")]
+    judge = LLMJudge(url, "judge-a", api_key_env=None, retries=3, backoff=0.01, timeout=5, cache=cache)
+    first = [judge.score(it) for it in items]  # one at a time: the first item absorbs the 3 failures
+    assert [r.score for r in first] == [5, 2, None]
+    assert first[0].attempts == 4 and first[1].attempts == 1
+    assert flaky.calls == 6
+    assert len(JudgeCache(cache)) == 3  # the empty reply is a verdict too (it scores 0 as the release)
+    again = LLMJudge(url, "judge-a", api_key_env=None, retries=0, cache=str(cache)).judge_many(items, workers=3)
+    assert flaky.calls == 6  # the re-run made zero requests
+    assert [r.score for r in again.results] == [5, 2, None] and all(r.cached and r.attempts == 0 for r in again.results)
+    assert again.mean_failures_as_zero == pytest.approx(7 / 3) and again.mean == 3.5
+    other = LLMJudge(url, "judge-b", api_key_env=None, retries=0, cache=cache).judge_many(items[:1], workers=1)
+    assert flaky.calls == 7 and other.results[0].score == 5  # another judge model is never served from the cache
+
+
+def test_judge_gives_up_after_its_retries_and_does_not_cache_failures(flaky, tmp_path):
+    url = f"http://127.0.0.1:{flaky.server_address[1]}/v1"
+    flaky.fail_first = 100
+    judge = LLMJudge(url, "m", api_key_env=None, retries=2, backoff=0.01, timeout=5, cache=tmp_path / "c.jsonl")
+    r = judge.score(JudgeItem("q", "a", "a"))
+    assert r.score is None and r.attempts == 3 and flaky.calls == 3
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_offline_scores():
+    from msa.eval.judge import offline_scores
+
+    s = offline_scores(["Paris", "the rome", "x y"], ["paris", ["Milan", "Rome"], "x z"])
+    assert s["mode"] == "offline" and s["em"] == pytest.approx(2 / 3)
+    assert s["token_f1"] == pytest.approx((1 + 1 + 0.5) / 3)
+    with pytest.raises(ValueError):
+        offline_scores(["a"], [])

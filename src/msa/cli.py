@@ -30,6 +30,10 @@ def _load_model(name: str, device: str | None):
 
 def _read_documents(file: str) -> tuple[list[str], list | None]:
     """FILE: .jsonl with {"id"?, "text"} per line, or text with blank-line-separated documents; '-' = stdin."""
+    from msa.data.official import is_memory_file, read_memory_documents
+
+    if file != "-" and is_memory_file(file):  # the authors' mdata_*.pkl / mdata_*.json: id = index in the file
+        return read_memory_documents(file)
     if file == "-":
         raw = sys.stdin.buffer.read()
         name = "<stdin>"

@@ -4,6 +4,10 @@
                       [--sizes 16K,128K,1M,10M,100M] [--ruler-contexts 32K,128K,1M | none] ...
     msa bench rag     --model DIR --work-dir W --out bench/results/rag.json [--embedder minilm|hashing]
     msa bench judge   --records R.records.jsonl --base-url URL --judge-model NAME [--api-key-env VAR]
+    msa bench official --bank BANK --queries qdata_X.pkl --out DIR [--memory mdata_X.pkl]
+                      [--judge-url URL --judge-model NAME] [--doc-choice generated|routed|named] ...
+    msa bench official-data {bios,ruler} --out DIR [--name NAME] [--json]   (synthetic mdata/qdata files)
+    msa bench chunk   INPUT --out mdata_X.pkl [--doc-tokens 512] [--field context]   (long context -> memory file)
 
 ``bench_main(argv) -> exit code`` is the entry; the ``msa`` command and bench/*.py call it.
 """
@@ -89,7 +93,51 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the env var holding the API key")
     j.add_argument("--workers", type=int, default=8)
     j.add_argument("--out", default=None, help="JSON summary path (default: stdout)")
+    _official_parsers(sub)
     return parser
+
+
+def _official_parsers(sub) -> None:
+    o = sub.add_parser("official", help="the authors' qdata/mdata files: their output JSON, metrics and judge")
+    o.add_argument("--bank", required=True, help="a bank holding the memory file (msa bank add BANK mdata_X.pkl)")
+    o.add_argument("--queries", required=True, help="qdata_X.pkl, or its JSON form ({question, labels, answer})")
+    o.add_argument("--out", required=True, help="output directory (X.json, X.records.jsonl, X.summary.json)")
+    o.add_argument("--memory", default=None, help="the mdata file of the bank: gold ids from its texts, as the release")
+    o.add_argument("--name", default=None, help="output file stem (default: X of qdata_X)")
+    o.add_argument("--case-name", default="anonymous", help="key of the output JSON (the release's default)")
+    o.add_argument("--doc-choice", default=None, choices=DOC_CHOICES, help="Engine doc_choice (default: the model's)")
+    o.add_argument("--max-rounds", type=int, default=4)
+    o.add_argument("--max-new-tokens", type=int, default=256)
+    o.add_argument("--batch-size", type=int, default=8, help="questions per ask_batch")
+    o.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    o.add_argument("--device", default=None)
+    o.add_argument("--no-routing", action="store_true", help="do not return routing (no router recall@k)")
+    o.add_argument("--no-resume", action="store_true", help="ask every question again even if records exist")
+    o.add_argument("--judge-url", default=None, help="OpenAI-compatible API root; none: offline EM / F1 only")
+    o.add_argument("--judge-model", default=None, help="e.g. google/gemini-2.5-flash (the release's judge)")
+    o.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the judge's API key")
+    o.add_argument("--judge-workers", type=int, default=32)
+    o.add_argument("--judge-cache", default=None, help="verdict cache (default DIR/judge_cache.jsonl)")
+
+    d = sub.add_parser("official-data", help="small synthetic mdata_/qdata_ files in the release's formats")
+    d.add_argument("source", choices=("bios", "ruler"))
+    d.add_argument("--out", required=True, help="directory")
+    d.add_argument("--name", default=None, help="file stem (default: the source)")
+    d.add_argument("--json", action="store_true", help="the JSON forms instead of pickles")
+    d.add_argument("--seed", type=int, default=3)
+    d.add_argument("--documents", type=int, default=48, help="bios: people (= documents)")
+    d.add_argument("--single", type=int, default=4, help="bios: single-hop questions")
+    d.add_argument("--multi", type=int, default=4, help="bios: 2-hop questions")
+    d.add_argument("--tasks", default="niah_single_1,niah_multikey_1", help="ruler: NIAH tasks")
+    d.add_argument("--context-tokens", type=_size, default="2K", help="ruler: context length per sample")
+    d.add_argument("--samples", type=int, default=1, help="ruler: samples per task")
+    d.add_argument("--doc-tokens", type=int, default=128, help="ruler: document length when chunking")
+
+    c = sub.add_parser("chunk", help="cut a long context (text file, or LongBench-style .jsonl) into a memory file")
+    c.add_argument("input", help="a UTF-8 text file (one context) or .jsonl with a context field per line")
+    c.add_argument("--out", required=True, help="mdata_X.pkl (or mdata_X.json)")
+    c.add_argument("--doc-tokens", type=int, default=512, help="document length in units (words, digits, marks)")
+    c.add_argument("--field", default="context", help=".jsonl: the field holding the context")
 
 
 def bench_main(argv: list[str] | None = None) -> int:
@@ -142,7 +190,64 @@ def bench_main(argv: list[str] | None = None) -> int:
         run_baselines(cfg)
         print(f"wrote {cfg.out}")
         return 0
+    if args.bench in ("official", "official-data", "chunk"):
+        return _official(args)
     return _judge(args)
+
+
+def _official(args) -> int:
+    from msa.data.official import OfficialFormatError
+    from msa.memory import BankError
+    from msa.model import CheckpointError
+
+    try:
+        return _official_run(args)
+    except (OfficialFormatError, BankError, CheckpointError, ValueError, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"msa: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _official_run(args) -> int:
+    from msa.data import official as od
+
+    if args.bench == "chunk":
+        docs = [d for ctx in od.contexts_of(args.input, args.field) for d in od.chunk_text(ctx, args.doc_tokens)]
+        if not docs:
+            raise ValueError(f"{args.input} holds no text")
+        od.write_memory(args.out, docs)
+        print(f"wrote {args.out}: {len(docs)} documents")
+        return 0
+    if args.bench == "official-data":
+        suffix, name = (".json" if args.json else ".pkl"), args.name or args.source
+        if args.source == "bios":
+            paths = od.bios_files(args.out, name, args.documents, args.single, args.multi, args.seed, suffix)
+        else:
+            tasks = tuple(t for t in args.tasks.split(",") if t)
+            unknown = [t for t in tasks if t not in TASKS]
+            if unknown:
+                raise ValueError(f"unknown RULER tasks {unknown}")
+            paths = od.ruler_files(args.out, name, tasks, args.context_tokens, args.samples, args.doc_tokens,
+                                   args.seed, suffix)  # fmt: skip
+        print("wrote " + " and ".join(map(str, paths)))
+        return 0
+    from msa.eval.official import OfficialConfig, run_official
+
+    cfg = OfficialConfig(
+        bank=args.bank, queries=args.queries, out=args.out, memory=args.memory, name=args.name,
+        case_name=args.case_name, doc_choice=args.doc_choice, max_rounds=args.max_rounds,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, device=args.device, limit=args.limit,
+        routing=not args.no_routing, resume=not args.no_resume, judge_url=args.judge_url,
+        judge_model=args.judge_model, api_key_env=args.api_key_env, judge_workers=args.judge_workers,
+        judge_cache=args.judge_cache,
+    )  # fmt: skip
+    summary = run_official(cfg)
+    rel, judge = summary["release"]["precision"], summary["judge"]
+    score = (f"judge mean {judge['mean_score']:.3f} (0-5)" if judge.get("mode") == "llm"
+             else f"offline EM {judge['em']:.3f}, F1 {judge['token_f1']:.3f}")  # fmt: skip
+    print(f"{summary['benchmark']}: {summary['questions']} questions; precision {rel['precision']:.3f} recall "
+          f"{rel['recall']:.3f} f1 {rel['f1']:.3f} iou {rel['iou']:.3f}; {score}; wrote {args.out}")  # fmt: skip
+    return 0
 
 
 def _judge(args) -> int:

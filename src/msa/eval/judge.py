@@ -3,9 +3,15 @@
 The judge grades a predicted answer against the reference on the paper's 0-5 scale (rubric below,
 in our own words). Its reply is parsed as the first character that is a digit from 0 to 5. A request
 that fails (network, HTTP error after retries, malformed JSON) or a reply without such a digit is a
-*failure*: it has ``score=None``, is counted in ``JudgeSummary.failures`` and is left out of the
-mean. (The released evaluation silently counts failures as 0; ``JudgeSummary.mean_failures_as_zero``
-gives that number too, for comparison.)
+*failure*: it has ``score=None``, is counted in ``JudgeSummary.failures`` and is left out of
+``JudgeSummary.mean``. The released evaluation counts failures and empty replies as 0:
+``JudgeSummary.mean_failures_as_zero`` is that number (the one to compare with the paper).
+
+Verdicts can be cached on disk (:class:`JudgeCache`, a JSON Lines file keyed by a hash of
+(model, prompt)): a re-run with the same judge model and prompts sends no request. Only replies are
+cached, never failures, so a re-run retries what failed.
+
+Without an endpoint, :func:`offline_scores` gives exact match and token F1 instead (no network).
 
 Example::
 
@@ -15,19 +21,23 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RUBRIC", "JudgeItem", "JudgeResult", "JudgeSummary", "LLMJudge", "parse_score"]
+__all__ = ["RUBRIC", "JudgeCache", "JudgeItem", "JudgeResult", "JudgeSummary", "LLMJudge", "offline_scores",
+           "parse_score"]
 
 RUBRIC = """You are grading an answer to a question against a reference answer.
 
@@ -69,12 +79,14 @@ class JudgeItem:
 
 @dataclass
 class JudgeResult:
-    """score: 0-5 or None on failure; reply: the judge's raw text; error: why it failed (None if ok)."""
+    """score: 0-5 or None on failure; reply: the judge's raw text; error: why it failed (None if ok);
+    attempts: requests sent (0: the verdict came from the cache); cached: it came from the cache."""
 
     score: int | None
     reply: str | None = None
     error: str | None = None
     attempts: int = 0
+    cached: bool = False
 
 
 @dataclass
@@ -95,6 +107,51 @@ class JudgeSummary:
         return d
 
 
+class JudgeCache:
+    """Judge replies on disk: one JSON line ``{"key", "model", "reply"}`` per verdict, appended as it
+    arrives (a crash loses at most the line being written; a torn last line is ignored on loading).
+
+    The key is the SHA-256 of the model name, a NUL and the prompt, so a different judge model or rubric
+    never reuses a verdict. Thread-safe.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._replies: dict[str, str] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self._replies[row["key"]] = row["reply"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    logger.warning("%s: skipped an unreadable cache line", self.path)
+
+    @staticmethod
+    def key(model: str, prompt: str) -> str:
+        return hashlib.sha256(f"{model}\0{prompt}".encode("utf-8")).hexdigest()
+
+    def get(self, model: str, prompt: str) -> str | None:
+        with self._lock:
+            return self._replies.get(self.key(model, prompt))
+
+    def put(self, model: str, prompt: str, reply: str) -> None:
+        k = self.key(model, prompt)
+        with self._lock:
+            self._replies[k] = reply
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": k, "model": model, "reply": reply}, ensure_ascii=False) + "\n")
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+
+def _verdict(reply: str, attempts: int, cached: bool = False) -> JudgeResult:
+    s = parse_score(reply)
+    return JudgeResult(s, reply, None if s is not None else "no digit 0-5 in the reply", attempts, cached)
+
+
 class LLMJudge:
     """Grades answers through an OpenAI-compatible chat completions endpoint.
 
@@ -109,11 +166,12 @@ class LLMJudge:
         retries: extra attempts after a failed request (429, 5xx, network errors), with exponential
             backoff starting at ``backoff`` seconds. Other 4xx errors are not retried.
         rubric: the prompt template (default :data:`RUBRIC`).
+        cache: a :class:`JudgeCache` or its path; a cached reply is used without a request.
     """
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
                  temperature: float = 0.0, max_tokens: int = 8, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 1.0, rubric: str = RUBRIC):  # fmt: skip
+                 backoff: float = 1.0, rubric: str = RUBRIC, cache: JudgeCache | str | Path | None = None):  # fmt: skip
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
@@ -123,6 +181,7 @@ class LLMJudge:
         self.retries = retries
         self.backoff = backoff
         self.rubric = rubric
+        self.cache = JudgeCache(cache) if isinstance(cache, (str, Path)) else cache
 
     def prompt(self, item: JudgeItem) -> str:
         return self.rubric.format(question=item.question, reference=item.reference, prediction=item.prediction)
@@ -149,6 +208,8 @@ class LLMJudge:
     def score(self, item: JudgeItem) -> JudgeResult:
         """Grade one item; never raises for request or parse failures (see JudgeResult.error)."""
         prompt = self.prompt(item)
+        if self.cache is not None and (reply := self.cache.get(self.model, prompt)) is not None:
+            return _verdict(reply, 0, cached=True)
         error = None
         for attempt in range(1, self.retries + 2):
             try:
@@ -162,20 +223,25 @@ class LLMJudge:
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 return JudgeResult(None, None, f"malformed response: {type(e).__name__}: {e}", attempt)
             else:
-                s = parse_score(reply)
-                return JudgeResult(s, reply, None if s is not None else "no digit 0-5 in the reply", attempt)
+                if self.cache is not None:
+                    self.cache.put(self.model, prompt, reply)
+                return _verdict(reply, attempt)
             if attempt <= self.retries:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
         logger.warning("judge request failed after %d attempts: %s", self.retries + 1, error)
         return JudgeResult(None, None, error, self.retries + 1)
 
     def judge_many(self, items: list[JudgeItem], workers: int = 8) -> JudgeSummary:
-        """Grade items concurrently (``workers`` threads); results keep the input order."""
+        """Grade items concurrently (``workers`` threads); results keep the input order. Identical
+        items are graded once and share the result."""
+        unique = list(dict.fromkeys(items))
         if workers <= 1:
-            results = [self.score(it) for it in items]
+            graded = [self.score(it) for it in unique]
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(self.score, items))
+                graded = list(pool.map(self.score, unique))
+        by_item = dict(zip(unique, graded))
+        results = [by_item[it] for it in items]
         ok = [r.score for r in results if r.score is not None]
         failures = len(results) - len(ok)
         if failures:
@@ -187,3 +253,18 @@ class LLMJudge:
             mean_failures_as_zero=sum(ok) / len(results) if results else None,
             results=results,
         )
+
+
+def offline_scores(predictions: list[str], answers: list[Any]) -> dict[str, Any]:
+    """The judge's offline stand-in (no endpoint): mean SQuAD exact match and token F1 of the
+    predictions against the answers (a string, or a list of acceptable strings, per item)."""
+    from msa.eval.metrics import exact_match, token_f1
+
+    if len(predictions) != len(answers):
+        raise ValueError(f"{len(predictions)} predictions for {len(answers)} answers")
+    refs = [[str(x) for x in a] or [""] if isinstance(a, (list, tuple)) else [str(a)] for a in answers]
+    em = [exact_match(p, r) for p, r in zip(predictions, refs)]
+    f1 = [token_f1(p, r) for p, r in zip(predictions, refs)]
+    n = len(em)
+    return {"mode": "offline", "em": sum(em) / n if n else None, "token_f1": sum(f1) / n if n else None,
+            "n": n, "per_item": [{"em": e, "token_f1": f} for e, f in zip(em, f1)]}  # fmt: skip
