@@ -144,7 +144,7 @@ def _our_record(index: int, q: Query, answer, prompt, texts: dict[int, str], rou
                 max_rounds: int) -> dict[str, Any]:  # fmt: skip
     generated = release_text(prompt, q.question, answer.transcript)
     official = release_record(q.question, q.answer, q.gold, generated, texts, q.references)
-    rounds = [{"requested": r.requested, "retrieved": r.retrieved, "unknown": r.unknown, "named": r.named}
+    rounds = [{"requests": r.requests, "requested": r.requested, "retrieved": r.retrieved, "unknown": r.unknown}
               for r in answer.rounds]  # fmt: skip
     return {
         "index": index,
