@@ -115,7 +115,8 @@ def _memory_texts(cfg: OfficialConfig, bank) -> dict[int, str]:
     if cfg.memory:
         texts = dict(enumerate(read_memory(cfg.memory)))
         sample = list(texts)[:: max(1, len(texts) // 256)]
-        differ = [i for i in sample if texts[i].strip() and bank.text(i) != texts[i]]
+        snap = bank.snapshot()
+        differ = [i for i in sample if texts[i].strip() and snap.text(i) != texts[i]]
         if differ:
             logger.warning("%s: %d of %d sampled documents differ from the bank's (first: id %d); is it the file "
                            "the bank was built from?", cfg.memory, len(differ), len(sample), differ[0])  # fmt: skip

@@ -23,15 +23,13 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from msa import functional as MF
-from msa.kernels.dispatch import RoutingPrep, fused_routing  # the routing backend is chosen in msa.kernels
 from msa.kernels import RoutingKeys, prepare_doc_mean_keys, prepare_routing_keys
-from msa.memory.catalog import DocRow, SegmentRow
+from msa.memory.catalog import CatalogSnapshot, DocRow, SegmentRow
 from msa.memory.errors import BankCorruptError
 from msa.memory.segments import load_segment, map_segment, segment_metadata
 from msa.model.memory import CompressedMemory, LayerMemory, PrefixCache, Routing, RoutingOptions
@@ -39,13 +37,68 @@ from msa.model.memory import CompressedMemory, LayerMemory, PrefixCache, Routing
 log = logging.getLogger(__name__)
 
 CONTENT_TIERS = ("host", "disk")
+ROUTING_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
+
+
+FUSED_QUERY_REDUCE = ("max", "mean")
+
+
+def per_doc_routing(options: RoutingOptions) -> bool:
+    """Whether the score is linear in the keys (head, query and chunk means): one routing row per document."""
+    return options.head_reduce == "mean" and options.query_reduce == "mean" and options.chunk_reduce == "mean"
+
+
+def fused_routing(options: RoutingOptions) -> bool:
+    """Whether the fused routing path computes these options (head mean, chunk max, query max or mean;
+    or all three means, one row per document)."""
+    return per_doc_routing(options) or (
+        options.head_reduce == "mean" and options.chunk_reduce == "max"
+        and options.query_reduce in FUSED_QUERY_REDUCE
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RoutingPrep:
+    """How a segment prepares its routing keys for the fused path: GEMM dtype, cosine normalisation,
+    float8 rescoring, and whether it keeps one row per document (``per_doc_routing``) or per chunk."""
+
+    dtype: torch.dtype
+    cosine: bool
+    rescore: int = 0
+    per_doc: bool = False
+
+    @classmethod
+    def choose(cls, routing_dtype: str, options: RoutingOptions, device: torch.device,
+               fp8_rescore: int = 4) -> "RoutingPrep | None":  # fmt: skip
+        """The preparation for a bank opened with ``routing_dtype`` ("bf16" | "fp8"), or None (tiled path).
+
+        bfloat16 keys take the fused path on CUDA only (on the CPU the float32 tiled path is exact and
+        as fast); float8 keys always do (their point is halving the resident bytes). With head, query
+        and chunk means every device takes the per-document path; "bf16" then keeps float32 rows
+        (exact up to rounding, and still fewer bytes than bfloat16 chunks once documents average more
+        than two chunks).
+        """
+        if routing_dtype not in ROUTING_DTYPES:
+            raise ValueError(f"routing_dtype must be one of {tuple(ROUTING_DTYPES)}, got {routing_dtype!r}")
+        if not fused_routing(options):
+            if routing_dtype == "fp8":
+                raise ValueError("routing_dtype='fp8' needs head mean with chunk max and query max or mean, "
+                                 "or head, query and chunk means")  # fmt: skip
+            return None
+        per_doc = per_doc_routing(options)
+        if routing_dtype == "bf16" and device.type != "cuda" and not per_doc:
+            return None
+        if fp8_rescore < 0:
+            raise ValueError(f"fp8_rescore must be >= 0, got {fp8_rescore}")
+        dtype = torch.float32 if per_doc and routing_dtype == "bf16" else ROUTING_DTYPES[routing_dtype]
+        return cls(dtype, options.cosine, fp8_rescore if routing_dtype == "fp8" else 0, per_doc)
 
 
 def tile_doc_scores(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, query_mask: Tensor,
                     options: RoutingOptions) -> Tensor:  # fmt: skip
     """The one place the bank scores documents: [Tq, Hq, D] x [C, Hkv, D] -> [num_docs] float32.
 
-    ``msa.functional.doc_scores`` (float32); the fused path is chosen by ``msa.kernels.RoutingPrep``.
+    Same semantics as ``msa.functional.doc_scores`` (a fused kernel is dispatched from there).
     """
     return MF.doc_scores(
         q_router, k_router, chunk_doc, num_docs, query_mask, options.cosine,
@@ -74,6 +127,8 @@ class LoadedSegment:
     num_docs: int
     prepared: dict[int, RoutingKeys] | None = field(default=None)
     per_doc: bool = False
+    doc_ids: list[int] | None = None  # bank id of every local document (None: a synthetic segment)
+    doc_lengths: list[int] | None = None
 
     @classmethod
     def load(cls, directory: Path, row: SegmentRow, fingerprint: str, device: torch.device, tier: str,
@@ -118,6 +173,8 @@ class LoadedSegment:
             num_docs=n,
             prepared=prepared,
             per_doc=prep is not None and prep.per_doc,
+            doc_ids=t["doc_ids"].tolist(),
+            doc_lengths=t["doc_lengths"].tolist(),
         )
 
 
@@ -143,13 +200,15 @@ class BankSnapshot:
     """An immutable view of the live documents of a bank at one catalog state; a ``MemoryAccess``.
 
     Document slots 0..N-1 follow the catalog's live order (segment order, then position in the
-    segment); ``slot_to_id`` [N] long maps them to bank ids; ``Routing.docs`` are slots.
+    segment); ``slot_ids`` (= ``slot_to_id``) [N] long maps them to the bank's internal ids;
+    ``Routing.docs`` are slots. ``text`` and ``user_id`` answer from the same catalog state
+    (``catalog``: the catalog snapshot the rows were read from; None for synthetic snapshots).
+    Every row's place is checked against its segment file (ids, chunk ranges, lengths).
     """
 
     def __init__(self, segments: list[LoadedSegment], rows: list[DocRow], seg_index: dict[int, int],
                  generation: int, options: RoutingOptions, device: torch.device, tile_chunks: int,
-                 prefix: PrefixCache | None = None, rescore: int = 0,
-                 text: Callable[[int], str | None] | None = None):  # fmt: skip
+                 prefix: PrefixCache | None = None, rescore: int = 0, catalog: "CatalogSnapshot | None" = None):  # fmt: skip
         if tile_chunks < 1:
             raise ValueError(f"tile_chunks must be >= 1, got {tile_chunks}")
         self.segments = segments
@@ -159,18 +218,28 @@ class BankSnapshot:
         self.device = device
         self.tile_chunks = tile_chunks
         self.prefix = prefix
+        self.catalog = catalog
         slot_of = [torch.full((s.num_docs,), -1, dtype=torch.long) for s in segments]
         ids, loc, lengths = [], [], []
+        starts = [s.doc_chunk_start.tolist() for s in segments]
+        counts = [torch.bincount(s.chunk_doc.cpu(), minlength=s.num_docs).tolist() for s in segments]
         for r in rows:
             if r.deleted:
                 continue
             si = seg_index[r.segment]
+            seg = segments[si]
+            if seg.doc_ids is not None and not (
+                0 <= r.seg_doc < seg.num_docs and seg.doc_ids[r.seg_doc] == r.id
+                and starts[si][r.seg_doc] == r.chunk_start and counts[si][r.seg_doc] == r.num_chunks
+                and seg.doc_lengths[r.seg_doc] == r.num_tokens  # type: ignore[index]
+            ):  # fmt: skip
+                where = catalog.path if catalog is not None else seg.file
+                raise BankCorruptError(str(where), f"document {r.id} disagrees with segment {seg.file}")
             slot_of[si][r.seg_doc] = len(ids)
             ids.append(r.id)
             loc.append((si, r.chunk_start, r.num_chunks))
             lengths.append(r.num_tokens)
         self.slot_to_id = torch.tensor(ids, dtype=torch.long)
-        self._text = text
         self.doc_lengths = torch.tensor(lengths, dtype=torch.long)
         self._loc = loc
         self._slot_of = [s.to(device) for s in slot_of]
@@ -182,17 +251,27 @@ class BankSnapshot:
         self._has_dead = any(bool((s < 0).any()) for s in slot_of)
 
     @property
-    def slot_ids(self) -> Tensor:
-        """[N] long bank id of every slot (the engine's MemorySnapshot)."""
-        return self.slot_to_id
-
-    def text(self, doc_id: int) -> str | None:
-        """A document's original text, None if unknown."""
-        return self._text(doc_id) if self._text is not None else None
-
-    @property
     def num_docs(self) -> int:
         return int(self.slot_to_id.numel())
+
+    @property
+    def slot_ids(self) -> Tensor:
+        """[N] long internal id of every slot."""
+        return self.slot_to_id
+
+    def text(self, internal_id: int) -> str | None:
+        """The text of a routed row (a piece: its own text) in this snapshot's state; None if the
+        snapshot holds no such row. Checksum-verified (BankCorruptError)."""
+        return None if self.catalog is None else self.catalog.text(internal_id)
+
+    def user_id(self, internal_id: int):
+        """The user's id (int or str) of a routed row in this snapshot's state (a piece: its document's)."""
+        return int(internal_id) if self.catalog is None else self.catalog.user_id(internal_id)
+
+    def close(self) -> None:
+        """Release the catalog state held for ``text`` (also done when the snapshot is garbage-collected)."""
+        if self.catalog is not None:
+            self.catalog.close()
 
     @property
     def num_chunks(self) -> int:
