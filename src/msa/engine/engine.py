@@ -39,7 +39,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -146,6 +146,7 @@ class _Sample:
     finished: bool = False
     answer_phase: bool = False
     ranked: list[int] = field(default_factory=list)  # this round's routed ids, best first (last router layer)
+    index: int = 0  # position in the ask_batch call (on_token's first argument)
 
 
 def _selected(r: Routing, i: int, slot_ids: Tensor) -> list[tuple[int, float]]:
@@ -204,12 +205,15 @@ class Engine:
 
     # -- public -------------------------------------------------------------------------------------
     def ask(self, question: str, interleave: bool = True, max_rounds: int = 4, max_new_tokens: int = 256,
-            return_routing: bool = False) -> Answer:  # fmt: skip
+            return_routing: bool = False, *, on_token: Callable[[int, str], None] | None = None,
+            top_k: int | None = None) -> Answer:  # fmt: skip
         """Answer one question (see ``ask_batch``)."""
-        return self.ask_batch([question], interleave, max_rounds, max_new_tokens, return_routing)[0]
+        return self.ask_batch([question], interleave, max_rounds, max_new_tokens, return_routing, on_token=on_token,
+                              top_k=top_k)[0]  # fmt: skip
 
     def ask_batch(self, questions: list[str], interleave: bool = True, max_rounds: int = 4,
-                  max_new_tokens: int = 256, return_routing: bool = False) -> list[Answer]:  # fmt: skip
+                  max_new_tokens: int = 256, return_routing: bool = False, *,
+                  on_token: Callable[[int, str], None] | None = None, top_k: int | None = None) -> list[Answer]:  # fmt: skip
         """Answer a batch of questions; rounds are batched across the questions still retrieving.
 
         Args:
@@ -217,6 +221,10 @@ class Engine:
                 the model answers straight after naming documents.
             max_rounds: retrieval rounds at most; then the engine ends retrieval itself.
             max_new_tokens: generated tokens per round at most.
+            on_token: called once per generated token, in order, with the question's index in
+                ``questions`` and the token's decoded text (special tokens kept; retrieval rounds included).
+                An exception it raises ends the whole call.
+            top_k: documents each router layer selects per round (default: the model's ``msa.top_k``).
         """
         if isinstance(questions, str):
             raise TypeError("ask_batch() takes a list of questions; use ask() for one")
@@ -229,9 +237,9 @@ class Engine:
             raise ValueError("the memory bank is empty: add documents before asking")
         timer = Timer()
         samples = []
-        for q in questions:
+        for j, q in enumerate(questions):
             ids, dids = encode_segments(self.tokenizer, query_segments(self.prompt, q))
-            samples.append(_Sample(q, ids, dids))
+            samples.append(_Sample(q, ids, dids, index=j))
         access = _TimedAccess(self.bank.access(), timer, self.device)
         slot_ids = self.bank.slot_ids()
         for rnd in range(max_rounds):
@@ -240,7 +248,7 @@ class Engine:
                 break
             last = rnd == max_rounds - 1 or not interleave
             before = dict(timer.seconds)
-            self._round(active, access, slot_ids, timer, max_new_tokens, last, return_routing)
+            self._round(active, access, slot_ids, timer, max_new_tokens, last, return_routing, on_token, top_k)
             spent = {k: (v - before.get(k, 0.0)) / len(active) for k, v in timer.seconds.items()
                      if v > before.get(k, 0.0)}  # fmt: skip
             for s in active:
@@ -251,9 +259,10 @@ class Engine:
 
     # -- one round ------------------------------------------------------------------------------------
     def _round(self, active: list[_Sample], access, slot_ids: Tensor, timer: Timer, max_new_tokens: int,
-               last: bool, return_routing: bool) -> None:  # fmt: skip
+               last: bool, return_routing: bool, on_token: Callable[[int, str], None] | None = None,
+               top_k: int | None = None) -> None:  # fmt: skip
         t0 = time.perf_counter()
-        out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access)
+        out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k)
         timer.add("prefill", t0, self.device)
         routed = self.doc_choice in ("routed", "named") and bool(out.routings)
         for i, s in enumerate(active):
@@ -276,7 +285,10 @@ class Engine:
                 tok = int(nxt[i])
                 st.generated.append(tok)
                 s.transcript_ids.append(tok)
-                round_text[i] += self.tokenizer.decode([tok], skip_special_tokens=False)
+                piece = self.tokenizer.decode([tok], skip_special_tokens=False)
+                round_text[i] += piece
+                if on_token is not None:
+                    on_token(s.index, piece)
                 st.pending = [tok]
                 if s.answer_phase:
                     if tok in self.eos_ids or round_text[i].endswith(self.prompt.end_of_turn):
