@@ -122,11 +122,21 @@ def test_stop_strings_and_request_options(client, world):
     assert all(len(sel) <= 2 for sel in rounds[0]["routing"].values())
 
 
+def test_temperature_samples_reproducibly_with_a_seed(client, world):
+    q = next(iter(world.iter_questions(1, "multi", seed=8)))
+    runs = [ask(client, q.text, max_tokens=48, temperature=1.5, seed=s) for s in (1, 1, 2, 3, 4)]
+    texts = [r.choices[0].message.content for r in runs]
+    assert texts[0] == texts[1] and runs[0].model_extra["msa"]["seed"] == 1
+    assert len(set(texts[1:])) > 1 or len({r.usage.completion_tokens for r in runs}) > 1  # draws differ by seed
+    greedy = [ask(client, q.text, max_tokens=48, temperature=0).choices[0].message.content for _ in range(2)]
+    assert greedy[0] == greedy[1]
+
+
 def test_errors_have_the_openai_shape_and_status(client, server):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["type"] == "not_found_error" and e.value.body["code"] == "model_not_found"
-    for kw, param in [({"n": 2}, "n"), ({"temperature": 0.7}, "temperature"), ({"max_tokens": 10_000}, "max_tokens")]:
+    for kw, param in [({"n": 2}, "n"), ({"temperature": 3.0}, "temperature"), ({"max_tokens": 10_000}, "max_tokens")]:
         with pytest.raises(openai.BadRequestError) as e:
             ask(client, "Who?", **kw)
         assert e.value.status_code == 400 and e.value.body["param"] == param and e.value.body["message"]

@@ -44,7 +44,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor
 
-from msa.engine.generation import DecodeState, Timer, decode_step, left_pad
+from msa.engine.generation import DecodeState, Sampler, Timer, decode_step, left_pad, pick_tokens
 from msa.config import DOC_CHOICES
 from msa.model import MemoryAccess, MSAForCausalLM, PrefixCache, Routing
 from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, prompt_format, query_segments
@@ -147,6 +147,7 @@ class _Sample:
     answer_phase: bool = False
     ranked: list[int] = field(default_factory=list)  # this round's routed ids, best first (last router layer)
     index: int = 0  # position in the ask_batch call (on_token's first argument)
+    sampler: Sampler | None = None  # None: greedy
 
 
 def _selected(r: Routing, i: int, slot_ids: Tensor) -> list[tuple[int, float]]:
@@ -206,14 +207,15 @@ class Engine:
     # -- public -------------------------------------------------------------------------------------
     def ask(self, question: str, interleave: bool = True, max_rounds: int = 4, max_new_tokens: int = 256,
             return_routing: bool = False, *, on_token: Callable[[int, str], None] | None = None,
-            top_k: int | None = None) -> Answer:  # fmt: skip
+            top_k: int | None = None, sampler: Sampler | None = None) -> Answer:  # fmt: skip
         """Answer one question (see ``ask_batch``)."""
         return self.ask_batch([question], interleave, max_rounds, max_new_tokens, return_routing, on_token=on_token,
-                              top_k=top_k)[0]  # fmt: skip
+                              top_k=top_k, samplers=[sampler])[0]  # fmt: skip
 
     def ask_batch(self, questions: list[str], interleave: bool = True, max_rounds: int = 4,
                   max_new_tokens: int = 256, return_routing: bool = False, *,
-                  on_token: Callable[[int, str], None] | None = None, top_k: int | None = None) -> list[Answer]:  # fmt: skip
+                  on_token: Callable[[int, str], None] | None = None, top_k: int | None = None,
+                  samplers: list[Sampler | None] | None = None) -> list[Answer]:  # fmt: skip
         """Answer a batch of questions; rounds are batched across the questions still retrieving.
 
         Args:
@@ -225,6 +227,7 @@ class Engine:
                 ``questions`` and the token's decoded text (special tokens kept; retrieval rounds included).
                 An exception it raises ends the whole call.
             top_k: documents each router layer selects per round (default: the model's ``msa.top_k``).
+            samplers: per question a ``Sampler`` (seeded temperature sampling) or None (greedy, the default).
         """
         if isinstance(questions, str):
             raise TypeError("ask_batch() takes a list of questions; use ask() for one")
@@ -233,13 +236,15 @@ class Engine:
                 raise ValueError("a question must be a non-empty string")
         if max_rounds < 1:
             raise ValueError("max_rounds must be >= 1")
+        if samplers is not None and len(samplers) != len(questions):
+            raise ValueError(f"{len(samplers)} samplers for {len(questions)} questions")
         if len(self.bank) == 0:
             raise ValueError("the memory bank is empty: add documents before asking")
         timer = Timer()
         samples = []
         for j, q in enumerate(questions):
             ids, dids = encode_segments(self.tokenizer, query_segments(self.prompt, q))
-            samples.append(_Sample(q, ids, dids, index=j))
+            samples.append(_Sample(q, ids, dids, index=j, sampler=samplers[j] if samplers else None))
         access = _TimedAccess(self.bank.access(), timer, self.device)
         slot_ids = self.bank.slot_ids()
         for rnd in range(max_rounds):
@@ -275,7 +280,8 @@ class Engine:
                     s.ranked = _best_first(selected[max(selected)])
             s.rounds.append(info)
         states = [DecodeState(pending=[]) for _ in active]
-        nxt = out.logits.argmax(-1).cpu()
+        samplers = [s.sampler for s in active] if any(s.sampler for s in active) else None
+        nxt = pick_tokens(out.logits, samplers)
         round_text = [""] * len(active)
         t0 = time.perf_counter()
         for step in range(max_new_tokens + 64):
@@ -307,7 +313,7 @@ class Engine:
                     st.done = s.finished = True
             if all(st.done for st in states):
                 break
-            nxt = decode_step(self.model, out.cache, states)
+            nxt = decode_step(self.model, out.cache, states, samplers)
         timer.add("decode", t0, self.device)
         requests: dict[int, list[str]] = {}  # named: each unfinished sample's requests, snapped once
         if self.doc_choice == "named":

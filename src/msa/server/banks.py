@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 from torch import Tensor
 
 from msa.engine import Answer, Engine
+from msa.engine.generation import Sampler
 from msa.memory import MemoryBank
 from msa.prompt import prompt_format
 from msa.server.config import ServerConfig
@@ -95,12 +96,14 @@ class ServedBank:
         except (KeyError, ValueError, TypeError):
             return internal
 
-    def _answer_batch(self, texts: list[str], options: AskOptions, on_token: Callable[[int, str], None]) -> list[Answer]:
+    def _answer_batch(self, texts: list[str], options: AskOptions, on_token: Callable[[int, str], None],
+                      samplers: list[Sampler | None] | None) -> list[Answer]:  # fmt: skip
         view = SnapshotView(self.reader)
         engine = Engine(self.model, self.tokenizer, view, device=self.device, prompt=self.reader.prompt,
                         doc_choice=options.doc_choice)  # fmt: skip
         return engine.ask_batch(texts, options.interleave, options.max_rounds, options.max_new_tokens,
-                                options.return_routing, on_token=on_token, top_k=options.top_k)  # fmt: skip
+                                options.return_routing, on_token=on_token, top_k=options.top_k,
+                                samplers=samplers)  # fmt: skip
 
     def close(self) -> None:
         self.jobs.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from msa.engine import Answer
+from msa.engine.generation import Sampler
 from msa.memory import BankError
 from msa.server.answer_text import AnswerStream, cut_at_stops
 from msa.server.banks import Registry, ServedBank
@@ -74,9 +76,6 @@ def _options(request: Request, body: _Generate, max_tokens: int | None) -> AskOp
     cfg = request.app.state.config
     if body.n != 1:
         raise ApiError(400, "n must be 1", "n")
-    if body.temperature:
-        raise ApiError(400, "temperature > 0 (sampling) is not supported: this server decodes greedily (use 0)",
-                       "temperature")  # fmt: skip
     if max_tokens is not None and max_tokens > cfg.max_tokens_limit:
         raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {cfg.max_tokens_limit}",
                        "max_tokens")  # fmt: skip
@@ -95,8 +94,11 @@ async def _generate(request: Request, body: _Generate, question: str, max_tokens
     stop = stops(body)
     if not question.strip():
         raise ApiError(400, "the question is empty", "messages" if chat else "prompt")
-    ticket, deadline = submit(request, bank, question, options, body.stream)
-    reply = _Reply(reg, bank, body.model, question, stop, chat)
+    sampler = None
+    if body.temperature:  # seeded: the request's seed, else a fresh one reported in the msa field
+        sampler = Sampler(body.temperature, body.seed if body.seed is not None else secrets.randbits(63))
+    ticket, deadline = submit(request, bank, question, options, body.stream, sampler)
+    reply = _Reply(reg, bank, body.model, question, stop, chat, sampler)
     if not body.stream:
         return JSONResponse(reply.whole(await wait_answer(ticket, request, deadline)))
     first = await _next_event(ticket, deadline)  # errors before the first token keep their status code
@@ -118,10 +120,11 @@ async def _next_event(ticket: Ticket, deadline: float) -> str | None:
     return ev
 
 
-def submit(request: Request, bank: ServedBank, text: str, options: AskOptions, stream: bool) -> tuple[Ticket, float]:
+def submit(request: Request, bank: ServedBank, text: str, options: AskOptions, stream: bool,
+           sampler: Sampler | None = None) -> tuple[Ticket, float]:  # fmt: skip
     """Queue a question on its bank (429 when the queue is full); the ticket and its deadline."""
     try:
-        ticket = Ticket(bank.scheduler, text, options, stream=stream)
+        ticket = Ticket(bank.scheduler, text, options, stream, sampler)
     except QueueFull as e:
         raise ApiError(429, f"{e}; retry later", code="queue_full") from None
     return ticket, time.monotonic() + request.app.state.config.request_timeout_s
@@ -194,8 +197,9 @@ def _event(obj: dict[str, Any]) -> str:
 class _Reply:
     """Builds the response bodies of one chat or text completion."""
 
-    def __init__(self, reg: Registry, bank: ServedBank, model: str, question: str, stop: list[str], chat: bool):
-        self.reg, self.bank, self.model, self.stop, self.chat = reg, bank, model, stop, chat
+    def __init__(self, reg: Registry, bank: ServedBank, model: str, question: str, stop: list[str], chat: bool,
+                 sampler: Sampler | None = None):  # fmt: skip
+        self.reg, self.bank, self.model, self.stop, self.chat, self.sampler = reg, bank, model, stop, chat, sampler
         prompt = bank.reader.prompt
         self.lead, self.ends = prompt.answer_lead, [prompt.end_of_turn, "<|endoftext|>"]
         self.prompt_tokens = len(reg.tokenizer.encode(question, add_special_tokens=False))
@@ -227,7 +231,8 @@ class _Reply:
                 info["routing"] = {str(layer): [[uid(d), s] for d, s in sel] for layer, sel in r.routing.items()}
             rounds.append(info)
         return {"bank": self.bank.name, "documents_read": [x["retrieved"] for x in rounds], "rounds": rounds,
-                "timings": a.answer.timings, "batch_size": a.batch_size, "queue_seconds": a.queue_s}  # fmt: skip
+                "timings": a.answer.timings, "batch_size": a.batch_size, "queue_seconds": a.queue_s,
+                "seed": self.sampler.seed if self.sampler else None}  # fmt: skip
 
     def whole(self, a: Answered) -> dict[str, Any]:
         text, finish = self.final_text(a.answer)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from msa.engine import Answer
+from msa.engine.generation import Sampler
 from msa.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Question:
     text: str
     options: AskOptions
     on_token: Callable[[str], None] | None = None  # called on the scheduler thread
+    sampler: Sampler | None = None  # None: greedy
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     admitted: float = field(default_factory=time.monotonic)
@@ -71,7 +73,7 @@ class _Abort(Exception):
     """Raised from on_token to stop a batch whose questions are all cancelled."""
 
 
-AnswerBatch = Callable[[list[str], AskOptions, Callable[[int, str], None]], list[Answer]]
+AnswerBatch = Callable[[list[str], AskOptions, Callable[[int, str], None], list[Sampler | None] | None], list[Answer]]
 
 
 class Scheduler:
@@ -79,7 +81,8 @@ class Scheduler:
 
     Args:
         name: the bank's name (metric label, thread name).
-        answer_batch: answers questions with equal options in one call (texts, options, on_token(i, text)).
+        answer_batch: answers questions with equal options in one call (texts, options, on_token(i, text),
+            per question a sampler or None).
         max_queue: slots (questions admitted and not finished).
         max_batch: questions per ``answer_batch`` call at most.
         wait_s: how long the first question of a batch waits for others to join it.
@@ -101,7 +104,8 @@ class Scheduler:
     def depth(self) -> int:
         return self._depth
 
-    def submit(self, text: str, options: AskOptions, on_token: Callable[[str], None] | None = None) -> Question:
+    def submit(self, text: str, options: AskOptions, on_token: Callable[[str], None] | None = None,
+               sampler: Sampler | None = None) -> Question:  # fmt: skip
         """Admit a question (``QueueFull`` when every slot is taken); its ``future`` gets an ``Answered``."""
         with self._lock:
             if self._depth >= self.max_queue:
@@ -109,7 +113,7 @@ class Scheduler:
                 raise QueueFull(f"bank {self.name!r}: {self.max_queue} questions are already waiting or being answered")
             self._depth += 1
             self.metrics.set("msa_queue_depth", self._depth, bank=self.name)
-        q = Question(text, options, on_token)
+        q = Question(text, options, on_token, sampler)
         self._queue.put(q)
         return q
 
@@ -180,7 +184,8 @@ class Scheduler:
                 raise _Abort
 
         try:
-            answers = self.answer_batch([q.text for q in qs], options, on_token)
+            samplers = [q.sampler for q in qs] if any(q.sampler for q in qs) else None
+            answers = self.answer_batch([q.text for q in qs], options, on_token, samplers)
         except _Abort:
             self.metrics.inc("msa_batches_aborted_total", bank=self.name)
             for q in qs:
@@ -204,12 +209,13 @@ class Ticket:
     Built on the loop; the scheduler thread hands tokens over with ``call_soon_threadsafe``.
     """
 
-    def __init__(self, scheduler: Scheduler, text: str, options: AskOptions, stream: bool):
+    def __init__(self, scheduler: Scheduler, text: str, options: AskOptions, stream: bool,
+                 sampler: Sampler | None = None):  # fmt: skip
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[str | None] = asyncio.Queue()
         push = (lambda piece: self.loop.call_soon_threadsafe(self.events.put_nowait, piece)) if stream else None
         self.scheduler = scheduler
-        self.question = scheduler.submit(text, options, push)
+        self.question = scheduler.submit(text, options, push, sampler)
         self.question.future.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.events.put_nowait, None))
 
     async def next(self, deadline: float) -> str | None:
