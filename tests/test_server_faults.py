@@ -108,6 +108,9 @@ def test_sigkill_during_background_add_then_restart_resumes_exactly(tmp_path, ch
         assert job["status"] in ("queued", "running")
         while (state := c.get(f"/jobs/{job['id']}", cast_to=object))["done"] < 2 * state.get("step", 8) or not state["step"]:
             assert state["status"] in ("queued", "running"), state
+            if state["done"]:  # readers are served during the write, from committed documents only
+                hits = c.post("/banks/big/search", body={"query": "Person 5 baker"}, cast_to=object)["data"]
+                assert hits and all(int(h["id"][1:]) < n for h in hits)
             time.sleep(0.02)
     finally:
         first.kill()  # SIGKILL mid-job
