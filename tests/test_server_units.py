@@ -109,3 +109,23 @@ def test_text_that_may_become_a_marker_is_held_back_until_it_cannot():
     assert st.feed(" ST") == ""
     assert st.feed("OP and more") == " " and st.stopped  # the text before the stop, as the final answer has it
     assert st.sent == "Paris <|image|> "
+
+
+def test_serve_refuses_unsafe_or_empty_setups_with_one_line(tmp_path, capsys):
+    from msa.cli import main
+    from msa.server import ServerConfig
+
+    with pytest.raises(ValueError, match="API key"):
+        ServerConfig(model="m", bank_dir=tmp_path, host="0.0.0.0")
+    assert ServerConfig(model="m", bank_dir=tmp_path, host="0.0.0.0", api_key="k").api_key == "k"
+    assert ServerConfig(model="m", bank_dir=tmp_path, host="::1").host == "::1"  # loopback: no key needed
+    cases = [
+        (["--host", "0.0.0.0", "--bank-dir", str(tmp_path)], "needs an API key"),
+        ([], "nothing to serve"),
+        (["--bank", str(tmp_path / "missing")], "not a memory bank"),
+        (["--bank-dir", str(tmp_path), "--api-key-file", str(tmp_path / "nokey")], "no such API key file"),
+    ]
+    for extra, message in cases:
+        assert main(["serve", "--model", "msa-bios-tiny", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("msa: error: ") and message in err and err.count("\n") == 1, err
