@@ -63,7 +63,7 @@ class ServedBank:
         self.writer = MemoryBank.open(path, model, tokenizer, device=config.device)
         self._write_lock = threading.Lock()
         self.scheduler = Scheduler(name, self._answer_batch, metrics, config.max_queue, config.max_batch,
-                                   config.batch_wait_ms / 1000)  # fmt: skip
+                                   config.batch_wait_ms / 1000, config.batch_gap_ms / 1000)  # fmt: skip
         state = (config.state_dir / name) if config.state_dir is not None else path.with_name(path.name + ".jobs")
         self.jobs = JobRunner(name, JobStore(state), self._add_step, self.write, config.job_slice)
 

@@ -19,7 +19,8 @@ class ServerConfig:
     api_key: bearer key required on every route but ``/health``; None: no key (refused on a
         non-loopback host unless ``allow_no_key``).
     max_queue: questions admitted per bank (waiting or answering); more get 429.
-    max_batch / batch_wait_ms: questions per ``Engine.ask_batch`` call and how long the first waits.
+    max_batch / batch_wait_ms / batch_gap_ms: questions per ``Engine.ask_batch`` call; how long the
+        first waits for others at most, and the quiet time after the last arrival that closes the batch.
     max_body_bytes: request bodies above this get 413. max_tokens_limit: larger ``max_tokens`` get 400.
     default_max_tokens: ``max_tokens`` when a request gives none (per retrieval round).
     request_timeout_s: a question not answered by then is cancelled (504).
@@ -39,7 +40,8 @@ class ServerConfig:
     allow_no_key: bool = False
     max_queue: int = 64
     max_batch: int = 32
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 50.0
+    batch_gap_ms: float = 2.0
     max_body_bytes: int = 8 << 20
     max_tokens_limit: int = 2048
     default_max_tokens: int = 256
@@ -55,8 +57,8 @@ class ServerConfig:
                      "sync_add_limit", "job_slice"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.request_timeout_s <= 0 or self.batch_wait_ms < 0:
-            raise ValueError("request_timeout_s must be > 0 and batch_wait_ms >= 0")
+        if self.request_timeout_s <= 0 or self.batch_wait_ms < 0 or self.batch_gap_ms < 0:
+            raise ValueError("request_timeout_s must be > 0, batch_wait_ms and batch_gap_ms >= 0")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must not exceed max_tokens_limit")
         if self.api_key is None and not self.allow_no_key and not is_loopback(self.host):

@@ -11,6 +11,20 @@ from msa.server.config import ServerConfig
 log = logging.getLogger(__name__)
 
 
+TUNABLES = [  # ServerConfig fields set by `--name-with-dashes`: (field, type, help)
+    ("max_queue", int, "questions admitted per bank (waiting or answering); more get 429"),
+    ("max_batch", int, "questions per batched engine call"),
+    ("batch_wait_ms", float, "how long a batch's first question waits for others, at most"),
+    ("batch_gap_ms", float, "a batch closes once no question has arrived for this long"),
+    ("max_body_bytes", int, "larger request bodies get 413"),
+    ("max_tokens_limit", int, "larger max_tokens get 400"),
+    ("default_max_tokens", int, "max_tokens of requests that give none (per retrieval round)"),
+    ("request_timeout_s", float, "seconds before an unanswered question is cancelled (504)"),
+    ("sync_add_limit", int, "adds of more documents run as background jobs"),
+    ("job_slice", int, "documents a background job commits per step"),
+]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``msa serve`` options (defaults: ``ServerConfig``)."""
     d = ServerConfig.__dataclass_fields__
@@ -23,17 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--api-key-file", default=None, help="file holding the bearer API key clients must send")
     p.add_argument("--allow-no-key", action="store_true", help="serve a non-loopback host without an API key")
-    for name, kind, text in [
-        ("max_queue", int, "questions admitted per bank (waiting or answering); more get 429"),
-        ("max_batch", int, "questions per batched engine call"),
-        ("batch_wait_ms", float, "how long a batch's first question waits for others"),
-        ("max_body_bytes", int, "larger request bodies get 413"),
-        ("max_tokens_limit", int, "larger max_tokens get 400"),
-        ("default_max_tokens", int, "max_tokens of requests that give none (per retrieval round)"),
-        ("request_timeout_s", float, "seconds before an unanswered question is cancelled (504)"),
-        ("sync_add_limit", int, "adds of more documents run as background jobs"),
-        ("job_slice", int, "documents a background job commits per step"),
-    ]:  # fmt: skip
+    for name, kind, text in TUNABLES:
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default,
                        help=f"{text} (default {d[name].default})")  # fmt: skip
 
@@ -49,10 +53,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise ValueError(f"the API key file {f} is empty")
     return ServerConfig(
         model=args.model, banks=args.bank, bank_dir=args.bank_dir, state_dir=args.state_dir, host=args.host,
-        port=args.port, device=args.device, api_key=key, allow_no_key=args.allow_no_key, max_queue=args.max_queue,
-        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_body_bytes=args.max_body_bytes,
-        max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
-        request_timeout_s=args.request_timeout_s, sync_add_limit=args.sync_add_limit, job_slice=args.job_slice,
+        port=args.port, device=args.device, api_key=key, allow_no_key=args.allow_no_key,
+        **{name: getattr(args, name) for name, _, _ in TUNABLES},
     )  # fmt: skip
 
 

@@ -22,7 +22,8 @@ from msa.server.schemas import (
     ApiError,
     ChatRequest,
     CompletionRequest,
-    _Generate,
+    GenerateRequest,
+    MsaOptions,
     chat_question,
     completion_question,
     stops,
@@ -72,22 +73,19 @@ async def completions(request: Request, body: CompletionRequest):
     return await _generate(request, body, completion_question(body), body.max_tokens, chat=False)
 
 
-def _options(request: Request, body: _Generate, max_tokens: int | None) -> AskOptions:
+def _options(request: Request, body: GenerateRequest, max_tokens: int | None) -> AskOptions:
     cfg = request.app.state.config
     if body.n != 1:
         raise ApiError(400, "n must be 1", "n")
     if max_tokens is not None and max_tokens > cfg.max_tokens_limit:
         raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {cfg.max_tokens_limit}",
                        "max_tokens")  # fmt: skip
-    o = body.msa
-    return AskOptions(
-        max_new_tokens=max_tokens or cfg.default_max_tokens, max_rounds=(o.max_rounds if o and o.max_rounds else 4),
-        doc_choice=o.doc_choice if o else None, top_k=o.top_k if o else None, interleave=o.interleave if o else True,
-        return_routing=o.routing if o else False,
-    )  # fmt: skip
+    o = body.msa or MsaOptions()
+    return AskOptions(max_new_tokens=max_tokens or cfg.default_max_tokens, max_rounds=o.max_rounds or AskOptions.max_rounds,
+                      doc_choice=o.doc_choice, top_k=o.top_k, interleave=o.interleave, return_routing=o.routing)  # fmt: skip
 
 
-async def _generate(request: Request, body: _Generate, question: str, max_tokens: int | None, chat: bool):
+async def _generate(request: Request, body: GenerateRequest, question: str, max_tokens: int | None, chat: bool):
     reg: Registry = registry_of(request)
     bank = served_bank(reg, body.model)
     options = _options(request, body, max_tokens)

@@ -85,15 +85,20 @@ class Scheduler:
             per question a sampler or None).
         max_queue: slots (questions admitted and not finished).
         max_batch: questions per ``answer_batch`` call at most.
-        wait_s: how long the first question of a batch waits for others to join it.
+        wait_s: how long the first question of a batch waits for others to join it, at most.
+        gap_s: the batch closes when no question has arrived for this long; ten times as long while
+            it holds fewer questions than the previous batch answered. Clients answered together come
+            back together, over some milliseconds: waiting for them keeps one batch of N instead of
+            two alternating halves (the cohort that was queued and the one being answered); a lone
+            client waits only ``gap_s``.
     """
 
     def __init__(self, name: str, answer_batch: AnswerBatch, metrics: Metrics, max_queue: int = 64,
-                 max_batch: int = 32, wait_s: float = 0.005):  # fmt: skip
-        if max_queue < 1 or max_batch < 1 or wait_s < 0:
-            raise ValueError("max_queue and max_batch must be >= 1 and wait_s >= 0")
+                 max_batch: int = 32, wait_s: float = 0.05, gap_s: float = 0.002):  # fmt: skip
+        if max_queue < 1 or max_batch < 1 or wait_s < 0 or gap_s < 0:
+            raise ValueError("max_queue and max_batch must be >= 1, wait_s and gap_s >= 0")
         self.name, self.answer_batch, self.metrics = name, answer_batch, metrics
-        self.max_queue, self.max_batch, self.wait_s = max_queue, max_batch, wait_s
+        self.max_queue, self.max_batch, self.wait_s, self.gap_s = max_queue, max_batch, wait_s, gap_s
         self._queue: queue.Queue[Question | None] = queue.Queue()
         self._lock = threading.Lock()
         self._depth = 0
@@ -137,13 +142,15 @@ class Scheduler:
             self._depth -= 1
             self.metrics.set("msa_queue_depth", self._depth, bank=self.name)
 
-    def _collect(self, first: Question) -> tuple[list[Question], bool]:
+    def _collect(self, first: Question, expect: int) -> tuple[list[Question], bool]:
         batch, stop = [first], False
+        target = min(self.max_batch, max(1, expect))
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch:
             try:
                 left = deadline - time.monotonic()
-                q = self._queue.get_nowait() if left <= 0 else self._queue.get(timeout=left)
+                wait = min(left, self.gap_s if len(batch) >= target else 10 * self.gap_s)
+                q = self._queue.get_nowait() if left <= 0 else self._queue.get(timeout=wait)
             except queue.Empty:
                 break
             if q is None:
@@ -153,11 +160,13 @@ class Scheduler:
         return batch, stop
 
     def _loop(self) -> None:
+        last = 0  # questions of the previous batch (their clients may be about to ask again)
         while True:
             first = self._queue.get()
             if first is None:
                 return
-            batch, stop = self._collect(first)
+            batch, stop = self._collect(first, last)
+            last = len(batch)
             groups: dict[AskOptions, list[Question]] = {}
             for q in batch:
                 if q.cancelled.is_set():

@@ -40,7 +40,7 @@ class MsaOptions(BaseModel):
     routing: bool = False  # include every router layer's selection (ids and scores) per round
 
 
-class _Generate(BaseModel):
+class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -59,12 +59,12 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class ChatRequest(_Generate):
+class ChatRequest(GenerateRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
-class CompletionRequest(_Generate):
+class CompletionRequest(GenerateRequest):
     prompt: str | list[str]
     echo: bool = False
     logprobs: int | None = None
@@ -130,7 +130,7 @@ def completion_question(req: CompletionRequest) -> str:
     return req.prompt
 
 
-def stops(req: _Generate) -> list[str]:
+def stops(req: GenerateRequest) -> list[str]:
     s = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(s) > 4 or any(not x for x in s):
         raise ApiError(400, "stop must be up to 4 non-empty strings", "stop")
