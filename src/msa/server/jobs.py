@@ -103,6 +103,7 @@ class JobRunner:
         self.name, self.store, self.add, self.write, self.slice_size = name, store, add, write, slice_size
         self.jobs: dict[str, Job] = {j.id: j for j in store.load()}
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stop = threading.Event()
         for j in self.jobs.values():
             if j.status in ACTIVE:
                 j.resumed += 1
@@ -119,12 +120,14 @@ class JobRunner:
         self._queue.put(job.id)
         return job
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 120.0) -> None:
+        """Stop after the step being committed; an unfinished job stays queued and resumes at the next start."""
+        self._stop.set()
         self._queue.put(None)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=timeout_s)
 
     def _loop(self) -> None:
-        while (job_id := self._queue.get()) is not None:
+        while (job_id := self._queue.get()) is not None and not self._stop.is_set():
             job = self.jobs[job_id]
             try:
                 self._run(job)
@@ -144,6 +147,9 @@ class JobRunner:
             job.step = max(self.slice_size, -(-job.total // 200))  # at most ~200 state rewrites per job
         step = job.step
         for k in range(job.done // step, -(-job.total // step)):
+            if self._stop.is_set():
+                job.status = "queued"  # the server is stopping: resume here at the next start
+                return
             a, b = k * step, min(job.total, (k + 1) * step)
             part = None if ids is None else ids[a:b]
             rep = self.write(lambda: self.add(texts[a:b], part, f"{job.id}.{k}", job.on_duplicate))
@@ -153,3 +159,4 @@ class JobRunner:
                 setattr(job, key, getattr(job, key) + int(rep.get(key, 0)))
             self.store.save(job)
         job.status = "done"
+        log.info("bank %s: job %s done (%d documents)", self.name, job.id, job.total)
