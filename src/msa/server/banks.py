@@ -1,8 +1,9 @@
 """The served banks: per bank a reader (asks, through its scheduler), a writer behind a lock, and jobs.
 
-Readers and the writer are separate ``MemoryBank`` objects on the same directory: an ask routes over
-one committed snapshot (``SnapshotView``) while a write encodes, and sees the write only once it has
-committed. Writes to one bank are serialised by its lock (one writer per bank).
+Readers and the writer are separate ``MemoryBank`` objects on the same directory: a batch of asks
+reads one committed snapshot (routing, slot ids and texts of one catalog state, ``MemoryBank.snapshot``)
+while a write encodes, and sees the write only once it has committed. Writes to one bank are
+serialised by its lock (one writer per bank).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-
-from torch import Tensor
 
 from msa.engine import Answer, Engine
 from msa.engine.generation import Sampler
@@ -28,27 +27,6 @@ log = logging.getLogger(__name__)
 
 BANK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 T = TypeVar("T")
-
-
-class SnapshotView:
-    """The engine's MemoryView over one snapshot of a bank (routing and slots fixed for a whole batch)."""
-
-    def __init__(self, bank: MemoryBank):
-        self.bank = bank
-        self._access = bank.access()
-        self.prefix = bank.prefix
-
-    def access(self):
-        return self._access
-
-    def slot_ids(self) -> Tensor:
-        return self._access.slot_to_id
-
-    def text(self, doc_id: int) -> str | None:
-        return self.bank.text(doc_id)
-
-    def __len__(self) -> int:
-        return self._access.num_docs
 
 
 class ServedBank:
@@ -98,8 +76,7 @@ class ServedBank:
 
     def _answer_batch(self, texts: list[str], options: AskOptions, on_token: Callable[[int, str], None],
                       samplers: list[Sampler | None] | None) -> list[Answer]:  # fmt: skip
-        view = SnapshotView(self.reader)
-        engine = Engine(self.model, self.tokenizer, view, device=self.device, prompt=self.reader.prompt,
+        engine = Engine(self.model, self.tokenizer, self.reader, device=self.device, prompt=self.reader.prompt,
                         doc_choice=options.doc_choice)  # fmt: skip
         return engine.ask_batch(texts, options.interleave, options.max_rounds, options.max_new_tokens,
                                 options.return_routing, on_token=on_token, top_k=options.top_k,
