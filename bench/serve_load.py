@@ -10,7 +10,9 @@ flight (bounded by the server's request timeout); --max-requests bounds the coun
 Reported per phase: requests, errors (any exception or non-200), questions/s, completion tokens/s,
 latency p50/p90/p99/max, exact match of the answers (a sanity check that batching answers as well),
 the server's mean batch size (from /metrics). The headline: questions/s at concurrency N over
-concurrency 1 (the floor this issue asks: >= 5x on an H200).
+concurrency 1 (the floor this issue asks: >= 5x on an H200). For reference, the engine alone on the
+same bank and device, in this process after the server has stopped: ``Engine.ask`` one question at a
+time and ``Engine.ask_batch`` of N, for --engine-seconds each (the server's ceiling without HTTP).
 
     python bench/serve_load.py [--clients 32] [--seconds 60] [--device cuda] [--out DIR]
 """
@@ -140,6 +142,35 @@ async def run(args: argparse.Namespace, url: str, world: BiosWorld) -> dict:
             "speedup": many["questions_per_s"] / one["questions_per_s"] if one["questions_per_s"] else None}  # fmt: skip
 
 
+def engine_only(args: argparse.Namespace, bank_path: Path, world: BiosWorld) -> dict:
+    """Questions/s of ``Engine.ask_batch`` at batch 1 and at batch --clients, no server in between."""
+    from msa.engine import Engine
+    from msa.memory import MemoryBank
+    from msa.model import MSAForCausalLM, shipped_models
+    from msa.tokenizer import load_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = MSAForCausalLM.from_pretrained(MODEL, device=args.device or "cpu")
+    tok = load_tokenizer(shipped_models()[MODEL])
+    qs = [q.text for q in world.iter_questions(args.questions // 2, "single", seed=11)]
+    qs += [q.text for q in world.iter_questions(args.questions - len(qs), "multi", seed=11)]
+    out = {}
+    with MemoryBank.open(bank_path, model, tok, device=args.device, readonly=True) as bank:
+        engine = Engine(model, tok, bank, device=args.device, prompt=bank.prompt)
+        engine.ask(qs[0], max_new_tokens=args.max_tokens)  # warm-up
+        for b in (1, args.clients):
+            done, k, t0 = 0, 0, time.monotonic()
+            while time.monotonic() - t0 < args.engine_seconds:
+                batch = [qs[(k + j) % len(qs)] for j in range(b)]
+                engine.ask_batch(batch, max_new_tokens=args.max_tokens)
+                done, k = done + b, k + b
+            out[f"batch_{b}"] = {"questions_per_s": done / (time.monotonic() - t0), "questions": done}
+    out["speedup"] = out[f"batch_{args.clients}"]["questions_per_s"] / out["batch_1"]["questions_per_s"]
+    log.info("engine only: %s", out)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=32)
@@ -152,6 +183,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="client and server request timeout (s)")
     p.add_argument("--device", default=None, help="the server's device (e.g. cuda)")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the server")
+    p.add_argument("--engine-seconds", type=float, default=15.0, help="length of each engine-only phase (0: none)")
     p.add_argument("--out", default=None, help="result directory (default bench/results/serve_<card>_<date>)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -181,6 +213,8 @@ def main() -> None:
         finally:
             server.stop()
             log_tail = server.tail(4000)
+        if args.engine_seconds > 0:
+            result["engine_only"] = engine_only(args, Path(tmp) / "banks" / BANK, world)
     now = datetime.now(timezone.utc)
     name = card(args.device)
     out = {"bench": "serve_load", "card": name, "device": args.device or "cpu", "versions": versions(),
@@ -195,7 +229,7 @@ def main() -> None:
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("card", "speedup")} | {
         k: {m: out[k][m] for m in ("questions_per_s", "errors", "latency_s", "mean_batch_size")}
-        for k in out if k.startswith("concurrency_")}, indent=2))  # fmt: skip
+        for k in out if k.startswith("concurrency_")} | {"engine_only": out.get("engine_only")}, indent=2))  # fmt: skip
     print(f"wrote {path}")
 
 

@@ -161,11 +161,14 @@ def test_errors_have_the_openai_shape_and_status(client, server):
 def test_memory_api_end_to_end(client):
     c = client
     bank = c.post("/banks", body={"name": "notes"}, cast_to=object)
-    assert bank["name"] == "notes" and bank["documents"] == 0
+    assert bank["name"] == "notes" and bank["documents"] == 0 and bank["model"] == "msa-bios-tiny@notes"
     with pytest.raises(openai.ConflictError):
         c.post("/banks", body={"name": "notes"}, cast_to=object)
     with pytest.raises(openai.BadRequestError):
         c.post("/banks", body={"name": "../etc"}, cast_to=object)
+    for bad in ([{"text": "  "}], [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], [{"id": -1, "text": "x"}]):
+        with pytest.raises((openai.BadRequestError, openai.ConflictError)):
+            c.post("/banks/notes/documents", body={"documents": bad, "background": True}, cast_to=object)
     people = BiosWorld(BiosConfig(num_people=24, seed=9))
     texts = list(people.iter_documents(0, 24))
     ids = [f"p{i}" for i in range(24)]

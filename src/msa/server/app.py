@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from msa.memory import (
+    BankDiskFullError,
     BankError,
+    BankLockedError,
     BankReadOnlyError,
     DocumentTooLongError,
     DuplicateDocumentError,
@@ -43,6 +45,10 @@ def _bank_error(e: Exception) -> JSONResponse:
         return _error(400, msg, code="document_too_long")
     if isinstance(e, BankReadOnlyError):
         return _error(403, msg)
+    if isinstance(e, BankLockedError):
+        return _error(503, msg, code="bank_locked")
+    if isinstance(e, BankDiskFullError):
+        return _error(507, msg, code="disk_full")
     return _error(400, msg)
 
 

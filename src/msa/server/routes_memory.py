@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from msa.memory.ids import check_ids, check_texts
 from msa.server.banks import Registry, ServedBank
 from msa.server.jobs import JOB_ID
 from msa.server.routes_openai import registry_of, submit, wait_answer
@@ -26,7 +27,8 @@ def _bank(request: Request, name: str) -> ServedBank:
 
 
 def _info(bank: ServedBank) -> dict[str, Any]:
-    return {"object": "bank", "name": bank.name, "model": bank.model_id, **bank.reader.stats()}
+    stats = bank.reader.stats()  # its "model": what the bank was encoded with
+    return {"object": "bank", **stats, "name": bank.name, "model": bank.model_id, "encoded_with": stats.get("model")}
 
 
 @router.get("/v1/banks")
@@ -51,16 +53,10 @@ async def bank_stats(request: Request, name: str) -> dict[str, Any]:
 async def add_documents(request: Request, name: str, body: AddDocuments):
     bank = _bank(request, name)
     cfg = request.app.state.config
-    texts = [d.text for d in body.documents]
+    texts = check_texts([d.text for d in body.documents])  # refused here, not later in a job
     given = [d.id for d in body.documents]
-    if any(i is None for i in given) and any(i is not None for i in given):
-        raise ApiError(400, "give an id for every document or for none", "documents")
-    ids = None if given[0] is None else given
-    for i, t in enumerate(texts):
-        if not t.strip():
-            raise ApiError(400, f"document {i} has no text", "documents")
-    if ids is not None and len(set(map(repr, ids))) != len(ids):
-        raise ApiError(400, "document ids repeat within one request", "documents")
+    ids = None if all(i is None for i in given) else given
+    check_ids(ids, len(texts))
     background = body.background if body.background is not None else len(texts) > cfg.sync_add_limit
     if not background:
         if len(texts) > cfg.sync_add_limit:
