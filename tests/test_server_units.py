@@ -129,3 +129,36 @@ def test_serve_refuses_unsafe_or_empty_setups_with_one_line(tmp_path, capsys):
         assert main(["serve", "--model", "msa-bios-tiny", *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("msa: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_stopping_runner_leaves_its_job_queued_and_the_next_one_finishes_it(tmp_path):
+    from msa.server.jobs import JobRunner, JobStore
+
+    stored: dict[str, list] = {}  # job step name -> ids: what a bank would hold
+    started, release = threading.Event(), threading.Event()
+
+    def add(texts, ids, name, on_duplicate):
+        started.set()
+        release.wait(10)
+        stored.setdefault(name, list(ids))
+        return {"ids": list(ids), "added": len(ids)}
+
+    texts, ids = [f"t{i}" for i in range(10)], [f"d{i}" for i in range(10)]
+    first = JobRunner("b", JobStore(tmp_path), add, lambda fn: fn(), slice_size=3)
+    job = first.submit(texts, ids, None)
+    assert started.wait(10)
+    stopper = threading.Thread(target=first.close)
+    stopper.start()  # asks to stop while the first step is being stored
+    time.sleep(0.05)
+    release.set()
+    stopper.join(10)
+    kept = JobStore(tmp_path).load()[0]
+    assert kept.id == job.id and kept.status == "queued" and kept.done == 3 and kept.ids == ids[:3]
+    second = JobRunner("b", JobStore(tmp_path), add, lambda fn: fn(), slice_size=3)
+    deadline = time.monotonic() + 10
+    while second.jobs[job.id].status != "done" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second.close()
+    done = second.jobs[job.id]
+    assert done.status == "done" and done.ids == ids and done.resumed == 1 and done.added == 10
+    assert sorted(stored) == [f"{job.id}.{k}" for k in range(4)]  # every step once, under its own name
