@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
 
+    from msa.server.main import add_arguments as add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="serve banks over HTTP: OpenAI-compatible API + memory API"))
+
     t = sub.add_parser("train", help="run a training recipe: msa train RECIPE [key=value ...]")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*")
@@ -219,7 +223,13 @@ def cmd_bench(args) -> int:
     return bench_main(args.rest)
 
 
-COMMANDS = {"bank": cmd_bank, "ask": cmd_ask, "bench": cmd_bench, "demo": cmd_demo, "train": cmd_train}
+def cmd_serve(args) -> int:
+    from msa.server import main as serve_main
+
+    return serve_main(args)
+
+
+COMMANDS = {"bank": cmd_bank, "ask": cmd_ask, "bench": cmd_bench, "demo": cmd_demo, "serve": cmd_serve, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`make demo`: generate a bios memory, encode it with the shipped ``msa-bios-tiny``, ask single- and
+"""`make demo`: generate a bios memory, encode it with the shipped ``msa-bios-small``, ask single- and
 multi-hop questions with Memory Interleave, then score 100 held-out questions.
 
 The world (seed 3) is not the one the model was trained on (seed 0): every person is new to it, so
@@ -25,7 +25,7 @@ from msa.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-MODEL = "msa-bios-tiny"
+MODEL = "msa-bios-small"
 
 
 @dataclass

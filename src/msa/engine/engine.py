@@ -21,7 +21,7 @@ from torch import Tensor
 
 from msa.engine.answer import Answer, RoundInfo
 from msa.engine.choice import ChoiceContext, DocChoice, choice_strategy, requested_ids, requests_in
-from msa.engine.generation import DecodeState, Timer, decode_step, left_pad
+from msa.engine.generation import DecodeState, Sampler, Timer, decode_step, left_pad, pick_tokens
 from msa.engine.stops import StopRules, ends_with
 from msa.model import MemoryAccess, MSAForCausalLM, PrefixCache, Routing
 from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, prompt_format, query_segments
@@ -80,6 +80,7 @@ class _Sample:
     transcript_ids: list[int] = field(default_factory=list)
     finished: bool = False
     answer_phase: bool = False
+    sampler: Sampler | None = None  # None: greedy
 
 
 def _selected(r: Routing, i: int, slot_ids: Tensor) -> list[tuple[int, float]]:
@@ -129,13 +130,15 @@ class Engine:
 
     # -- public -------------------------------------------------------------------------------------
     def ask(self, question: str, interleave: bool = True, max_rounds: int = 4, max_new_tokens: int = 256,
-            return_routing: bool = False, on_token: OnToken | None = None) -> Answer:  # fmt: skip
+            return_routing: bool = False, *, on_token: OnToken | None = None, top_k: int | None = None,
+            sampler: Sampler | None = None) -> Answer:  # fmt: skip
         """Answer one question (see ``ask_batch``)."""
-        return self.ask_batch([question], interleave, max_rounds, max_new_tokens, return_routing, on_token)[0]
+        return self.ask_batch([question], interleave, max_rounds, max_new_tokens, return_routing, on_token=on_token,
+                              top_k=top_k, samplers=[sampler])[0]  # fmt: skip
 
     def ask_batch(self, questions: list[str], interleave: bool = True, max_rounds: int = 4,
-                  max_new_tokens: int = 256, return_routing: bool = False,
-                  on_token: OnToken | None = None) -> list[Answer]:  # fmt: skip
+                  max_new_tokens: int = 256, return_routing: bool = False, *, on_token: OnToken | None = None,
+                  top_k: int | None = None, samplers: list[Sampler | None] | None = None) -> list[Answer]:  # fmt: skip
         """Answer a batch of questions against one snapshot of the memory; rounds are batched across
         the questions still retrieving.
 
@@ -146,7 +149,10 @@ class Engine:
             max_new_tokens: generated tokens per round at most.
             return_routing: fill ``RoundInfo.routing`` (router layer -> selected (id, score)).
             on_token: called as ``on_token(i, text)`` with the text of every token generated for
-                question ``i`` (streaming); the transcript's appended blocks are not passed.
+                question ``i`` (streaming; special tokens kept, retrieval rounds included); the
+                transcript's appended blocks are not passed. An exception it raises ends the call.
+            top_k: documents each router layer selects per round (default: the model's ``msa.top_k``).
+            samplers: per question a ``Sampler`` (seeded temperature sampling) or None (greedy, default).
         """
         if isinstance(questions, str):
             raise TypeError("ask_batch() takes a list of questions; use ask() for one")
@@ -155,24 +161,26 @@ class Engine:
                 raise ValueError("a question must be a non-empty string")
         if max_rounds < 1:
             raise ValueError("max_rounds must be >= 1")
+        if samplers is not None and len(samplers) != len(questions):
+            raise ValueError(f"{len(samplers)} samplers for {len(questions)} questions")
         if len(self.bank) == 0:
             raise ValueError("the memory bank is empty: add documents before asking")
         timer = Timer()
         samples = []
         for i, q in enumerate(questions):
             ids, dids = encode_segments(self.tokenizer, query_segments(self.prompt, q))
-            samples.append(_Sample(i, q, ids, dids))
+            samples.append(_Sample(i, q, ids, dids, sampler=samplers[i] if samplers else None))
         snap = self.bank.snapshot()
         access = _TimedAccess(snap, timer, self.device)
         slot_ids = snap.slot_ids
-        ctx = ChoiceContext(snap.text, lambda texts: self._route_texts(texts, access, slot_ids))
+        ctx = ChoiceContext(snap.text, lambda texts: self._route_texts(texts, access, slot_ids, top_k))
         for rnd in range(max_rounds):
             active = [s for s in samples if not s.finished]
             if not active:
                 break
             last = rnd == max_rounds - 1 or not interleave
             before = dict(timer.seconds)
-            self._round(active, access, slot_ids, ctx, snap, timer, max_new_tokens, last, return_routing, on_token)
+            self._round(active, access, slot_ids, ctx, snap, timer, max_new_tokens, last, return_routing, on_token, top_k)
             spent = {k: (v - before.get(k, 0.0)) / len(active) for k, v in timer.seconds.items()
                      if v > before.get(k, 0.0)}  # fmt: skip
             for s in active:
@@ -183,9 +191,10 @@ class Engine:
 
     # -- one round ------------------------------------------------------------------------------------
     def _round(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, snap, timer: Timer,
-               max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None) -> None:  # fmt: skip
+               max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None,
+               top_k: int | None) -> None:  # fmt: skip
         t0 = time.perf_counter()
-        out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access)
+        out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k)
         timer.add("prefill", t0, self.device)
         for i, s in enumerate(active):
             info = RoundInfo()
@@ -194,7 +203,8 @@ class Engine:
             s.rounds.append(info)
         states = [DecodeState(pending=[]) for _ in active]
         round_ids: list[list[int]] = [[] for _ in active]
-        nxt = out.logits.argmax(-1).cpu()
+        samplers = [s.sampler for s in active] if any(s.sampler for s in active) else None
+        nxt = pick_tokens(out.logits, samplers)
         t0 = time.perf_counter()
         stops = self.stops
         for _ in range(max_new_tokens + 64):
@@ -226,7 +236,7 @@ class Engine:
                     st.done = s.finished = True
             if all(st.done for st in states):
                 break
-            nxt = decode_step(self.model, out.cache, states)
+            nxt = decode_step(self.model, out.cache, states, samplers)
         timer.add("decode", t0, self.device)
         self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
                           ctx, snap, timer)  # fmt: skip
@@ -275,11 +285,11 @@ class Engine:
         return self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
                                   last_only=True, top_k=top_k)  # fmt: skip
 
-    def _route_texts(self, texts: list[str], access, slot_ids: Tensor) -> list[list[int]]:
+    def _route_texts(self, texts: list[str], access, slot_ids: Tensor, top_k: int | None = None) -> list[list[int]]:
         """Route each text as a round-1 question (one batched prefill); per text the selected ids of
         the last router layer, best first."""
         seqs = [encode_segments(self.tokenizer, query_segments(self.prompt, t)) for t in texts]
-        out = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access)
+        out = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access, top_k)
         if not out.routings:
             return [[] for _ in texts]
         r = out.routings[max(out.routings)]

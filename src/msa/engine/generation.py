@@ -1,4 +1,5 @@
-"""Batched greedy decoding with per-sample pending tokens (several tokens may be fed at once)."""
+"""Batched decoding (greedy, or seeded temperature sampling per sample) with per-sample pending tokens
+(several tokens may be fed at once)."""
 
 from __future__ import annotations
 
@@ -33,15 +34,45 @@ def left_pad(rows: list[list[int]], pad: int = 0) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def decode_step(model: MSAForCausalLM, cache: KVCache, states: list[DecodeState]) -> Tensor:
-    """Feed every active sample's pending tokens; returns greedy next tokens [B] (-1 for done samples)."""
+@dataclass
+class Sampler:
+    """Temperature sampling for one sample: a token drawn from softmax(logits / temperature) with the
+    sample's own generator, so a seed gives the same draws whatever else is in the batch."""
+
+    temperature: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 to sample, got {self.temperature}")
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, logits: Tensor) -> int:
+        """logits [V] -> one token id."""
+        p = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
+        return int(torch.multinomial(p, 1, generator=self.generator))
+
+
+def pick_tokens(logits: Tensor, samplers: list[Sampler | None] | None = None) -> Tensor:
+    """logits [B, V] -> next tokens [B] (CPU): greedy, or drawn by the row's sampler where it has one."""
+    nxt = logits.argmax(-1).cpu()
+    for i, s in enumerate(samplers or []):
+        if s is not None:
+            nxt[i] = s(logits[i])
+    return nxt
+
+
+def decode_step(model: MSAForCausalLM, cache: KVCache, states: list[DecodeState],
+                samplers: list[Sampler | None] | None = None) -> Tensor:  # fmt: skip
+    """Feed every active sample's pending tokens; returns next tokens [B] (-1 for done samples): greedy,
+    or drawn by ``samplers[i]`` where given."""
     rows = [[] if s.done else s.pending for s in states]
     ids, mask = left_pad([r if r else [0] for r in rows])
     for i, r in enumerate(rows):
         if not r:
             mask[i] = False
     logits = model.decode(ids, cache, mask)[:, -1]
-    nxt = logits.argmax(-1).cpu()
+    nxt = pick_tokens(logits, samplers)
     for i, s in enumerate(states):
         if not s.done:
             s.pending = []
