@@ -44,12 +44,14 @@ def add_summary(report) -> str:
 
 def cmd_create(args) -> int:
     from msa.memory import MemoryBank
+    from msa.prompt import prompt_format
 
     p = Path(args.bank)
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
         raise UsageError(f"{args.bank} already exists: choose a new path (or delete the old bank first)")
     model, tok = load_model(args.model, args.device)
-    MemoryBank.create(args.bank, model, tok, model_source=model_source(args.model)).close()
+    fmt = prompt_format(model.config.msa.prompt_format)  # the template the model was trained with
+    MemoryBank.create(args.bank, model, tok, fmt, model_source=model_source(args.model)).close()
     print(f"created {args.bank} (model {model_source(args.model)})")
     return 0
 
