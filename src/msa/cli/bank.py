@@ -51,7 +51,8 @@ def cmd_create(args) -> int:
         raise UsageError(f"{args.bank} already exists: choose a new path (or delete the old bank first)")
     model, tok = load_model(args.model, args.device)
     fmt = prompt_format(model.config.msa.prompt_format)  # the template the model was trained with
-    MemoryBank.create(args.bank, model, tok, fmt, model_source=model_source(args.model)).close()
+    limits = {} if args.max_doc_tokens is None else {"max_doc_tokens": args.max_doc_tokens}
+    MemoryBank.create(args.bank, model, tok, fmt, model_source=model_source(args.model), **limits).close()
     print(f"created {args.bank} (model {model_source(args.model)})")
     return 0
 
@@ -66,7 +67,8 @@ def cmd_add(args) -> int:
         if args.max_tokens is not None:  # this session only: reject instead of splitting
             if args.max_tokens < 1:
                 raise UsageError("--max-tokens must be >= 1")
-            bank.settings = dataclasses.replace(bank.settings, max_doc_tokens=args.max_tokens, on_long="error")
+            limit = min(args.max_tokens, bank.settings.max_doc_tokens)  # never longer pieces than the bank's
+            bank.settings = dataclasses.replace(bank.settings, max_doc_tokens=limit, on_long="error")
         report = bank.add_documents(docs.texts, docs.ids, on_duplicate=args.on_duplicate, progress=args.progress)
     print(add_summary(report))
     return 0
@@ -167,6 +169,8 @@ def add_parsers(sub) -> None:
     c = cmd("create", cmd_create, "create an empty bank for a model")
     c.add_argument("--model", required=True, help="model directory, training checkpoint, or shipped model name")
     c.add_argument("--device", default=None)
+    c.add_argument("--max-doc-tokens", type=int, default=None,
+                   help="longer documents are split into pieces of at most this many tokens (default 8192)")
     a = cmd("add", cmd_add, "encode and add documents", writes=True)
     a.add_argument("file", help=".jsonl ({\"id\"?, \"text\"} per line), .json (an array of those or of strings), "
                                 "other: plain text, documents separated by blank lines; - = stdin")  # fmt: skip
@@ -174,8 +178,8 @@ def add_parsers(sub) -> None:
                    help="a document already stored (same id, or same text when there are no ids): skip it "
                         "(default; a re-run adds only what is missing), error, or replace its text")  # fmt: skip
     a.add_argument("--max-tokens", type=int, default=None,
-                   help="reject (exit 2, nothing added) any document longer than this many tokens instead of "
-                        "splitting it into pieces")  # fmt: skip
+                   help="reject (exit 2, nothing added) any document longer than this many tokens (or than "
+                        "the bank's --max-doc-tokens) instead of splitting it into pieces")  # fmt: skip
     a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
     u = cmd("update", cmd_update, "replace one document's text", writes=True)
