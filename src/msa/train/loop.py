@@ -306,10 +306,11 @@ class Trainer:
             saved = self.save()
         if self.info.is_main and history:
             took = time.perf_counter() - self._fit_start
-            last = history[-1]
+            tail = history[-max(self.config.logging.every, 1):]
+            last = _window_means(tail)
             recalls = " ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("recall@"))
-            logger.info("done: %d steps in %s (%.2f s/step), last loss %.4f %s%s", len(history), _duration(took),
-                        took / len(history), last["loss"], recalls,
+            logger.info("done: %d steps in %s (%.2f s/step); last %d steps: loss %.4f %s%s", len(history),
+                        _duration(took), took / len(history), len(tail), last["loss"], recalls,
                         f"; model and checkpoint: {saved}" if saved else "")  # fmt: skip
         return history
 
