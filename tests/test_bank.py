@@ -226,13 +226,14 @@ def test_bad_inputs_store_nothing(bank, tiny_model, monkeypatch):
     assert bank.get_text(10) == "first document."
     # Re-adding identical (id, text) pairs is a no-op that returns the ids.
     monkeypatch.setattr(tiny_model, "encode", lambda docs: pytest.fail("nothing should be encoded"))
-    assert bank.add(["first document.", "second document."], ids=[10, "b"]) == [10, bank.resolve("b")]
+    assert bank.add(["first document.", "second document."], ids=[10, "b"]) == [10, "b"]
     assert (len(bank), bank.generation) == state
 
 
 def test_string_ids_and_jobs(bank):
     a = bank.add(["one.", "two."], ids=["x", "y"])
-    assert bank.get_text("x") == "one." and bank.resolve("y") == a[1]
+    assert bank.get_text("x") == "one." and a == ["x", "y"]
+    internal_x = bank.resolve("x")
     texts = make_texts(5, seed=9)
     first = bank.add(texts, job="import-1")
     again = bank.add(texts, job="import-1")
@@ -240,7 +241,7 @@ def test_string_ids_and_jobs(bank):
     with pytest.raises(DuplicateDocumentError):
         bank.add(["changed"] + texts[1:], job="import-1")
     bank.delete("x")
-    assert bank.add(["one again."], ids=["x"]) == [a[0]]  # a string id keeps its integer id
+    assert bank.add(["one again."], ids=["x"]) == [a[0]] and bank.resolve("x") == internal_x  # a string id keeps its integer id
 
 
 def test_long_documents(tmp_path, tiny_model, tiny_tokenizer):
@@ -305,8 +306,8 @@ def test_orphans_are_ignored_and_removed(bank):
 def test_engine_view(tmp_path, tiny_model, tiny_tokenizer):
     with MemoryBank.create(tmp_path / "v", tiny_model, tiny_tokenizer, model_source="tiny") as bank:
         bank.add(["one.", "two."])
-        view = bank.access()
-        assert bank.access() is view and bank.slot_ids().tolist() == view.slot_to_id.tolist()
-        assert bank.text(1) == "two." and bank.text(99) is None and bank.model_source == "tiny"
+        view = bank.snapshot()
+        assert bank.snapshot() is view and view.slot_ids.tolist() == view.slot_to_id.tolist()
+        assert view.text(1) == "two." and view.text(99) is None and bank.model_source == "tiny"
         bank.delete(0)
-        assert bank.access() is not view and bank.slot_ids().tolist() == [1]
+        assert bank.snapshot() is not view and bank.snapshot().slot_ids.tolist() == [1]

@@ -22,7 +22,6 @@ import torch.multiprocessing as mp
 from conftest import build_tiny_model, build_tiny_tokenizer
 from msa.engine import Engine
 from msa.memory import MemoryBank
-from msa.memory.catalog import Catalog
 from msa.parallel import RankFailureError, ShardMissingError, assign_segments, merge_topk
 from msa.parallel.encode import split_groups
 
@@ -50,7 +49,7 @@ def route_queries(cfg, seed: int = 0):
 
 def reference_routing(bank: MemoryBank, model) -> dict:
     """Per router layer: selected bank ids, scores and fetched K/V of the single-process access."""
-    acc = bank.access()
+    acc = bank.snapshot()
     q, mask = route_queries(model.config)
     out = {}
     for layer in model.router_layers:
@@ -80,7 +79,8 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
         try:
             if kind == "route":
                 with DistributedBankView(arg, ctx, model, tok) as view:
-                    acc, ids = view.access(), view.slot_ids()
+                    acc = view.snapshot()
+                    ids = acc.slot_ids
                     q, mask = route_queries(model.config)
                     res = {}
                     for layer in model.router_layers:
@@ -205,7 +205,7 @@ def test_three_ranks_empty_and_single_document_shard(banks, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(root / "ab", broken)
     with MemoryBank.open(broken, readonly=True) as b, b.catalog.read() as c:
-        lost = [s.file for s in Catalog.segments(c)][1]
+        lost = [s.file for s in c.segments()][1]
     (broken / "segments" / lost).unlink()
     tasks = [("route", "route", str(root / "ab")), ("engine", "engine", str(root / "ab")),
              ("add", "add", (str(tmp_path / "par"), texts, None)), ("missing", "route", str(broken)),

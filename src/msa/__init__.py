@@ -2,9 +2,9 @@
 
 from msa.config import MSAConfig, ModelConfig
 from msa.engine import Answer, Engine
-from msa.memory import MemoryBank
+from msa.memory import AddReport, BankError, DeleteReport, MemoryBank
 from msa.model import CompressedMemory, MSAForCausalLM, PackedBatch, PrefixCache
 
 __version__ = "0.1.0"
 
-__all__ = ["Answer", "CompressedMemory", "Engine", "MemoryBank", "MSAConfig", "MSAForCausalLM", "ModelConfig", "PackedBatch", "PrefixCache", "__version__"]
+__all__ = ["AddReport", "Answer", "BankError", "CompressedMemory", "DeleteReport", "Engine", "MemoryBank", "MSAConfig", "MSAForCausalLM", "ModelConfig", "PackedBatch", "PrefixCache", "__version__"]

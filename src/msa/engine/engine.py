@@ -56,20 +56,22 @@ ID_PATTERN = re.compile(r"\[(\d+)\]")
 REQUEST_PATTERN = re.compile(r"\[([^\[\]]+)\]")
 
 
+class MemorySnapshot(MemoryAccess, Protocol):
+    """One state of a memory: routable, with the id of every routing slot and the texts of that state."""
+
+    slot_ids: Tensor  # [N] long id of every routing slot
+
+    def text(self, doc_id: int) -> str | None:
+        """Original text of a document in this state, None if unknown."""
+        ...
+
+
 class MemoryView(Protocol):
-    """What the engine reads from a memory: a routable snapshot, the prefix and document texts."""
+    """What the engine reads from a memory: the prefix and snapshots (routing, slot ids, texts)."""
 
     prefix: PrefixCache
 
-    def access(self) -> MemoryAccess: ...
-
-    def slot_ids(self) -> Tensor:
-        """[N] long user id of every routing slot of the current access."""
-        ...
-
-    def text(self, doc_id: int) -> str | None:
-        """Original text of a document, None if unknown."""
-        ...
+    def snapshot(self) -> MemorySnapshot: ...
 
     def __len__(self) -> int: ...
 
@@ -134,6 +136,9 @@ class _TimedAccess:
         self.timer.add("fetch", t0, self.device)
         return out
 
+    def text(self, doc_id: int) -> str | None:
+        return self.inner.text(doc_id)
+
 
 @dataclass
 class _Sample:
@@ -146,6 +151,7 @@ class _Sample:
     finished: bool = False
     answer_phase: bool = False
     ranked: list[int] = field(default_factory=list)  # this round's routed ids, best first (last router layer)
+    memory: Any = None  # the MemorySnapshot the question is answered from (its texts)
 
 
 def _selected(r: Routing, i: int, slot_ids: Tensor) -> list[tuple[int, float]]:
@@ -232,8 +238,11 @@ class Engine:
         for q in questions:
             ids, dids = encode_segments(self.tokenizer, query_segments(self.prompt, q))
             samples.append(_Sample(q, ids, dids))
-        access = _TimedAccess(self.bank.access(), timer, self.device)
-        slot_ids = self.bank.slot_ids()
+        snapshot = self.bank.snapshot()
+        access = _TimedAccess(snapshot, timer, self.device)
+        slot_ids = snapshot.slot_ids
+        for s in samples:
+            s.memory = snapshot
         for rnd in range(max_rounds):
             active = [s for s in samples if not s.finished]
             if not active:
@@ -310,7 +319,7 @@ class Engine:
             new = self._collect_ids(s, round_text[i], retrieve=True, looked_up=looked_up.get(i, {}),
                                     requests=requests.get(i))  # fmt: skip
             if new:
-                text = self.prompt.retrieved_text([(d, self.bank.text(d) or "") for d in new])
+                text = self.prompt.retrieved_text([(d, access.text(d) or "") for d in new])
                 add = self._tok(text)
                 s.ids += add
                 s.doc_ids += [QUERY] * len(add)
@@ -366,7 +375,7 @@ class Engine:
         info.requested = requested
         new = []
         for d in dict.fromkeys(requested):
-            if self.bank.text(d) is None:
+            if s.memory.text(d) is None:
                 info.unknown.append(d)
             elif d not in s.seen:
                 new.append(d)
@@ -406,7 +415,7 @@ class Engine:
         requests = _requests(text)
         if not self.snap_names:
             return requests
-        visible = "\n".join([s.question, *(self.bank.text(d) or "" for d in sorted(s.seen))])
+        visible = "\n".join([s.question, *(s.memory.text(d) or "" for d in sorted(s.seen))])
         out = []
         for r in requests:
             new = r if r.isdigit() else snap_name(r, visible)
@@ -417,7 +426,8 @@ class Engine:
 
     def _mentioning_first(self, name: str, ranked: list[int]) -> list[int]:
         """``ranked`` with the documents that mention ``name`` first, earliest mention first (stable)."""
-        where = {d: (self.bank.text(d) or "").find(name) for d in ranked}
+        memory = self.bank.snapshot()
+        where = {d: (memory.text(d) or "").find(name) for d in ranked}
         return sorted(ranked, key=lambda d: (where[d] < 0, max(where[d], 0)))
 
     def _begin_answer(self, s: _Sample, st: DecodeState, forced: bool = False) -> None:

@@ -30,6 +30,10 @@ class InMemoryView:
     def access(self) -> MemoryAccess:
         return self._access
 
+    def snapshot(self) -> "InMemorySnapshot":
+        """The memory as the engine reads it (it never changes)."""
+        return InMemorySnapshot(self._access, self.memory.doc_ids, self.texts)
+
     def slot_ids(self) -> Tensor:
         return self.memory.doc_ids
 
@@ -38,3 +42,19 @@ class InMemoryView:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+class InMemorySnapshot:
+    """A MemorySnapshot of an InMemoryView: its access, ``slot_ids`` [N] long and texts."""
+
+    def __init__(self, access: MemoryAccess, slot_ids: Tensor, texts: dict[int, str]):
+        self._access, self.slot_ids, self._texts = access, slot_ids, texts
+
+    def route(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int):
+        return self._access.route(layer, q_router, query_mask, k)
+
+    def fetch(self, layer: int, docs: Tensor):
+        return self._access.fetch(layer, docs)
+
+    def text(self, doc_id: int) -> str | None:
+        return self._texts.get(doc_id)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from msa import functional as MF
 from msa.kernels import RoutingKeys, prepare_doc_mean_keys, prepare_routing_keys
-from msa.memory.catalog import DocRow, SegmentRow
+from msa.memory.catalog import CatalogSnapshot, DocRow, SegmentRow
 from msa.memory.errors import BankCorruptError
 from msa.memory.segments import load_segment, map_segment, segment_metadata
 from msa.model.memory import CompressedMemory, LayerMemory, PrefixCache, Routing, RoutingOptions
@@ -127,6 +127,8 @@ class LoadedSegment:
     num_docs: int
     prepared: dict[int, RoutingKeys] | None = field(default=None)
     per_doc: bool = False
+    doc_ids: list[int] | None = None  # bank id of every local document (None: a synthetic segment)
+    doc_lengths: list[int] | None = None
 
     @classmethod
     def load(cls, directory: Path, row: SegmentRow, fingerprint: str, device: torch.device, tier: str,
@@ -171,6 +173,8 @@ class LoadedSegment:
             num_docs=n,
             prepared=prepared,
             per_doc=prep is not None and prep.per_doc,
+            doc_ids=t["doc_ids"].tolist(),
+            doc_lengths=t["doc_lengths"].tolist(),
         )
 
 
@@ -196,12 +200,15 @@ class BankSnapshot:
     """An immutable view of the live documents of a bank at one catalog state; a ``MemoryAccess``.
 
     Document slots 0..N-1 follow the catalog's live order (segment order, then position in the
-    segment); ``slot_to_id`` [N] long maps them to bank ids; ``Routing.docs`` are slots.
+    segment); ``slot_ids`` (= ``slot_to_id``) [N] long maps them to the bank's internal ids;
+    ``Routing.docs`` are slots. ``text`` and ``user_id`` answer from the same catalog state
+    (``catalog``: the catalog snapshot the rows were read from; None for synthetic snapshots).
+    Every row's place is checked against its segment file (ids, chunk ranges, lengths).
     """
 
     def __init__(self, segments: list[LoadedSegment], rows: list[DocRow], seg_index: dict[int, int],
                  generation: int, options: RoutingOptions, device: torch.device, tile_chunks: int,
-                 prefix: PrefixCache | None = None, rescore: int = 0):  # fmt: skip
+                 prefix: PrefixCache | None = None, rescore: int = 0, catalog: "CatalogSnapshot | None" = None):  # fmt: skip
         if tile_chunks < 1:
             raise ValueError(f"tile_chunks must be >= 1, got {tile_chunks}")
         self.segments = segments
@@ -211,12 +218,23 @@ class BankSnapshot:
         self.device = device
         self.tile_chunks = tile_chunks
         self.prefix = prefix
+        self.catalog = catalog
         slot_of = [torch.full((s.num_docs,), -1, dtype=torch.long) for s in segments]
         ids, loc, lengths = [], [], []
+        starts = [s.doc_chunk_start.tolist() for s in segments]
+        counts = [torch.bincount(s.chunk_doc.cpu(), minlength=s.num_docs).tolist() for s in segments]
         for r in rows:
             if r.deleted:
                 continue
             si = seg_index[r.segment]
+            seg = segments[si]
+            if seg.doc_ids is not None and not (
+                0 <= r.seg_doc < seg.num_docs and seg.doc_ids[r.seg_doc] == r.id
+                and starts[si][r.seg_doc] == r.chunk_start and counts[si][r.seg_doc] == r.num_chunks
+                and seg.doc_lengths[r.seg_doc] == r.num_tokens  # type: ignore[index]
+            ):  # fmt: skip
+                where = catalog.path if catalog is not None else seg.file
+                raise BankCorruptError(str(where), f"document {r.id} disagrees with segment {seg.file}")
             slot_of[si][r.seg_doc] = len(ids)
             ids.append(r.id)
             loc.append((si, r.chunk_start, r.num_chunks))
@@ -235,6 +253,25 @@ class BankSnapshot:
     @property
     def num_docs(self) -> int:
         return int(self.slot_to_id.numel())
+
+    @property
+    def slot_ids(self) -> Tensor:
+        """[N] long internal id of every slot."""
+        return self.slot_to_id
+
+    def text(self, internal_id: int) -> str | None:
+        """The text of a routed row (a piece: its own text) in this snapshot's state; None if the
+        snapshot holds no such row. Checksum-verified (BankCorruptError)."""
+        return None if self.catalog is None else self.catalog.text(internal_id)
+
+    def user_id(self, internal_id: int):
+        """The user's id (int or str) of a routed row in this snapshot's state (a piece: its document's)."""
+        return int(internal_id) if self.catalog is None else self.catalog.user_id(internal_id)
+
+    def close(self) -> None:
+        """Release the catalog state held for ``text`` (also done when the snapshot is garbage-collected)."""
+        if self.catalog is not None:
+            self.catalog.close()
 
     @property
     def num_chunks(self) -> int:

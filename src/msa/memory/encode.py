@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -47,6 +49,10 @@ class Piece:
 
     item: index of the input text in the ``add`` call; index: piece number (0 = first/only piece).
     tokens: [L] int32 token ids of the formatted document (filled once the id is known).
+    source_hash: hash of the whole input text (every piece of it). lead / trail: the input's text
+    before this piece (after the previous one) and, on the last piece, after it: the pieces joined
+    with them give the input back exactly. replaces: ids of the rows this document replaces (first
+    piece; an update).
     """
 
     item: int
@@ -56,6 +62,9 @@ class Piece:
     parent: int | None = None
     source_hash: str = ""
     tokens: np.ndarray | None = None
+    lead: str = ""
+    trail: str = ""
+    replaces: tuple[int, ...] = ()
 
     @property
     def length(self) -> int:
@@ -97,6 +106,11 @@ def _units(text: str, start: int, end: int, level: int, count: Callable[[str], i
 def split_text(text: str, count: Callable[[str], int], budget: int) -> list[str]:
     """Split ``text`` at sentence, then word, then character boundaries into pieces of at most
     ``budget`` tokens as measured by ``count`` (which includes the document wrapper)."""
+    return [text[a:b] for a, b in split_spans(text, count, budget)]
+
+
+def split_spans(text: str, count: Callable[[str], int], budget: int) -> list[tuple[int, int]]:
+    """The pieces of ``split_text`` as increasing, non-overlapping (start, end) spans of ``text``."""
     overhead = count("")
     if overhead >= budget:
         raise ValueError(f"max_doc_tokens={budget} leaves no room for text (the wrapper alone is {overhead} tokens)")
@@ -110,15 +124,15 @@ def split_text(text: str, count: Callable[[str], int], budget: int) -> list[str]
         groups[-1].append(u)
         used += u[2] + 1
 
-    pieces: list[str] = []
+    pieces: list[tuple[int, int]] = []
 
     def emit(group: list[tuple[int, int, int]]) -> None:
-        piece = text[group[0][0] : group[-1][1]]
-        if len(group) > 1 and count(piece) > budget:  # the estimate was off: halve and retry
+        span = (group[0][0], group[-1][1])
+        if len(group) > 1 and count(text[span[0] : span[1]]) > budget:  # the estimate was off: halve and retry
             emit(group[: len(group) // 2])
             emit(group[len(group) // 2 :])
         else:
-            pieces.append(piece)
+            pieces.append(span)
 
     for g in groups:
         if g:
@@ -168,3 +182,76 @@ def encode_group(model, pieces: list[Piece], batch_tokens: int, on_batch: Callab
             on_batch(batch)
     pieces[:] = order
     return CompressedMemory.cat(parts) if len(parts) > 1 else parts[0]
+
+
+class DocumentEncoder:
+    """What the storage layer asks of a model: token pieces of a document and their compressed memory.
+
+    Holds the model, its tokenizer, the bank's prompt format and write settings (``max_doc_tokens``,
+    ``on_long``, ``batch_tokens``) and shows progress (a bar on a terminal) while encoding.
+    """
+
+    def __init__(self, model, tokenizer, prompt, settings, progress: bool | None = None):
+        self.model, self.tokenizer, self.prompt, self.settings = model, tokenizer, prompt, settings
+        self.progress = progress
+
+    def fingerprint(self) -> str:
+        return self.model.fingerprint()
+
+    def pieces(self, text: str, doc_id: int, h: str, item: int, next_id: int) -> tuple[list[Piece], int]:
+        """Tokenised pieces of one text (split when longer than max_doc_tokens); returns next free id.
+
+        The first piece has id ``doc_id``; the others take ids from ``next_id`` on, ``parent`` = doc_id.
+        Raises DocumentTooLongError with ``on_long="error"``."""
+        from msa.memory.errors import DocumentTooLongError
+
+        fmt, tok, limit = self.prompt, self.tokenizer, self.settings.max_doc_tokens
+        tokens = tokenize(tok, fmt.format_document(doc_id, text))
+        if len(tokens) <= limit:
+            return [Piece(item, 0, text, doc_id, None, h, np.asarray(tokens, dtype=np.int32))], next_id
+        if self.settings.on_long == "error":
+            raise DocumentTooLongError(
+                f"document {doc_id} has {len(tokens)} tokens, more than max_doc_tokens={limit} (on_long='error')"
+            )
+        spans = split_spans(text, lambda t: len(tokenize(tok, fmt.format_document(PLACEHOLDER_GID, t))), limit)
+        out = []
+        for j, (a, b) in enumerate(spans):
+            pid = doc_id
+            if j:
+                pid, next_id = next_id, next_id + 1
+            toks = tokenize(tok, fmt.format_document(pid, text[a:b]))
+            lead = text[spans[j - 1][1] if j else 0 : a]
+            trail = text[b:] if j == len(spans) - 1 else ""
+            out.append(Piece(item, j, text[a:b], pid, None if j == 0 else doc_id, h, np.asarray(toks, dtype=np.int32),
+                             lead, trail))  # fmt: skip
+        log.info("document %d (%d tokens) split into %d pieces", doc_id, len(tokens), len(out))
+        return out, next_id
+
+    def encode(self, group: list[Piece], on_batch: Callable[[list[Piece]], None] | None = None) -> CompressedMemory:
+        """``encode_group`` with the bank's batch size (reorders ``group`` to the memory's order)."""
+        return encode_group(self.model, group, self.settings.batch_tokens, on_batch)
+
+    def bar(self, total_tokens: int, total_docs: int, progress: bool | None = None) -> "Progress":
+        """A progress display; ``progress`` (else the encoder's): None = on a terminal, False = never."""
+        progress = self.progress if progress is None else progress
+        show = (progress if progress is not None else True) and sys.stderr.isatty()
+        return Progress(total_tokens, total_docs, show)
+
+
+class Progress:
+    """Encoding progress: tokens on a bar, documents and documents/s beside it."""
+
+    def __init__(self, total_tokens: int, total_docs: int, show: bool):
+        from tqdm.auto import tqdm
+
+        self.total_docs, self.done_docs, self.start = total_docs, 0, time.perf_counter()
+        self.bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="encode", disable=not show)
+
+    def __call__(self, batch: list[Piece]) -> None:
+        self.done_docs += len(batch)
+        self.bar.update(sum(p.length for p in batch))
+        rate = self.done_docs / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix(docs=f"{self.done_docs}/{self.total_docs}", docs_s=f"{rate:.1f}")
+
+    def close(self) -> None:
+        self.bar.close()

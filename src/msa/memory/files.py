@@ -7,6 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
+from msa.memory.errors import disk_error
 from msa.memory.hooks import pause_point
 
 TMP_PREFIX = ".tmp-"
@@ -39,16 +40,24 @@ def atomic_write(path: Path, data: bytes, pause_name: str | None = None) -> None
 
     The bytes go to a temp name in the same directory, are fsynced, renamed over ``path``, and the
     directory is fsynced. ``pause_name``: a hook point reached with half the bytes written (tests).
+    A full disk raises BankDiskFullError naming ``path`` (the temp file is removed).
     """
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    with open(tmp, "wb") as f:
-        half = len(data) // 2
-        f.write(data[:half])
-        if pause_name:
+    try:
+        with open(tmp, "wb") as f:
+            half = len(data) // 2
+            f.write(data[:half])
+            if pause_name:
+                f.flush()
+                pause_point(pause_name)
+            f.write(data[half:])
             f.flush()
-            pause_point(pause_name)
-        f.write(data[half:])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        err = disk_error(str(path), e)
+        if err is e:
+            raise
+        raise err from e

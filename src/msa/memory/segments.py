@@ -53,8 +53,11 @@ def new_segment_name() -> str:
     return f"seg-{uuid.uuid4().hex}{SUFFIX}"
 
 
-def write_segment(directory: Path, memory: CompressedMemory, fingerprint: str) -> SegmentInfo:
-    """Write ``memory`` (documents in slot order, ``doc_ids`` = bank ids) durably as a new segment."""
+def write_segment(directory: Path, memory: CompressedMemory, fingerprint: str, generation: int = 0) -> SegmentInfo:
+    """Write ``memory`` (documents in slot order, ``doc_ids`` = bank ids) durably as a new segment.
+
+    generation: the catalog generation of the commit that will make it visible (the lost-commit check
+    compares it with the catalog's)."""
     tensors: dict[str, Tensor] = {}
     routing = content = 0
     for layer, lm in sorted(memory.layers.items()):
@@ -69,7 +72,8 @@ def write_segment(directory: Path, memory: CompressedMemory, fingerprint: str) -
     tensors["chunk_doc"] = memory.chunk_doc.cpu().long().contiguous()
     tensors["doc_ids"] = memory.doc_ids.cpu().long().contiguous()
     tensors["doc_lengths"] = memory.doc_lengths.cpu().long().contiguous()
-    meta = {"format": SEGMENT_FORMAT, "fingerprint": fingerprint, "layers": json.dumps(sorted(memory.layers))}
+    meta = {"format": SEGMENT_FORMAT, "fingerprint": fingerprint, "layers": json.dumps(sorted(memory.layers)),
+            "generation": str(generation)}
     data = safetensors.torch.save(tensors, metadata=meta)
     name = new_segment_name()
     atomic_write(directory / name, data, pause_name="segment.partial")
@@ -81,9 +85,10 @@ def write_segment(directory: Path, memory: CompressedMemory, fingerprint: str) -
 
 def verify_segment(path: Path, checksum: str, nbytes: int, full: bool = True) -> None:
     """Raise BankCorruptError (naming the file) if it is missing, of the wrong size or checksum."""
-    if not path.exists():
-        raise BankCorruptError(str(path), "segment file is missing")
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as e:
+        raise BankCorruptError(str(path), "segment file is missing") from e
     if size != nbytes:
         raise BankCorruptError(str(path), f"size {size} bytes, catalog says {nbytes} (truncated or overwritten)")
     if full and checksum_file(path) != checksum:
@@ -103,9 +108,10 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 def load_segment(path: Path, checksum: str, nbytes: int, verify: bool = True) -> dict[str, Tensor]:
     """Read a whole segment into memory, checking size and (``verify``) checksum on the same bytes."""
-    if not path.exists():
-        raise BankCorruptError(str(path), "segment file is missing")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise BankCorruptError(str(path), "segment file is missing") from e
     if len(data) != nbytes:
         raise BankCorruptError(str(path), f"size {len(data)} bytes, catalog says {nbytes} (truncated or overwritten)")
     if verify and checksum_bytes(data) != checksum:
@@ -120,7 +126,10 @@ def map_segment(path: Path, checksum: str, nbytes: int, verify: bool = True) -> 
     """Memory-map a segment: the returned tensors read from the file on access (disk tier)."""
     verify_segment(path, checksum, nbytes, full=verify)
     header, start = read_header(path)
-    mm = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable view, the file is never changed
+    try:
+        mm = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable view, the file is never changed
+    except FileNotFoundError as e:  # removed by a compaction since the check above
+        raise BankCorruptError(str(path), "segment file is missing") from e
     out: dict[str, Tensor] = {}
     for name, e in header.items():
         if name == "__metadata__":
@@ -136,6 +145,14 @@ def map_segment(path: Path, checksum: str, nbytes: int, verify: bool = True) -> 
         except RuntimeError:  # misaligned for the dtype: small tensors only in practice, copy them
             out[name] = raw.clone().view(dtype).view(e["shape"])
     return out
+
+
+def segment_generation(path: Path) -> int | None:
+    """The commit generation a segment file was written for (None: unreadable or not recorded)."""
+    try:
+        return int(segment_metadata(path)["generation"])
+    except (BankCorruptError, KeyError, ValueError):
+        return None
 
 
 def segment_metadata(path: Path) -> dict[str, str]:

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from msa.memory.catalog import CatalogSnapshot
 from msa.model.memory import Routing
 from msa.parallel.dist import DistContext
 from msa.parallel.sharding import ShardLayout
@@ -52,7 +53,7 @@ def merge_topk(scores: Tensor, slots: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 class DistributedAccess:
     """MemoryAccess over a sharded bank. ``Routing.docs`` are GLOBAL slots (the single-process
-    bank's slot order), so ``slot_ids`` of the layout maps them to bank ids.
+    bank's slot order), so ``slot_ids`` maps them to bank ids; ``text`` reads the agreed catalog state.
 
     shard: this rank's local MemoryAccess (local slots, RAW scores, e.g. ``load_shard``'s snapshot).
     layout: the replicated slot -> (rank, local slot, chunks) map. coupled_scale: the bank's.
@@ -61,8 +62,10 @@ class DistributedAccess:
     """
 
     def __init__(self, shard, layout: ShardLayout, ctx: DistContext, coupled_scale: float,
-                 kv_shape: tuple[int, int], dtype: torch.dtype, device: torch.device):  # fmt: skip
+                 kv_shape: tuple[int, int], dtype: torch.dtype, device: torch.device,
+                 catalog: CatalogSnapshot | None = None):  # fmt: skip
         self.shard = shard
+        self.catalog = catalog
         self.layout = layout
         self.ctx = ctx
         self.coupled_scale = coupled_scale
@@ -70,6 +73,15 @@ class DistributedAccess:
         self.dtype = dtype
         self.device = torch.device(device)
         self._local_to_global = layout.local_slots(ctx.rank)
+
+    @property
+    def slot_ids(self) -> Tensor:
+        """[N] long internal id of every global slot."""
+        return self.layout.slot_to_id
+
+    def text(self, doc_id: int) -> str | None:
+        """Text of a routed row in the state the shards were cut from (this rank's catalog read)."""
+        return None if self.catalog is None else self.catalog.text(doc_id)
 
     def route(self, layer: int, q_router: Tensor, query_mask: Tensor, k: int) -> Routing:
         """q_router: [B, Tq, Hq, D]; query_mask: [B, Tq] bool -> Routing, docs [B, k] global slots.

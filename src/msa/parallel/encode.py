@@ -3,13 +3,14 @@
 ``parallel_add`` cuts the input exactly as a single-process ``bank.add`` would (same ids, same pieces,
 same commit groups = segments), gives every rank a contiguous run of groups balanced by tokens,
 and every rank encodes its groups and writes their segment files (written + fsynced + renamed by
-``write_segment``). After a barrier rank 0 gathers the segment metadata and commits every segment in
-ONE catalog transaction, in the single-process order, so the resulting bank equals a single-process
+``BankWriter.write``). After a barrier rank 0 gathers the segment metadata and commits every segment in
+ONE catalog transaction (``BankWriter.commit``), in the single-process order, so the resulting bank equals a single-process
 add (same documents, slots and routing). Rank 0 holds the bank's writer lock from the id assignment
 to the commit, so no other writer removes the not-yet-committed files as orphans; a crash of any
 rank before the commit leaves only orphan files, removed by the next write.
 
-Limitations: ``job=`` resumable adds are not supported here; tokenisation/splitting runs on rank 0.
+The plan is ``BankWriter.plan``'s (texts already stored are skipped, as in ``MemoryBank.add``).
+Limitations: ``job=`` records are not supported here; tokenisation/splitting runs on rank 0.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from msa.memory import MemoryBank
-from msa.memory.bank import SEGMENTS_DIR, DocId, _check_ids, _check_texts
-from msa.memory.catalog import Catalog
-from msa.memory.encode import Piece, commit_groups, encode_group
-from msa.memory.segments import SegmentInfo, write_segment
+from msa.memory.ids import DocId, check_ids, check_texts
 from msa.parallel.dist import DistContext
 
 log = logging.getLogger(__name__)
@@ -42,20 +40,11 @@ def split_groups(sizes: Sequence[int], world: int) -> list[tuple[int, int]]:
     return [(bounds[r], bounds[r + 1]) for r in range(world)]
 
 
-def _commit_all(bank: MemoryBank, written: list[tuple[SegmentInfo, list[Piece], list[int], list[int]]],
-                new_keys: dict[int, str]) -> None:  # fmt: skip
-    """One transaction making every written segment visible, in order (``MemoryBank._commit``'s rows)."""
-    with bank.catalog.write() as c:
-        for info, pieces, starts, counts in written:
-            Catalog.insert_pieces(c, Catalog.insert_segment(c, info), pieces, starts, counts, new_keys)
-        top = max((p.doc_id for _, ps, _, _ in written for p in ps), default=-1) + 1
-        Catalog.set_manifest(c, "next_id", max(int(Catalog.manifest(c)["next_id"]), top))
-
-
-def parallel_add(bank_path: str | Path, texts: Sequence[str], ids: Sequence[DocId] | None, model, tokenizer,
-                 ctx: DistContext) -> list[int]:  # fmt: skip
+def parallel_add(bank_path: str | Path, texts: Sequence[str], ids: Sequence[DocId | None] | None, model, tokenizer,
+                 ctx: DistContext) -> list[DocId]:  # fmt: skip
     """Add ``texts`` to the bank with every rank encoding a share; call on every rank (same arguments;
-    ``texts``/``ids`` are only read on rank 0). Returns the id of every text on every rank.
+    ``texts``/``ids`` are only read on rank 0). Returns the id of every text on every rank (as
+    ``MemoryBank.add`` does).
 
     Raises what ``MemoryBank.add`` raises (on every rank), ``RankFailureError`` when a rank dies.
     """
@@ -63,24 +52,20 @@ def parallel_add(bank_path: str | Path, texts: Sequence[str], ids: Sequence[DocI
     bank = MemoryBank.open(bank_path, model, tokenizer, device=model.device, readonly=rank != 0)
     try:
         with bank.writing() if rank == 0 else nullcontext():
-            plan = None
+            msg = None
             if rank == 0:
                 try:
-                    result, items, new_keys = bank.plan_add(_check_texts(texts), _check_ids(ids, len(texts)))
-                    groups = commit_groups(items, bank.settings.segment_tokens)
+                    plan = bank.writer.plan(check_texts(texts), check_ids(ids, len(texts)))
+                    groups = plan.groups(bank.settings.segment_tokens)
                     spans = split_groups([sum(p.length for p in g) for g in groups], ctx.world)
-                    plan = (result, new_keys, [groups[a:b] for a, b in spans])
+                    msg = (plan, bank.generation + 1, [groups[a:b] for a, b in spans])
                 except Exception as e:
-                    plan = e
-            plan = ctx.broadcast_object(plan, 0, "add.plan")
-            if isinstance(plan, Exception):
-                raise plan
-            result, new_keys, shares = plan
-            written = []
-            for group in shares[rank]:
-                memory = encode_group(model, group, bank.settings.batch_tokens)  # reorders ``group``
-                info = write_segment(bank.path / SEGMENTS_DIR, memory, bank.fingerprint)
-                written.append((info, group, memory.doc_chunk_offsets().tolist(), memory.doc_chunk_counts().tolist()))
+                    msg = e
+            msg = ctx.broadcast_object(msg, 0, "add.plan")
+            if isinstance(msg, Exception):
+                raise msg
+            plan, generation, shares = msg
+            written = [bank.writer.write(group, generation) for group in shares[rank]]
             log.info("rank %d wrote %d segment(s)", rank, len(written))
             everything = ctx.all_gather_object(written, "add.segments")
             failure: Exception | None = None
@@ -88,12 +73,12 @@ def parallel_add(bank_path: str | Path, texts: Sequence[str], ids: Sequence[DocI
                 flat = [w for part in everything for w in part]
                 try:
                     if flat:
-                        _commit_all(bank, flat, new_keys)
+                        bank.writer.commit(plan, flat)
                 except Exception as e:
                     failure = e
             failure = ctx.broadcast_object(failure, 0, "add.committed")
             if failure is not None:
                 raise failure
-        return [int(r) for r in result]
+        return plan.report.ids
     finally:
         bank.close()

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from msa.memory import BankCorruptError, BankSnapshot, LoadedSegment, MemoryBank
 from msa.memory.bank import SEGMENTS_DIR
-from msa.memory.catalog import Catalog, DocRow, SegmentRow
+from msa.memory.catalog import CatalogSnapshot, DocRow, SegmentRow
 from msa.memory.segments import verify_segment
 from msa.parallel.dist import DistContext
 
@@ -98,12 +98,14 @@ class ShardLayout:
 @dataclass
 class ShardPlan:
     """A catalog state cut into shards: the segment rows and live rows it was made from, the
-    segment indices of every rank and the layout."""
+    segment indices of every rank and the layout. ``catalog``: the held catalog state it was read
+    from (the texts of that state), None for plans made from rows."""
 
     segments: list[SegmentRow]
     rows: list[DocRow]
     assignment: list[list[int]]
     layout: ShardLayout
+    catalog: CatalogSnapshot | None = None
 
 
 def plan_shards(segments: list[SegmentRow], rows: list[DocRow], world: int, generation: int) -> ShardPlan:
@@ -158,11 +160,18 @@ def load_shard(bank: MemoryBank, plan: ShardPlan, rank: int, tile_chunks: int | 
 
 
 def read_plan(bank: MemoryBank, world: int) -> ShardPlan:
-    with bank.catalog.read() as c:
-        segs = Catalog.segments(c)
-        rows = Catalog.all_docs(c)
-        gen = int(Catalog.manifest(c)["generation"])
-    return plan_shards(segs, rows, world, gen)
+    """The bank's current catalog state, held (``ShardPlan.catalog``), cut into ``world`` shards."""
+    cat = bank.catalog.reader()
+    try:
+        with cat.query() as r:
+            segs = r.segments()
+            rows = r.all_docs()
+    except BaseException:
+        cat.close()
+        raise
+    plan = plan_shards(segs, rows, world, cat.generation)
+    plan.catalog = cat
+    return plan
 
 
 def open_shard(bank: MemoryBank, ctx: DistContext, tile_chunks: int | None = None, verify: bool = True,
@@ -178,6 +187,7 @@ def open_shard(bank: MemoryBank, ctx: DistContext, tile_chunks: int | None = Non
         plan = read_plan(bank, ctx.world)
         gens = ctx.all_gather_object(plan.layout.generation, "open.generation")
         if len(set(gens)) > 1:
+            plan.catalog.close()  # type: ignore[union-attr]
             time.sleep(0.05 * (attempt + 1))
             continue
         problems = check_shard_files(bank, plan, ctx.rank)
@@ -194,6 +204,7 @@ def open_shard(bank: MemoryBank, ctx: DistContext, tile_chunks: int | None = Non
                      int((plan.layout.slot_rank == ctx.rank).sum()), plan.layout.rank_chunks()[ctx.rank],
                      plan.layout.generation)  # fmt: skip
             return plan, shard  # type: ignore[return-value]
+        plan.catalog.close()  # type: ignore[union-attr]
         moved = any(g != plan.layout.generation for _, g in status)
         if not moved or attempt == attempts - 1:
             raise ShardMissingError(bad)

@@ -6,10 +6,8 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from msa.memory import MemoryBank
-from msa.memory.catalog import Catalog
 from msa.model.memory import PrefixCache
 from msa.parallel.access import DistributedAccess
 from msa.parallel.dist import DistContext
@@ -27,9 +25,10 @@ def _dtype(name: str) -> torch.dtype:
 
 class DistributedBankView:
     """MemoryView for ``Engine``: every rank opens the bank (read-only, catalog on a shared filesystem)
-    and loads only its shard. ``slot_ids`` are global; ``text`` reads the catalog; ``access`` reloads
-    the shards collectively when any rank sees a newer catalog generation. Every rank must call
-    ``access`` in lockstep (the engine does, once per ``ask_batch``).
+    and loads only its shard. ``snapshot`` reloads the shards collectively when any rank sees a newer
+    catalog generation and returns the ``DistributedAccess`` of the agreed state (global ``slot_ids``,
+    texts of that state). Every rank must call ``snapshot`` in lockstep (the engine does, once per
+    ``ask_batch``).
 
     device: routing keys and fetched K/V (default: ``ctx.device``). content_tier: "host" or "disk".
     """
@@ -47,30 +46,25 @@ class DistributedBankView:
 
     def _load(self) -> None:
         plan, shard = open_shard(self.bank, self.ctx, self.tile_chunks, self.verify)
-        with self.bank.catalog.read() as c:
-            manifest = Catalog.manifest(c)
+        with plan.catalog.query() as r:  # type: ignore[union-attr]
+            manifest = r.manifest()
         self.plan = plan
         self._access = DistributedAccess(
             shard, plan.layout, self.ctx, self.bank.routing_options.coupled_scale,
             (int(manifest["num_kv_heads"]), int(manifest["head_dim"])), _dtype(manifest["dtype"]), self.device,
+            catalog=plan.catalog,
         )  # fmt: skip
 
     @property
     def prefix(self) -> PrefixCache:
         return self.bank.prefix
 
-    def access(self) -> DistributedAccess:
+    def snapshot(self) -> DistributedAccess:
+        """The sharded memory at the newest generation every rank agrees on (collective)."""
         gens = self.ctx.all_gather_object(self.bank.generation, "view.generation")
         if any(g != self.plan.layout.generation for g in gens):  # type: ignore[union-attr]
             self._load()
         return self._access  # type: ignore[return-value]
-
-    def slot_ids(self) -> Tensor:
-        """[N] long bank id of every global slot."""
-        return self.plan.layout.slot_to_id  # type: ignore[union-attr]
-
-    def text(self, doc_id: int) -> str | None:
-        return self.bank.text(doc_id)
 
     def __len__(self) -> int:
         return self.plan.layout.num_docs  # type: ignore[union-attr]
