@@ -102,10 +102,10 @@ def test_bank_from_exported_model_answers(trained, tmp_path, capsys):
         assert code == 0, err
     assert "added 8, unchanged 0" in out
     code, out, err = msa(capsys, "ask", bank, "Where was the first person born?", "--json", "--max-new-tokens", "4",
-                         "--no-interleave")  # fmt: skip
+                         "--no-interleave", "--routing")  # fmt: skip
     assert code == 0, err
-    retrieved = json.loads(out)["rounds"][0]["retrieved"]
-    assert retrieved and all(isinstance(i, str) and i.startswith("person-") for i in retrieved)
+    routed = [d for sel in json.loads(out)["rounds"][0]["routing"].values() for d, _ in sel]
+    assert len(routed) == 4 and all(isinstance(i, str) and i.startswith("person-") for i in routed)  # top_k_docs=4
     # the training checkpoint directory itself also works as the model (its newest step)
     code, _, err = msa(capsys, "bank", "create", tmp_path / "b2.bank", "--model", ckpt)
     assert code == 0, err

@@ -59,6 +59,7 @@ def cmd_create(args) -> int:
 
 def cmd_add(args) -> int:
     from msa.data.jsonl import read_documents
+    from msa.memory import BankError
 
     docs = read_documents(args.file)
     if not docs.texts:
@@ -69,7 +70,10 @@ def cmd_add(args) -> int:
                 raise UsageError("--max-tokens must be >= 1")
             limit = min(args.max_tokens, bank.settings.max_doc_tokens)  # never longer pieces than the bank's
             bank.settings = dataclasses.replace(bank.settings, max_doc_tokens=limit, on_long="error")
-        report = bank.add_documents(docs.texts, docs.ids, on_duplicate=args.on_duplicate, progress=args.progress)
+        try:
+            report = bank.add_documents(docs.texts, docs.ids, on_duplicate=args.on_duplicate, progress=args.progress)
+        except BankError as e:  # "text 3 ..." means the file's 4th document: name the file
+            raise UsageError(f"{docs.name}: {e}") from None
     print(add_summary(report))
     return 0
 
@@ -187,7 +191,7 @@ def add_parsers(sub) -> None:
     u.add_argument("file", help="file holding the new text (whole file; - = stdin)")
     d = cmd("delete", cmd_delete, "delete documents by id (space comes back at compact)")
     d.add_argument("ids", nargs="+", metavar="ID", help='ids as given at add ("str:7" / "int:7" when both exist)')
-    ls = cmd("list", cmd_list, "ids of the stored documents, in the order they were added")
+    ls = cmd("list", cmd_list, "ids of the stored documents, in storage order")
     ls.add_argument("--offset", type=int, default=0)
     ls.add_argument("--limit", type=int, default=None)
     ls.add_argument("--json", action="store_true", help="one JSON array")
