@@ -3,15 +3,15 @@
     msa train cpu_routing                        (writes runs/cpu_routing/: tokenizer, ckpt/step_N, metrics)
     msa bank create people.bank --model runs/cpu_routing/ckpt
 
-The world has 64 people; every sample holds the asked person's biography and 7 others of that world,
-and the router (layer 1 of 2) must rank the right one first. The log line of every 25 steps shows
+The world has 64 people; every sample holds the asked person's biography and 7 others of that world, and
+the router (layer 1 of 2) must rank the right one first. The log line of every 25 steps shows
 ``recall@1/layer1``, the share of those steps' training questions whose gold biography the router ranks
 first: it starts near chance (1/8) and passes 0.9 within the 300 steps (measured: 0.15 at step 25, 0.69
-at 200, 0.93 at 300; 29 s on 2 CPU cores with little else running, 2.6 min at a load average of 3-4). The model only routes (``ids_only``
-targets: it is trained to write the document's id, not to answer), so ``msa ask`` with it shows the
-retrieved biographies, not a useful answer. Runs on the CPU (``parallel.device="cpu"``); the GPU recipes
-are bios_tiny (the shipped model) and msa4b_shape_smoke.
-"""
+at 200, 0.93 at 300; 29 s on 2 CPU cores with little else running, 2.6 min at a load average of 3-4).
+The model only routes (``ids_only`` targets: it is trained to write the document's id, not to answer),
+so ``msa ask BANK Q --json --routing`` with it shows which biographies the router picks; its answers
+are not useful. Runs on the CPU
+(``parallel.device="cpu"``); the GPU recipes are bios_tiny (the shipped model) and msa4b_shape_smoke."""
 
 from msa.data.bios import BiosConfig
 from msa.train.config import (

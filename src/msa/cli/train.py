@@ -53,7 +53,7 @@ def train_epilog() -> str:
         head = f"  {section}." if section else "  (top level)"
         lines += textwrap.wrap(", ".join(names), 118, initial_indent=f"{head:15s}", subsequent_indent=" " * 15)
     lines += ["", "Training on the CPU: only small recipes are practical (cpu_routing: minutes on 2 cores); "
-              "bios_tiny and msa4b_shape_smoke are GPU recipes (bios_tiny: ~1-2 min a step on 2 CPU cores)."]
+              "bios_tiny and msa4b_shape_smoke are GPU recipes (bios_tiny: ~3 min a step on 2 busy CPU cores)."]
     return "\n".join(lines)
 
 

@@ -109,7 +109,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
     step = step_dir(checkpoint)
     if (step / "config.json").is_file():
         config = ModelConfig.from_hf_dict(json.loads((step / "config.json").read_text(encoding="utf-8")))
-        run = json.loads((step / "meta.json").read_text(encoding="utf-8"))["config"] if (step / "meta.json").is_file() else {}
+        meta = step / "meta.json"
+        run = json.loads(meta.read_text(encoding="utf-8"))["config"] if meta.is_file() else {}
     else:
         config, run = _config_from_meta(step)
     if tokenizer_dir is None:
@@ -117,7 +118,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike
     try:
         state = torch.load(step / "model.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unreadable file is one message naming it
-        raise ExportError(f"cannot read {step / 'model.pt'}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"cannot read {step / 'model.pt'}: {why}") from None
     try:
         write_model_dir(out, config, state, tokenizer_dir=tokenizer_dir)
     except RuntimeError as e:  # load_state_dict: keys or shapes do not match the config

@@ -248,7 +248,10 @@ class Trainer:
             dataclasses.asdict(self.config), keep=ck.keep, fsdp=self.fsdp,
         )  # fmt: skip
         if self.info.is_main:  # the step directory is also a model directory (msa bank create --model it)
-            state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True) if self.fsdp else self.model.state_dict()
+            if self.fsdp:  # this rank holds a shard; the full state dict is in model.pt
+                state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
+            else:
+                state = self.model.state_dict()
             tok_dir = self.config.data.tokenizer
             has_dir = os.path.isfile(os.path.join(tok_dir, "tokenizer.json"))
             write_model_dir(path, self.model.config, state, tokenizer_dir=tok_dir if has_dir else None,
