@@ -109,3 +109,25 @@ def test_bank_from_exported_model_answers(trained, tmp_path, capsys):
     # the training checkpoint directory itself also works as the model (its newest step)
     code, _, err = msa(capsys, "bank", "create", tmp_path / "b2.bank", "--model", ckpt)
     assert code == 0, err
+
+
+def test_checkpoint_of_a_trainer_given_a_tokenizer_object(tmp_path):
+    """A Trainer handed a tokenizer (not a directory) saves that tokenizer beside the weights."""
+    from msa.tokenizer import load_tokenizer, train_tokenizer
+    from msa.train import CheckpointConfig, DataConfig, LoggingConfig, ParallelConfig, Phase, ScheduleConfig, TrainConfig
+    from msa.train import ModelSpec, tiny_model_config
+    from msa.train.loop import Trainer
+
+    world = BiosConfig(num_people=16, seed=0)
+    tok = train_tokenizer(BiosWorld(world).iter_documents(0, 16), 400)
+    cfg = TrainConfig(
+        model=ModelSpec(config=tiny_model_config(400)), data=DataConfig(world=world, target_format="ids_only",
+                                                                       micro_batch_size=2, max_doc_tokens=32),
+        schedule=ScheduleConfig([Phase("warmup", 1, 1e-3, 0.1, 1.0)]), logging=LoggingConfig(every=0),
+        checkpoint=CheckpointConfig(dir=str(tmp_path / "ck")), parallel=ParallelConfig(device="cpu"),
+    )  # fmt: skip
+    Trainer(cfg, tokenizer=tok).fit()
+    step = tmp_path / "ck" / "step_00000001"
+    text = next(BiosWorld(world).iter_documents(0, 1))
+    assert load_tokenizer(step).encode(text) == tok.encode(text)
+    assert MSAForCausalLM.from_pretrained(step).config.vocab_size == 400

@@ -111,6 +111,7 @@ class Trainer:
             torch.set_num_threads(config.parallel.threads)
         _seed_all(config.seed)
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.data, self.info)
+        self._tokenizer_dir = None if tokenizer is not None else config.data.tokenizer  # copied into checkpoints
         self.model = build_model(config.model).to(self.info.device)
         if config.data.target_format == "interleave_named":  # the saved model carries the protocol it learnt
             self.model.config.msa.doc_choice = "named"
@@ -252,10 +253,8 @@ class Trainer:
                 state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
             else:
                 state = self.model.state_dict()
-            tok_dir = self.config.data.tokenizer
-            has_dir = os.path.isfile(os.path.join(tok_dir, "tokenizer.json"))
-            write_model_dir(path, self.model.config, state, tokenizer_dir=tok_dir if has_dir else None,
-                            tokenizer=None if has_dir else self.tokenizer)  # fmt: skip
+            write_model_dir(path, self.model.config, state, tokenizer_dir=self._tokenizer_dir,
+                            tokenizer=None if self._tokenizer_dir else self.tokenizer)  # fmt: skip
         return path
 
     def _log(self, rec: dict[str, Any], total: int) -> None:
