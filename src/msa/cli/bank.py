@@ -179,13 +179,14 @@ def add_parsers(sub) -> None:
     a.add_argument("file", help=".jsonl ({\"id\"?, \"text\"} per line), .json (an array of those or of strings), "
                                 "other: plain text, documents separated by blank lines; - = stdin")  # fmt: skip
     a.add_argument("--on-duplicate", choices=ON_DUPLICATE, default="skip",
-                   help="a document already stored (same id, or same text when there are no ids): skip it "
-                        "(default; a re-run adds only what is missing), error, or replace its text")  # fmt: skip
+                   help="an id-less text already stored (same content): skip it (default: a re-run adds only "
+                        "what is missing) or error; a stored id given another text: an error unless replace "
+                        "(then the document is updated)")  # fmt: skip
     a.add_argument("--max-tokens", type=int, default=None,
                    help="reject (exit 2, nothing added) any document longer than this many tokens (or than "
                         "the bank's --max-doc-tokens) instead of splitting it into pieces")  # fmt: skip
     a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
+                   help="the encoding progress bar on a terminal (default: on)")
     u = cmd("update", cmd_update, "replace one document's text", writes=True)
     u.add_argument("id", help="the document's id as given at add")
     u.add_argument("file", help="file holding the new text (whole file; - = stdin)")
