@@ -13,7 +13,21 @@ from msa.train.overrides import apply_overrides
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_recipe", "main"]
+__all__ = ["available_recipes", "load_recipe", "main", "run"]
+
+
+def _recipe_roots() -> list[Path]:
+    return [Path.cwd() / "recipes", Path(__file__).resolve().parents[3] / "recipes"]
+
+
+def available_recipes() -> dict[str, Path]:
+    """Recipe name -> file, from ``./recipes`` and the repository's ``recipes/`` (the first one wins)."""
+    found: dict[str, Path] = {}
+    for root in _recipe_roots():
+        for f in sorted(root.glob("*.py")) if root.is_dir() else []:
+            if not f.stem.startswith("_"):
+                found.setdefault(f.stem, f)
+    return found
 
 
 def _recipe_path(name: str) -> Path:
@@ -22,12 +36,10 @@ def _recipe_path(name: str) -> Path:
         if not p.exists():
             raise FileNotFoundError(f"recipe file {name} does not exist")
         return p
-    roots = [Path.cwd() / "recipes", Path(__file__).resolve().parents[3] / "recipes"]
-    for root in roots:
-        if (root / f"{name}.py").exists():
-            return root / f"{name}.py"
-    available = sorted({f.stem for r in roots if r.is_dir() for f in r.glob("*.py") if not f.stem.startswith("_")})
-    raise FileNotFoundError(f"no recipe {name!r} in {[str(r) for r in roots]}; available: {available}")
+    found = available_recipes()
+    if name in found:
+        return found[name]
+    raise FileNotFoundError(f"no recipe {name!r} in {[str(r) for r in _recipe_roots()]}; available: {sorted(found)}")
 
 
 def load_recipe(name: str, overrides: list[str] | None = None) -> TrainConfig:
@@ -49,17 +61,21 @@ def load_recipe(name: str, overrides: list[str] | None = None) -> TrainConfig:
     return config
 
 
-def main(recipe_name: str, overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    """Train with ``recipes/<recipe_name>.py`` and ``key.sub=value`` overrides; returns the step metrics.
-
-    Works under torchrun (DDP / FSDP2) and as one process."""
+def run(config: TrainConfig) -> list[dict[str, Any]]:
+    """Train with ``config``; returns the step metrics. Works under torchrun (DDP / FSDP2) and as one
+    process. Progress is logged at ``config.logging.level`` on the ``msa.train`` loggers."""
     from msa.train.loop import Trainer
     from msa.train.parallelize import destroy_distributed
 
-    config = load_recipe(recipe_name, overrides)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=config.logging.level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("msa.train").setLevel(config.logging.level)  # progress shows without -v
     try:
         return Trainer(config).fit()
     finally:
         destroy_distributed()
+
+
+def main(recipe_name: str, overrides: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train with ``recipes/<recipe_name>.py`` and ``key.sub=value`` overrides; returns the step metrics."""
+    return run(load_recipe(recipe_name, overrides))

@@ -31,6 +31,7 @@ from msa.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint,
 from msa.train.collator import Collator, TrainBatch
 from msa.train.config import TrainConfig
 from msa.train.data import SampleSource, TrainSample
+from msa.train.export import write_model_dir
 from msa.train.objective import LossWeights, Metrics, Objective
 from msa.train.parallelize import DistInfo, init_distributed, parallelize
 from msa.train.schedule import lr_at, num_docs_at, phase_at, weights_at
@@ -38,6 +39,23 @@ from msa.train.schedule import lr_at, num_docs_at, phase_at, weights_at
 logger = logging.getLogger(__name__)
 
 __all__ = ["Trainer", "evaluate"]
+
+LOG_SECONDS = 30.0
+
+
+def _window_means(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of each loss / recall metric over ``records`` (NaN entries left out)."""
+    keys = [k for k in records[-1] if k in ("loss", "lm_loss", "aux_loss") or k.startswith("recall@")]
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in records if k in r and not math.isnan(r[k])]
+        out[k] = sum(vals) / len(vals) if vals else float("nan")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _micro_offsets(micro: int, accum: int, world: int, rank: int) -> list[int]:
@@ -93,6 +111,7 @@ class Trainer:
             torch.set_num_threads(config.parallel.threads)
         _seed_all(config.seed)
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.data, self.info)
+        self._tokenizer_dir = None if tokenizer is not None else config.data.tokenizer  # copied into checkpoints
         self.model = build_model(config.model).to(self.info.device)
         if config.data.target_format == "interleave_named":  # the saved model carries the protocol it learnt
             self.model.config.msa.doc_choice = "routed"  # its requests are routed on their own
@@ -225,21 +244,38 @@ class Trainer:
         ck = self.config.checkpoint
         if not ck.dir:
             return None
-        return save_checkpoint(
+        path = save_checkpoint(
             ck.dir, self.state, self.wrapper, self.model, self.optimizer, self.info,
             dataclasses.asdict(self.config), keep=ck.keep, fsdp=self.fsdp,
         )  # fmt: skip
+        if self.info.is_main:  # the step directory is also a model directory (msa bank create --model it)
+            if self.fsdp:  # this rank holds a shard; the full state dict is in model.pt
+                state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
+            else:
+                state = self.model.state_dict()
+            write_model_dir(path, self.model.config, state, tokenizer_dir=self._tokenizer_dir,
+                            tokenizer=None if self._tokenizer_dir else self.tokenizer)  # fmt: skip
+        return path
 
-    def _log(self, rec: dict[str, Any]) -> None:
+    def _log(self, rec: dict[str, Any], total: int) -> None:
+        """Log at INFO every ``logging.every`` steps, at the first and last, and at least every ``LOG_SECONDS``
+        (slow CPU steps still show progress): losses and recalls are means over the steps since the last
+        line; append every step to the metrics file."""
         if not self.info.is_main:
             return
-        lg = self.config.logging
-        if lg.every and (rec["step"] % lg.every == 0 or rec["step"] == 1):
-            recalls = " ".join(f"{k}={v:.3f}" for k, v in rec.items() if k.startswith("recall@"))
+        lg, step, now = self.config.logging, rec["step"], time.perf_counter()
+        self._window.append(rec)
+        due = bool(lg.every) and (step % lg.every == 0 or step in (1, total) or now - self._last_log >= LOG_SECONDS)
+        if due:
+            mean = _window_means(self._window)
+            self._window, self._last_log = [], now
+            recalls = " ".join(f"{k} {v:.3f}" for k, v in mean.items() if k.startswith("recall@"))
+            eta = (total - step) * (now - self._fit_start) / max(step - self._fit_first, 1)
             logger.info(
-                "step %d [%s] loss %.4f lm %.4f aux %.4f lr %.2e docs %d %s %.0f tok/s",
-                rec["step"], rec["phase"], rec["loss"], rec["lm_loss"], rec.get("aux_loss", float("nan")), rec["lr"],
-                rec["num_docs"], recalls, rec["tokens_per_s"],
+                "step %d/%d [%s] loss %.4f lm %.4f aux %.4f %s| lr %.2e docs %d %.0f tok/s %.2f s/step eta %s",
+                step, total, rec["phase"], mean["loss"], mean["lm_loss"], mean.get("aux_loss", float("nan")),
+                recalls + " " if recalls else "", rec["lr"], rec["num_docs"], rec["tokens_per_s"], rec["step_time"],
+                _duration(eta),
             )  # fmt: skip
         if lg.metrics_file:
             os.makedirs(os.path.dirname(os.path.abspath(lg.metrics_file)), exist_ok=True)
@@ -249,21 +285,35 @@ class Trainer:
     def fit(self, until: int | None = None) -> list[dict[str, Any]]:
         """Train up to global step ``until`` (default: the schedule's end); returns the step metrics.
 
-        Checkpoints every ``checkpoint.every`` steps and at the end (when ``checkpoint.dir`` is set)."""
+        Checkpoints every ``checkpoint.every`` steps and at the end (when ``checkpoint.dir`` is set); each
+        checkpoint directory is also a model directory (config.json, safetensors, tokenizer)."""
         total = self.config.schedule.total_steps if until is None else min(until, self.config.schedule.total_steps)
         ck = self.config.checkpoint
         history = []
         self.wrapper.train()
-        saved_at = -1
+        saved_at, saved = -1, None
+        self._fit_start = self._last_log = time.perf_counter()
+        self._window: list[dict[str, Any]] = []
+        self._fit_first = self.state.step
+        if self.info.is_main and self.state.step < total:
+            logger.info("training steps %d-%d on %s", self.state.step + 1, total, self.info.device)
         while self.state.step < total:
             rec = self.train_step()
             history.append(rec)
-            self._log(rec)
+            self._log(rec, total)
             if ck.dir and ck.every and self.state.step % ck.every == 0:
-                self.save()
+                saved = self.save()
                 saved_at = self.state.step
         if ck.dir and saved_at != self.state.step and history:
-            self.save()
+            saved = self.save()
+        if self.info.is_main and history:
+            took = time.perf_counter() - self._fit_start
+            tail = history[-max(self.config.logging.every, 1):]
+            last = _window_means(tail)
+            recalls = " ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("recall@"))
+            logger.info("done: %d steps in %s (%.2f s/step); last %d steps: loss %.4f %s%s", len(history),
+                        _duration(took), took / len(history), len(tail), last["loss"], recalls,
+                        f"; model and checkpoint: {saved}" if saved else "")  # fmt: skip
         return history
 
     @torch.no_grad()
