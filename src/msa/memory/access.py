@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from msa import functional as MF
+from msa.kernels.dispatch import RoutingPrep, fused_routing  # the routing backend is chosen in msa.kernels
 from msa.kernels import RoutingKeys, prepare_doc_mean_keys, prepare_routing_keys
 from msa.memory.catalog import CatalogSnapshot, DocRow, SegmentRow
 from msa.memory.errors import BankCorruptError
@@ -37,68 +38,13 @@ from msa.model.memory import CompressedMemory, LayerMemory, PrefixCache, Routing
 log = logging.getLogger(__name__)
 
 CONTENT_TIERS = ("host", "disk")
-ROUTING_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
-
-
-FUSED_QUERY_REDUCE = ("max", "mean")
-
-
-def per_doc_routing(options: RoutingOptions) -> bool:
-    """Whether the score is linear in the keys (head, query and chunk means): one routing row per document."""
-    return options.head_reduce == "mean" and options.query_reduce == "mean" and options.chunk_reduce == "mean"
-
-
-def fused_routing(options: RoutingOptions) -> bool:
-    """Whether the fused routing path computes these options (head mean, chunk max, query max or mean;
-    or all three means, one row per document)."""
-    return per_doc_routing(options) or (
-        options.head_reduce == "mean" and options.chunk_reduce == "max"
-        and options.query_reduce in FUSED_QUERY_REDUCE
-    )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RoutingPrep:
-    """How a segment prepares its routing keys for the fused path: GEMM dtype, cosine normalisation,
-    float8 rescoring, and whether it keeps one row per document (``per_doc_routing``) or per chunk."""
-
-    dtype: torch.dtype
-    cosine: bool
-    rescore: int = 0
-    per_doc: bool = False
-
-    @classmethod
-    def choose(cls, routing_dtype: str, options: RoutingOptions, device: torch.device,
-               fp8_rescore: int = 4) -> "RoutingPrep | None":  # fmt: skip
-        """The preparation for a bank opened with ``routing_dtype`` ("bf16" | "fp8"), or None (tiled path).
-
-        bfloat16 keys take the fused path on CUDA only (on the CPU the float32 tiled path is exact and
-        as fast); float8 keys always do (their point is halving the resident bytes). With head, query
-        and chunk means every device takes the per-document path; "bf16" then keeps float32 rows
-        (exact up to rounding, and still fewer bytes than bfloat16 chunks once documents average more
-        than two chunks).
-        """
-        if routing_dtype not in ROUTING_DTYPES:
-            raise ValueError(f"routing_dtype must be one of {tuple(ROUTING_DTYPES)}, got {routing_dtype!r}")
-        if not fused_routing(options):
-            if routing_dtype == "fp8":
-                raise ValueError("routing_dtype='fp8' needs head mean with chunk max and query max or mean, "
-                                 "or head, query and chunk means")  # fmt: skip
-            return None
-        per_doc = per_doc_routing(options)
-        if routing_dtype == "bf16" and device.type != "cuda" and not per_doc:
-            return None
-        if fp8_rescore < 0:
-            raise ValueError(f"fp8_rescore must be >= 0, got {fp8_rescore}")
-        dtype = torch.float32 if per_doc and routing_dtype == "bf16" else ROUTING_DTYPES[routing_dtype]
-        return cls(dtype, options.cosine, fp8_rescore if routing_dtype == "fp8" else 0, per_doc)
 
 
 def tile_doc_scores(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int, query_mask: Tensor,
                     options: RoutingOptions) -> Tensor:  # fmt: skip
     """The one place the bank scores documents: [Tq, Hq, D] x [C, Hkv, D] -> [num_docs] float32.
 
-    Same semantics as ``msa.functional.doc_scores`` (a fused kernel is dispatched from there).
+    ``msa.functional.doc_scores`` (float32); the fused path is chosen by ``msa.kernels.RoutingPrep``.
     """
     return MF.doc_scores(
         q_router, k_router, chunk_doc, num_docs, query_mask, options.cosine,
