@@ -75,11 +75,10 @@ class MemoryBank:
         self.routing_options = RoutingOptions(**manifest["routing"])
         self.router_layers: tuple[int, ...] = tuple(manifest["router_layers"])
         self.model_source: str | None = manifest.get("model_source")
-        self.encoder = None if model is None or tokenizer is None else DocumentEncoder(
-            model, tokenizer, self.prompt, BankSettings(**manifest["settings"]))  # fmt: skip
-        self.writer = BankWriter(path, catalog, self.fingerprint, self.encoder)
         self._settings = BankSettings(**manifest["settings"])
-        self.settings = self._settings
+        self.encoder = None if model is None or tokenizer is None else DocumentEncoder(
+            model, tokenizer, self.prompt, self._settings)  # fmt: skip
+        self.writer = BankWriter(path, catalog, self.fingerprint, self.encoder)
         self._lock = threading.RLock()
         self._cache: dict[str, LoadedSegment] = {}
         self._prefix: PrefixCache | None = None
