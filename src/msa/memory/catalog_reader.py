@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from msa.memory.catalog_schema import CRC_COLUMNS, row_crc
 from msa.memory.errors import BankCorruptError
+from msa.memory.segments import SegmentInfo
 
 
 @dataclass(frozen=True)
@@ -36,17 +37,11 @@ class DocRow:
 
 
 @dataclass(frozen=True)
-class SegmentRow:
-    id: int
-    ord: int
-    file: str
-    checksum: str
-    bytes: int
-    num_docs: int
-    num_chunks: int
-    bytes_routing: int
-    bytes_content: int
-    fingerprint: str
+class SegmentRow(SegmentInfo):
+    """A committed segment: its file's record, its row id and its place in the bank's order."""
+
+    id: int = -1
+    ord: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,7 +96,9 @@ class Reader:
 
     # -- segments and documents --------------------------------------------------------------------
     def segments(self) -> list[SegmentRow]:
-        return [SegmentRow(*self._verified("segments", r)) for r in self._q(f"SELECT {_SEG} FROM segments ORDER BY ord")]
+        cols = _SEG.split(", ")[:-1]
+        return [SegmentRow(**dict(zip(cols, self._verified("segments", r))))
+                for r in self._q(f"SELECT {_SEG} FROM segments ORDER BY ord")]  # fmt: skip
 
     def all_docs(self) -> list[DocRow]:
         """Every row (tombstones too), in bank order: segment ord, then position in the segment."""
