@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
@@ -204,6 +205,7 @@ class Engine:
             raise ValueError(f"lookup_k must be a positive integer, got {lookup_k!r}")
         self.lookup_k = lookup_k
         self.snap_names = snap_names
+        self._reading = threading.local()  # the snapshot the current ask of this thread reads
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
         stops = [prompt.end_of_turn, "<|endoftext|>"]
         self.eos_ids = {i for i in (tokenizer.convert_tokens_to_ids(t) for t in stops) if isinstance(i, int) and i >= 0}
@@ -243,6 +245,7 @@ class Engine:
         slot_ids = snapshot.slot_ids
         for s in samples:
             s.memory = snapshot
+        self._reading.memory = snapshot
         for rnd in range(max_rounds):
             active = [s for s in samples if not s.finished]
             if not active:
@@ -254,6 +257,7 @@ class Engine:
                      if v > before.get(k, 0.0)}  # fmt: skip
             for s in active:
                 s.rounds[-1].timings = dict(spent)
+        self._reading.memory = None  # (a failed ask leaves it; the next ask sets its own first)
         for s in samples:
             s.finished = True
         return [self._answer(s, timer, len(samples)) for s in samples]
@@ -426,7 +430,7 @@ class Engine:
 
     def _mentioning_first(self, name: str, ranked: list[int]) -> list[int]:
         """``ranked`` with the documents that mention ``name`` first, earliest mention first (stable)."""
-        memory = self.bank.snapshot()
+        memory = getattr(self._reading, "memory", None) or self.bank.snapshot()  # the ask's snapshot
         where = {d: (memory.text(d) or "").find(name) for d in ranked}
         return sorted(ranked, key=lambda d: (where[d] < 0, max(where[d], 0)))
 
