@@ -165,6 +165,9 @@ class MemoryBank:
             raise
         if device is None:
             device = model.device if model is not None else "cpu"
+        why, _ = integrity.lost_commits(path, catalog)
+        if why is not None:  # reads go on (the catalog as it is); writes refuse (``writing``)
+            log.warning("%s: %s", path / CATALOG_NAME, why)
         return cls(path, catalog, manifest, model, tokenizer, torch.device(device), readonly, content_tier, routing_dtype,
                    fp8_rescore, lock_timeout_s)  # fmt: skip
 
