@@ -134,7 +134,7 @@ def run(work: Path, trials: int, seed: int, model, tok) -> list[Trial]:
         path, report = work / f"kill-{t}", work / f"kill-{t}.jsonl"
         _base_bank(path, s, model, tok)
         commands = _commands(op, s)
-        delay = random.Random(s).uniform(0.0, spans[op])
+        delay = random.Random(s).uniform(0.0, 0.8 * spans[op])  # a forked child runs a little faster
         start = time.perf_counter()
         child = ctx.Process(target=_child, args=(str(path), commands, str(report), model, tok))
         child.start()
