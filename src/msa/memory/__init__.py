@@ -1,4 +1,17 @@
-"""The persistent memory bank (catalog + immutable segments) and its tiered device access."""
+"""The persistent memory bank (catalog + immutable segments) and its tiered device access.
+
+    bank         MemoryBank: the public surface (reads, writes, snapshots)
+    layout       the bank directory, BankSettings, building a new bank
+    catalog      every SQL statement: transactions, held catalog states (``catalog_reader``: verified
+                 reads; ``catalog_schema``: tables and the row checksums its triggers keep)
+    writer       adds as plan -> encode -> commit (BankWriter, AddReport, DeleteReport)
+    encode       DocumentEncoder: tokenising, splitting long texts, batching, progress
+    segments     immutable segment files (``files``: durable writes)
+    access       BankSnapshot: routing and fetch over segments, the texts of its own catalog state
+    compaction   rewriting segments without tombstones
+    integrity    check(), the lost-commit check, the orphan sweep
+    locking      the single-writer lock; ``ids``: user ids; ``errors``: every BankError
+"""
 
 from msa.memory.access import BankSnapshot, LoadedSegment, tile_doc_scores
 from msa.memory.bank import BankExistsError, BankSettings, MemoryBank

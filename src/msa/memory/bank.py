@@ -75,11 +75,10 @@ class MemoryBank:
         self.routing_options = RoutingOptions(**manifest["routing"])
         self.router_layers: tuple[int, ...] = tuple(manifest["router_layers"])
         self.model_source: str | None = manifest.get("model_source")
-        self.encoder = None if model is None or tokenizer is None else DocumentEncoder(
-            model, tokenizer, self.prompt, BankSettings(**manifest["settings"]))  # fmt: skip
-        self.writer = BankWriter(path, catalog, self.fingerprint, self.encoder)
         self._settings = BankSettings(**manifest["settings"])
-        self.settings = self._settings
+        self.encoder = None if model is None or tokenizer is None else DocumentEncoder(
+            model, tokenizer, self.prompt, self._settings)  # fmt: skip
+        self.writer = BankWriter(path, catalog, self.fingerprint, self.encoder)
         self._lock = threading.RLock()
         self._cache: dict[str, LoadedSegment] = {}
         self._prefix: PrefixCache | None = None
@@ -166,6 +165,9 @@ class MemoryBank:
             raise
         if device is None:
             device = model.device if model is not None else "cpu"
+        why, _ = integrity.lost_commits(path, catalog)
+        if why is not None:  # reads go on (the catalog as it is); writes refuse (``writing``)
+            log.warning("%s: %s", path / CATALOG_NAME, why)
         return cls(path, catalog, manifest, model, tokenizer, torch.device(device), readonly, content_tier, routing_dtype,
                    fp8_rescore, lock_timeout_s)  # fmt: skip
 
@@ -388,6 +390,7 @@ class MemoryBank:
         if self.readonly:
             raise BankReadOnlyError(f"{self.path} was opened read-only")
         with self._lock, writer_lock(self.path, self.lock_timeout_s):
+            self._view = None  # a cached snapshot would hold its catalog state (and the WAL) after the write
             integrity.sweep_orphans(self)
             yield
 

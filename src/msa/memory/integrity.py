@@ -18,7 +18,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from msa.memory.catalog import CATALOG_NAME
+from msa.memory.catalog import CATALOG_NAME, Catalog
 from msa.memory.errors import BankCorruptError, BankDiskFullError, LostCommitsError
 from msa.memory.files import TMP_PREFIX, atomic_write
 from msa.memory.layout import SEGMENTS_DIR
@@ -40,32 +40,35 @@ def record_commit(path: Path, generation: int) -> None:
         log.warning("%s: could not record commit %d (%s)", path / COMMITTED_NAME, generation, e)
 
 
-def lost_commits(path: Path, generation: int, known: set[str]) -> str | None:
-    """Why the catalog at ``generation`` has lost commits, or None. ``known``: its segment files."""
+def lost_commits(path: Path, catalog: Catalog) -> tuple[str | None, set[str]]:
+    """(why the catalog has lost commits or None, the segment files the catalog names).
+
+    The commit record and the segment files are read before the catalog, so a writer committing
+    meanwhile can only make the catalog newer than what was read, never look like a lost commit."""
     rec = path / COMMITTED_NAME
     try:
         committed = int(json.loads(rec.read_text())["generation"])
     except (OSError, ValueError, KeyError, TypeError):
         committed = -1
-    newest = max(((segment_generation(p) or -1, p.name) for p in _segment_files(path) if p.name not in known),
-                 default=(-1, ""))  # fmt: skip
+    files = [(segment_generation(p) or -1, p.name) for p in _segment_files(path)]
+    with catalog.read() as r:
+        generation = r.generation()
+        known = {s.file for s in r.segments()}
+    newest = max(((g, n) for g, n in files if n not in known), default=(-1, ""))
     if committed <= generation and newest[0] <= generation + 1:
-        return None
+        return None, known
     what = (f"generation {committed} was committed ({rec})" if committed > generation
             else f"segment file {newest[1]} was written for generation {newest[0]}")  # fmt: skip
     cat = path / CATALOG_NAME
     return (f"the catalog is at generation {generation} but {what}: its write-ahead log ({cat.name}-wal) was "
             "lost or deleted with the commits after it. Nothing was swept: the segment files of those commits are "
             f"still in {path / SEGMENTS_DIR}. Restore {cat.name}-wal, or call bank.accept_lost_commits() to go on "
-            "with the catalog as it is (the unreferenced segment files are moved aside, not deleted)")  # fmt: skip
+            "with the catalog as it is (the unreferenced segment files are moved aside, not deleted)"), known  # fmt: skip
 
 
 def check_lost(bank: "MemoryBank") -> set[str]:
     """LostCommitsError if the catalog has lost commits; else the segment files it names."""
-    with bank.catalog.read() as r:
-        gen = r.generation()
-        known = {s.file for s in r.segments()}
-    why = lost_commits(bank.path, gen, known)
+    why, known = lost_commits(bank.path, bank.catalog)
     if why is not None:
         raise LostCommitsError(str(bank.path / CATALOG_NAME), why)
     return known

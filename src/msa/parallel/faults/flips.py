@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 
 from msa.memory import BankError, MemoryBank
+from msa.memory.catalog import Catalog
 from msa.parallel.faults.common import Trial, long_text, observe, texts
 
 
@@ -18,8 +18,9 @@ def _pristine(work: Path, model, tok) -> Path:
         bank.add(texts(12, 7, "flip"), [f"k{i}" for i in range(6)] + list(range(6, 12)), progress=False)
         bank.add([long_text(7)], ["long"], progress=False)
         bank.delete(["k1"])
-    with sqlite3.connect(path / "catalog.sqlite") as c:  # everything in the main file: flips hit real data
-        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    catalog = Catalog(path / "catalog.sqlite")
+    catalog.checkpoint()  # everything in the main file: flips hit real data
+    catalog.close()
     return path
 
 
