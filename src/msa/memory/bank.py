@@ -1,7 +1,7 @@
 """MemoryBank: a persistent, crash-safe document memory (DESIGN.md, Storage).
 
-A bank is a directory (``layout``). A write = segment to a temp name, fsync, rename, fsync directory, then one catalog transaction that
-makes it visible. Files the catalog does not name (a crash between rename and commit, temp files, old
+A bank is a directory (``layout``). A write = segment to a temp name, fsync, rename, fsync directory,
+then one catalog transaction that makes it visible. Files the catalog does not name (a crash between rename and commit, temp files, old
 segments of a compaction that crashed before removing them) are never read and are removed at the
 next write.
 
