@@ -1,9 +1,9 @@
 """MemoryBank: a persistent, crash-safe document memory (DESIGN.md, Storage).
 
 A bank is a directory (``layout``). A write = segment to a temp name, fsync, rename, fsync directory,
-then one catalog transaction that makes it visible. Files the catalog does not name (a crash between rename and commit, temp files, old
-segments of a compaction that crashed before removing them) are never read and are removed at the
-next write.
+then one catalog transaction that makes it visible. Files the catalog does not name (a crash between
+rename and commit, temp files, old segments of a compaction that crashed before removing them) are
+never read and are removed at the next write (after the lost-commit check, ``integrity``).
 
 Ids are the user's (``ids``): an int or a str, kept as given. Re-running a command is safe: ``add``
 skips texts already stored under their id (or, for id-less texts, with the same content hash), and
