@@ -95,7 +95,7 @@ def test_idempotent_add_and_delete(bank, tiny_model, monkeypatch):
 
 def test_split_document_is_one_document(bank):
     rep = bank.add_documents(["short.", LONG], ids=["s", "long"])
-    assert rep.split["long"] == rep.pieces > 2 and rep.ids == ["s", "long"]
+    assert rep.split["long"] == rep.pieces > 2 and rep.ids == ["s", "long"] == bank.list_ids()  # input order
     assert bank.get_text("long") == LONG  # pieces joined back exactly
     assert dict(bank.documents()) == {"s": "short.", "long": LONG}
     assert bank.stats()["documents"] == 2 and bank.stats()["slots"] == 1 + rep.pieces
@@ -260,3 +260,41 @@ def test_snapshot_checks_places_against_segments(tmp_path, tiny_model, tiny_toke
             bank.snapshot()
         with pytest.raises(BankCorruptError, match="document 1 disagrees"):
             bank.check()
+
+
+def _as_format_1(path) -> None:
+    """Rewrite a bank's catalog as the format-1 library wrote it (no checksums, piece order, separators
+    or retired ids; pieces hashed alone)."""
+    from msa.memory.catalog_schema import TRIGGERS
+    from msa.memory.encode import text_hash
+
+    with sqlite3.connect(path / "catalog.sqlite") as c:
+        for t in TRIGGERS:
+            c.execute(f"DROP TRIGGER {t.split()[2]}")
+        c.execute("DROP INDEX documents_hash")
+        c.execute("DROP TABLE retired")
+        for r, text in c.execute("SELECT row, text FROM documents WHERE parent IS NOT NULL").fetchall():
+            c.execute("UPDATE documents SET source_hash = ? WHERE row = ?", (text_hash(text), r))
+        for table, cols in (("manifest", ["crc"]), ("segments", ["crc"]), ("keys", ["crc"]), ("jobs", ["crc"]),
+                            ("documents", ["piece", "text_hash", "lead", "trail", "crc"])):  # fmt: skip
+            for col in cols:
+                c.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+        c.execute("UPDATE manifest SET value = '1' WHERE key = 'format_version'")
+
+
+def test_format_1_bank_is_upgraded_in_place(tmp_path, tiny_model, tiny_tokenizer):
+    path = tmp_path / "old"
+    with MemoryBank.create(path, tiny_model, tiny_tokenizer, max_doc_tokens=60) as bank:
+        bank.add(["one text.", "two text.", LONG], ids=["a", 5, "long"])
+        bank.delete(5)
+        before = bank.snapshot().slot_ids.tolist()
+    _as_format_1(path)
+    with pytest.raises(BankError, match="open it once without readonly"):
+        MemoryBank.open(path, readonly=True)
+    with MemoryBank.open(path, tiny_model, tiny_tokenizer) as bank:
+        assert bank.check()["documents"] == 2 and bank.snapshot().slot_ids.tolist() == before
+        assert bank.get_text("a") == "one text." and sorted(bank.list_ids()) == ["a", "long"]
+        assert bank.get_text("long").split() == LONG.split()  # pieces joined by single spaces
+        assert bank.delete(5).already_deleted == [5] and bank.add(["three."], ids=[100]) == [100]
+    with MemoryBank.open(path, readonly=True) as bank:
+        assert bank.stats()["documents"] == 3

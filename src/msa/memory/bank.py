@@ -1,9 +1,9 @@
 """MemoryBank: a persistent, crash-safe document memory (DESIGN.md, Storage).
 
-A bank is a directory (``layout``). A write = segment to a temp name, fsync, rename, fsync directory, then one catalog transaction that
-makes it visible. Files the catalog does not name (a crash between rename and commit, temp files, old
-segments of a compaction that crashed before removing them) are never read and are removed at the
-next write.
+A bank is a directory (``layout``). A write = segment to a temp name, fsync, rename, fsync directory,
+then one catalog transaction that makes it visible. Files the catalog does not name (a crash between
+rename and commit, temp files, old segments of a compaction that crashed before removing them) are
+never read and are removed at the next write (after the lost-commit check, ``integrity``).
 
 Ids are the user's (``ids``): an int or a str, kept as given. Re-running a command is safe: ``add``
 skips texts already stored under their id (or, for id-less texts, with the same content hash), and
@@ -28,6 +28,7 @@ import torch
 from msa.memory import integrity
 from msa.memory.access import CONTENT_TIERS, BankSnapshot, LoadedSegment, RoutingPrep
 from msa.memory.catalog import CATALOG_NAME, Catalog, Reader, SegmentRow
+from msa.memory.catalog_upgrade import upgrade_v1
 from msa.memory.encode import DocumentEncoder, tokenizer_fingerprint
 from msa.memory.errors import (
     BankCorruptError,
@@ -144,11 +145,18 @@ class MemoryBank:
             raise ValueError(f"content_tier must be one of {CONTENT_TIERS}, got {content_tier!r}")
         catalog = Catalog(path / CATALOG_NAME, readonly=readonly)
         try:
+            version = catalog.format_version()
+            if version == 1 and not readonly:
+                catalog.close()
+                with writer_lock(path, lock_timeout_s):
+                    upgrade_v1(path / CATALOG_NAME, FORMAT_VERSION)
+                catalog = Catalog(path / CATALOG_NAME)
+            elif version != FORMAT_VERSION:
+                hint = ("open it once without readonly to upgrade it in place" if version == 1
+                        else "re-create the bank and add its documents again")  # fmt: skip
+                raise BankError(f"{path}: bank format {version}, this library reads {FORMAT_VERSION}: {hint}")
             with catalog.read() as r:
                 manifest = r.manifest()
-            if manifest.get("format_version") != FORMAT_VERSION:
-                raise BankError(f"{path}: bank format {manifest.get('format_version')}, this library reads "
-                                f"{FORMAT_VERSION}: re-create the bank and add its documents again")  # fmt: skip
             if model is not None:
                 fp = model.fingerprint()
                 if fp != manifest["fingerprint"]:

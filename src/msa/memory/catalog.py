@@ -61,8 +61,10 @@ class Writer(Reader):
         self.conn.executemany(
             "INSERT INTO documents (id, parent, piece, text, text_hash, lead, trail, source_hash, num_tokens, segment,"
             " seg_doc, chunk_start, num_chunks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(p.doc_id, p.parent, p.index, p.text, text_digest(p.text), p.lead, p.trail, p.source_hash, p.length,
-              seg_id, j, starts[j], counts[j]) for j, p in enumerate(pieces)],
+            [row for _, row in sorted(
+                ((p.item, p.index), (p.doc_id, p.parent, p.index, p.text, text_digest(p.text), p.lead, p.trail,
+                                     p.source_hash, p.length, seg_id, j, starts[j], counts[j]))
+                for j, p in enumerate(pieces))],  # rows in input order: list_ids orders by row
         )  # fmt: skip
         self.conn.executemany("INSERT OR IGNORE INTO keys (key, id) VALUES (?, ?)",
                               [(new_keys[p.doc_id], p.doc_id) for p in pieces if p.index == 0 and p.doc_id in new_keys])  # fmt: skip
@@ -180,6 +182,12 @@ class Catalog:
         pause_point("commit.done")
         if self.on_commit is not None:
             self.on_commit(generation)
+
+    def format_version(self) -> int | None:
+        """The bank format the manifest records, read without checksums (format 1 has none)."""
+        with self._lock, sqlite_error(self.path):
+            r = self._conn.execute("SELECT value FROM manifest WHERE key = 'format_version'").fetchone()
+        return None if r is None else json.loads(r[0])
 
     def checkpoint(self) -> None:
         """Move every committed page from the write-ahead log into the main file (and empty the log)."""

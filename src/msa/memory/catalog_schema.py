@@ -21,7 +21,9 @@ CRC_COLUMNS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 _ROW_KEY = {"manifest": "key", "segments": "id", "documents": "row", "keys": "key", "jobs": "rowid"}
 
-TABLES = """
+HASH_INDEX = "CREATE INDEX documents_hash ON documents(source_hash) WHERE deleted = 0 AND parent IS NULL"
+RETIRED = "CREATE TABLE retired (id INTEGER PRIMARY KEY)"
+TABLES = f"""
 CREATE TABLE manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc TEXT NOT NULL DEFAULT '');
 CREATE TABLE segments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -57,18 +59,19 @@ CREATE TABLE documents (
 CREATE UNIQUE INDEX documents_live_id ON documents(id) WHERE deleted = 0;
 CREATE UNIQUE INDEX documents_place ON documents(segment, seg_doc);
 CREATE INDEX documents_parent ON documents(parent) WHERE deleted = 0;
-CREATE INDEX documents_hash ON documents(source_hash) WHERE deleted = 0 AND parent IS NULL;
+{HASH_INDEX};
 CREATE TABLE keys (key TEXT PRIMARY KEY, id INTEGER NOT NULL UNIQUE, crc TEXT NOT NULL DEFAULT '');
 CREATE TABLE jobs (
     job TEXT NOT NULL, item INTEGER NOT NULL, source_hash TEXT NOT NULL, doc_id INTEGER NOT NULL,
     crc TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job, item)
 );
-CREATE TABLE retired (id INTEGER PRIMARY KEY);
+{RETIRED};
 """
 
 
-def _triggers() -> str:
+def _triggers() -> list[str]:
+    """One insert and one update trigger per checksummed table, each one statement."""
     out = []
     for table, cols in CRC_COLUMNS.items():
         new = ", ".join(f"NEW.{c}" for c in cols)
@@ -76,10 +79,11 @@ def _triggers() -> str:
         body = f"BEGIN UPDATE {table} SET crc = msa_crc({new}) WHERE {key} = NEW.{key}; END;"
         out.append(f"CREATE TRIGGER {table}_crc_insert AFTER INSERT ON {table} {body}")
         out.append(f"CREATE TRIGGER {table}_crc_update AFTER UPDATE OF {', '.join(cols)} ON {table} {body}")
-    return "\n".join(out)
+    return out
 
 
-SCHEMA = TABLES + _triggers()
+TRIGGERS = _triggers()
+SCHEMA = TABLES + "\n".join(TRIGGERS)
 
 
 def row_crc(*values: object) -> str:

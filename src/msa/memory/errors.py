@@ -70,6 +70,7 @@ _CORRUPT = ("malformed", "not a database", "no such table", "no such column", "f
             "database schema")  # fmt: skip
 _FULL = ("database or disk is full", "disk is full")
 _LOCKED = ("database is locked", "database is busy")
+_FULL_HINT = ": the write was rolled back; free space and run it again (a re-run completes what is missing)"
 
 
 def describe_sqlite(path: str, e: BaseException) -> BankError:
@@ -78,7 +79,7 @@ def describe_sqlite(path: str, e: BaseException) -> BankError:
     msg = str(e)
     low = msg.lower()
     if any(s in low for s in _FULL) or ("i/o error" in low and _no_room(path)):
-        return BankDiskFullError(f"{path}: disk full ({msg}); nothing was stored, free space and run it again")
+        return BankDiskFullError(f"{path}: disk full ({msg}){_FULL_HINT}")
     if any(s in low for s in _LOCKED):
         return BankLockedError(f"{path}: locked by another process ({msg})")
     if any(s in low for s in _CORRUPT):
@@ -101,7 +102,7 @@ def disk_error(path: str, e: OSError) -> BankError | OSError:
     import errno
 
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return BankDiskFullError(f"{path}: disk full ({e.strerror}); nothing was stored, free space and run it again")
+        return BankDiskFullError(f"{path}: disk full ({e.strerror}){_FULL_HINT}")
     return e
 
 

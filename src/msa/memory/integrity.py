@@ -118,7 +118,8 @@ def check(bank: "MemoryBank") -> dict[str, Any]:
     with bank.catalog.read() as r:
         problems = r.integrity_problems()
         if problems:
-            raise BankCorruptError(cat_path, "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
+            more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise BankCorruptError(cat_path, "; ".join(problems[:3]) + more)
         manifest = r.manifest()
         segs = r.segments()
         rows = r.all_docs()

@@ -133,11 +133,14 @@ class DistContext:
             parts.append(f"rank(s) {behind} never reached step {self._step} (hung)")
         return sorted(dead + behind), "; ".join(parts)
 
-    def _await_others(self, limit_s: float) -> list[int]:
-        """Wait until every other rank has closed; returns those that stopped beating without closing."""
-        deadline = time.monotonic() + limit_s
+    def _await_others(self, limit_s: float | None = None) -> list[int]:
+        """Wait until every other rank has closed; returns those that stopped beating without closing.
+
+        Ranks still beating are waited for (at most ``limit_s``, None = as long as they beat): once the
+        store's host is gone, nobody could name or end a rank that stops later."""
+        deadline = None if limit_s is None else time.monotonic() + limit_s
         last = self._read_beats()
-        while time.monotonic() < deadline:
+        while deadline is None or time.monotonic() < deadline:
             waiting = [r for r in range(self.world) if r != self.rank and not self.store.check([f"closed/{r}"])]
             if not waiting:
                 return []
@@ -172,9 +175,10 @@ class DistContext:
         with self.phase(name):
             dist.barrier(group=self.cpu_group)
 
-    def close(self, linger_s: float = 30.0) -> None:
+    def close(self, linger_s: float | None = None) -> None:
         """Stop the heartbeat and destroy the process group. The rank that hosts the rendezvous store
-        first waits (at most ``linger_s``) until every other rank has closed, so a rank still
+        (every rank, when torchrun's agent hosts it) first waits (at most ``linger_s``; None: while
+        they beat) until every other rank has closed, so a rank still
         diagnosing a failure never finds the store gone and blames its host for it; a rank that stopped
         beating without closing (dead, or stopped by a signal) is named and, on this host, killed, so
         the launcher does not wait for it. A rank that cannot reach the store to say it closed names
@@ -182,7 +186,7 @@ class DistContext:
         stopped: list[int] = []
         try:
             self.store.set(f"closed/{self.rank}", "1")
-            if self.store_host_rank == self.rank:
+            if self.store_host_rank in (self.rank, None):  # None: torchrun's agent keeps the store up
                 stopped = self._await_others(linger_s)
         except Exception as e:  # a broken store must not make closing fail
             log.debug("rank %d: closing without waiting for the others: %s", self.rank, e)

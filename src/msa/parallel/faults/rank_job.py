@@ -1,7 +1,7 @@
 """One Memory Parallel ask in which rank ``--victim`` SIGSTOPs itself at ``--stop-at`` (under torchrun).
 
 ``python -m torch.distributed.run --nproc-per-node 2 -m msa.parallel.faults.rank_job BANK --stop-at route``
-Before stopping, the victim writes the time to ``--marker``; the fault suite measures from there.
+Before stopping, the victim writes the time and its pid to ``--marker``; the fault suite measures from there.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 def _stop(marker: str) -> None:
     with open(marker, "w") as f:
-        f.write(repr(time.time()))
+        f.write(f"{time.time()!r} {os.getpid()}")
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"msa: error: rank {ctx.rank}: {e}", file=sys.stderr, flush=True)
         return 2
     finally:
-        ctx.close(linger_s=args.timeout)
+        ctx.close()
     return 0
 
 
