@@ -50,7 +50,7 @@ def test_bench_official_end_to_end(tmp_path, capsys, judge_url, monkeypatch):
                  "--multi", "3"]) == 0  # fmt: skip
     assert main(["bank", "create", str(d / "b.bank"), "--model", "msa-bios-tiny"]) == 0
     assert main(["bank", "add", str(d / "b.bank"), str(d / "mdata_bios.pkl")]) == 0
-    assert "added 40 documents" in capsys.readouterr().out
+    assert "added 40, unchanged 0" in capsys.readouterr().out
     out = d / "out"
     args = ["bench", "official", "--bank", str(d / "b.bank"), "--queries", str(d / "qdata_bios.pkl"), "--out",
             str(out), "--max-new-tokens", "48", "--batch-size", "4", "--judge-url", url, "--judge-model", "stub"]
