@@ -74,6 +74,11 @@ def _install_errors(app: FastAPI) -> None:
     app.add_exception_handler(PermissionError, lambda _, e: _error(403, str(e)))
     app.add_exception_handler(FileExistsError, lambda _, e: _error(409, str(e), code="bank_exists"))
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        return _error(500, f"internal server error ({type(e).__name__}); the server log has the details")
+
 
 def _job_gauges(registry: Registry, metrics: Metrics) -> None:
     counts = {s: 0 for s in (*ACTIVE, "done", "failed")}
