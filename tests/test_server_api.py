@@ -185,6 +185,7 @@ def test_memory_api_end_to_end(client):
     listed = [d["id"] for p in pages for d in p["data"]]
     assert sorted(listed) == sorted(ids) and [len(p["data"]) for p in pages] == [10, 10, 4] and pages[0]["total"] == 24
     assert c.get("/banks/notes/documents/p7", cast_to=object)["text"] == texts[7]
+    assert c.get("/banks/demo/documents/0", cast_to=object)["id"] == 0  # int ids stay ints
     q = next(iter(people.iter_questions(1, "single", seed=2)))
     gold = f"p{q.gold_ids[0]}"
     found = c.post("/banks/notes/search", body={"query": q.text, "top_k": 4}, cast_to=object)
