@@ -47,7 +47,8 @@ def main() -> None:
     by_first: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         by_first.setdefault(name.split()[0], []).append(i)
-    access, slots = bank.access(), bank.slot_ids()
+    access = bank.snapshot()
+    slots = access.slot_ids
     rng = random.Random(0)
     late = max(args.people, n - 10 * args.people)
     groups = {f"ids < {args.people}": range(args.people), f"ids >= {late}": range(late, n)}

@@ -241,3 +241,22 @@ def test_concurrent_create_is_one_clear_error(tmp_path, tiny_model, tiny_tokeniz
         t.join()
     assert len(made) == 1 and len(errors) == 2 and all(isinstance(e, BankExistsError) for e in errors)
     made[0].close()
+
+
+def test_snapshot_checks_places_against_segments(tmp_path, tiny_model, tiny_tokenizer):
+    """A row whose checksum is right but whose chunk range disagrees with its segment file (a bug, or
+    an edit with the checksum function) is refused when a snapshot is taken, naming the document."""
+    from msa.memory.catalog_schema import row_crc
+
+    path = tmp_path / "b"
+    with MemoryBank.create(path, tiny_model, tiny_tokenizer) as bank:
+        bank.add(["first text here.", "second text, a little longer than the first one."])
+    with sqlite3.connect(path / "catalog.sqlite") as c:
+        c.create_function("msa_crc", -1, row_crc)
+        c.execute("UPDATE documents SET num_tokens = num_tokens + 1 WHERE id = 1")
+    with MemoryBank.open(path, tiny_model, tiny_tokenizer) as bank:
+        assert bank.get_text(1).startswith("second")  # the row itself is consistent
+        with pytest.raises(BankCorruptError, match="document 1 disagrees with segment"):
+            bank.snapshot()
+        with pytest.raises(BankCorruptError, match="document 1 disagrees"):
+            bank.check()

@@ -118,6 +118,7 @@ def cmd_ask(args) -> int:
         flags = ["--max-rounds", str(args.max_rounds), "--max-new-tokens", str(args.max_new_tokens)]
         flags += ["--json"] * args.json + ["--routing"] * args.routing + ["--no-interleave"] * args.no_interleave
         flags += ["--doc-choice", args.doc_choice] if args.doc_choice else []
+        flags += ["--timeout", str(args.timeout)]
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}", "-m", "msa.parallel",
                "ask", args.bank, args.question, *flags]  # fmt: skip
         os.execvp(cmd[0], cmd)
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--routing", action="store_true", help="include per-layer routing in --json output")
     q.add_argument("--device", default=None)
     q.add_argument("--nproc", type=int, default=1, help="Memory Parallel over N processes (torchrun)")
+    q.add_argument("--timeout", type=float, default=120.0,
+                   help="with --nproc: seconds before a dead, hung or stopped rank is named and the job ended")
 
     dm = sub.add_parser("demo", help="the end-to-end demo (`make demo`)")
     dm.add_argument("--documents", type=int, default=4096, help="people in the memory (~90 tokens each)")

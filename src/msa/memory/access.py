@@ -127,8 +127,8 @@ class LoadedSegment:
     num_docs: int
     prepared: dict[int, RoutingKeys] | None = field(default=None)
     per_doc: bool = False
-    doc_ids: list[int] | None = None  # bank id of every local document (None: a synthetic segment)
-    doc_lengths: list[int] | None = None
+    doc_ids: Tensor | None = None  # [n] long bank id of every local document (CPU; None: a synthetic segment)
+    doc_lengths: Tensor | None = None  # [n] long tokens of every local document (CPU)
 
     @classmethod
     def load(cls, directory: Path, row: SegmentRow, fingerprint: str, device: torch.device, tier: str,
@@ -173,9 +173,26 @@ class LoadedSegment:
             num_docs=n,
             prepared=prepared,
             per_doc=prep is not None and prep.per_doc,
-            doc_ids=t["doc_ids"].tolist(),
-            doc_lengths=t["doc_lengths"].tolist(),
+            doc_ids=t["doc_ids"].long().clone(),
+            doc_lengths=t["doc_lengths"].long().clone(),
         )
+
+
+def _check_places(segments: list[LoadedSegment], places: dict[int, list[tuple[int, int, int, int, int]]], where: str) -> None:
+    """BankCorruptError unless every live row's place (per segment index: local document, id, first
+    chunk, chunks, tokens) agrees with its segment file (synthetic segments are not checked)."""
+    for si, rows in places.items():
+        seg = segments[si]
+        if seg.doc_ids is None or seg.doc_lengths is None:
+            continue
+        t = torch.tensor(rows, dtype=torch.long)  # [n, 5]
+        d = t[:, 0].clamp(0, max(seg.num_docs - 1, 0))
+        counts = torch.bincount(seg.chunk_doc.cpu(), minlength=seg.num_docs)
+        ok = (t[:, 0] >= 0) & (t[:, 0] < seg.num_docs) & (seg.doc_ids[d] == t[:, 1]) & (seg.doc_chunk_start[d] == t[:, 2])
+        ok &= (counts[d] == t[:, 3]) & (seg.doc_lengths[d] == t[:, 4])
+        if not bool(ok.all()):
+            bad = int(t[int((~ok).nonzero()[0, 0]), 1])
+            raise BankCorruptError(where or seg.file, f"document {bad} disagrees with segment {seg.file}")
 
 
 def _row_slots(seg: LoadedSegment, slot_of: Tensor, n: int) -> Tensor:
@@ -221,20 +238,17 @@ class BankSnapshot:
         self.catalog = catalog
         slot_of = [torch.full((s.num_docs,), -1, dtype=torch.long) for s in segments]
         ids, loc, lengths = [], [], []
-        starts = [s.doc_chunk_start.tolist() for s in segments]
-        counts = [torch.bincount(s.chunk_doc.cpu(), minlength=s.num_docs).tolist() for s in segments]
+        places: dict[int, list[tuple[int, int, int, int, int]]] = {}
         for r in rows:
             if r.deleted:
                 continue
             si = seg_index[r.segment]
-            seg = segments[si]
-            if seg.doc_ids is not None and not (
-                0 <= r.seg_doc < seg.num_docs and seg.doc_ids[r.seg_doc] == r.id
-                and starts[si][r.seg_doc] == r.chunk_start and counts[si][r.seg_doc] == r.num_chunks
-                and seg.doc_lengths[r.seg_doc] == r.num_tokens  # type: ignore[index]
-            ):  # fmt: skip
-                where = catalog.path if catalog is not None else seg.file
-                raise BankCorruptError(str(where), f"document {r.id} disagrees with segment {seg.file}")
+            places.setdefault(si, []).append((r.seg_doc, r.id, r.chunk_start, r.num_chunks, r.num_tokens))
+        _check_places(segments, places, str(catalog.path) if catalog is not None else "")
+        for r in rows:
+            if r.deleted:
+                continue
+            si = seg_index[r.segment]
             slot_of[si][r.seg_doc] = len(ids)
             ids.append(r.id)
             loc.append((si, r.chunk_start, r.num_chunks))

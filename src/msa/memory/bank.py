@@ -388,6 +388,7 @@ class MemoryBank:
         if self.readonly:
             raise BankReadOnlyError(f"{self.path} was opened read-only")
         with self._lock, writer_lock(self.path, self.lock_timeout_s):
+            self._view = None  # a cached snapshot would hold its catalog state (and the WAL) after the write
             integrity.sweep_orphans(self)
             yield
 

@@ -427,6 +427,11 @@ class Catalog:
         if self.on_commit is not None:
             self.on_commit(generation)
 
+    def checkpoint(self) -> None:
+        """Move every committed page from the write-ahead log into the main file (and empty the log)."""
+        with self._lock, sqlite_error(self.path):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def reader(self) -> "CatalogSnapshot":
         """A read transaction of its own, held open until closed: one catalog state for as long as needed."""
         return CatalogSnapshot(self.path)

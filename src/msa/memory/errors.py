@@ -73,16 +73,27 @@ _LOCKED = ("database is locked", "database is busy")
 
 
 def describe_sqlite(path: str, e: BaseException) -> BankError:
-    """The one BankError (naming ``path``) that an sqlite3 error stands for."""
+    """The one BankError (naming ``path``) that an sqlite3 error stands for (an I/O error on a file
+    system with no room left is a full disk: SQLite reports short writes of its WAL index so)."""
     msg = str(e)
     low = msg.lower()
-    if any(s in low for s in _FULL):
+    if any(s in low for s in _FULL) or ("i/o error" in low and _no_room(path)):
         return BankDiskFullError(f"{path}: disk full ({msg}); nothing was stored, free space and run it again")
     if any(s in low for s in _LOCKED):
         return BankLockedError(f"{path}: locked by another process ({msg})")
     if any(s in low for s in _CORRUPT):
         return BankCorruptError(path, f"corrupt catalog ({msg})")
     return BankCorruptError(path, f"catalog error ({msg})")
+
+
+def _no_room(path: str) -> bool:
+    import os
+
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (256 << 10)
 
 
 def disk_error(path: str, e: OSError) -> BankError | OSError:

@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK under NCCL, else cpu")
     ask.add_argument("--backend", default=None, choices=["nccl", "gloo"])
-    ask.add_argument("--timeout", type=float, default=120.0, help="seconds before a dead/hung rank is reported")
+    ask.add_argument("--timeout", type=float, default=120.0,
+                     help="seconds before a dead, hung or stopped rank is named and the job ended")
     ask.add_argument("--content-tier", default="host", choices=["host", "disk"])
     ask.add_argument("--max-rounds", type=int, default=4)
     ask.add_argument("--max-new-tokens", type=int, default=256)
@@ -55,6 +56,9 @@ def ask_main(argv: list[str] | None = None) -> int:
     from msa.parallel.dist import init_distributed
     from msa.parallel.engine import distributed_engine
 
+    from msa.memory import BankError
+    from msa.parallel.dist import RankFailureError
+
     ctx = init_distributed(args.backend, timeout_s=args.timeout)
     try:
         device = args.device or ctx.device
@@ -71,6 +75,9 @@ def ask_main(argv: list[str] | None = None) -> int:
                 for r, info in enumerate(answer.rounds, 1):
                     print(f"  round {r}: retrieved {info.retrieved}")
             sys.stdout.flush()
+    except (RankFailureError, BankError) as e:  # one line on every rank, the rank named
+        print(f"msa: error: rank {ctx.rank}: {e}", file=sys.stderr)
+        return 2
     finally:
         ctx.close()
     return 0

@@ -7,7 +7,8 @@ reads every rank's heartbeat twice, ``2.5 * interval_s`` apart: a rank whose cou
 dead, a rank whose step is behind ours never reached this collective (hung). The result is a
 ``RankFailureError`` naming those ranks, on every survivor, instead of a silent hang. Under NCCL a
 collective on a dead peer may block until the watchdog, so there each phase first passes a barrier
-on a side gloo group (bounded by the same timeout).
+on a side gloo group (bounded by the same timeout). Between collectives the ``watchdog`` ends every
+rank when one stops answering.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+
+from msa.parallel.watchdog import Watchdog, end_job, publish_process
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class DistContext:
     interval_s: float
     cpu_group: Any = None
     store_host_rank: int | None = 0
+    watchdog: Watchdog | None = None
     _step: int = field(default=0, repr=False)
 
     @property
@@ -129,19 +133,21 @@ class DistContext:
             parts.append(f"rank(s) {behind} never reached step {self._step} (hung)")
         return sorted(dead + behind), "; ".join(parts)
 
-    def _await_others(self, limit_s: float) -> None:
-        """Return once every other rank has closed or has a heartbeat that no longer moves."""
+    def _await_others(self, limit_s: float) -> list[int]:
+        """Wait until every other rank has closed; returns those that stopped beating without closing."""
         deadline = time.monotonic() + limit_s
         last = self._read_beats()
         while time.monotonic() < deadline:
             waiting = [r for r in range(self.world) if r != self.rank and not self.store.check([f"closed/{r}"])]
             if not waiting:
-                return
+                return []
             time.sleep(2.5 * self.interval_s)
             now = self._read_beats()
-            if all(now[r] == last[r] for r in waiting):  # the ranks still open are dead
-                return
+            stopped = [r for r in waiting if now[r] == last[r]]
+            if stopped:  # dead or stopped (SIGSTOP): nobody else will end them
+                return stopped
             last = now
+        return []
 
     def _read_beats(self) -> dict[int, tuple[int, int]]:
         out = {}
@@ -168,14 +174,24 @@ class DistContext:
 
     def close(self, linger_s: float = 30.0) -> None:
         """Stop the heartbeat and destroy the process group. The rank that hosts the rendezvous store
-        first waits (at most ``linger_s``) until every other rank has closed or stopped beating, so a
-        rank still diagnosing a failure never finds the store gone and blames its host for it."""
+        first waits (at most ``linger_s``) until every other rank has closed, so a rank still
+        diagnosing a failure never finds the store gone and blames its host for it; a rank that stopped
+        beating without closing (dead, or stopped by a signal) is named and, on this host, killed, so
+        the launcher does not wait for it. A rank that cannot reach the store to say it closed names
+        the store's host the same way."""
+        stopped: list[int] = []
         try:
             self.store.set(f"closed/{self.rank}", "1")
             if self.store_host_rank == self.rank:
-                self._await_others(linger_s)
+                stopped = self._await_others(linger_s)
         except Exception as e:  # a broken store must not make closing fail
             log.debug("rank %d: closing without waiting for the others: %s", self.rank, e)
+            if self.store_host_rank is not None and self.store_host_rank != self.rank:
+                stopped = [self.store_host_rank]
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if stopped:
+            end_job(self.store, self.rank, stopped, "no heartbeat when this rank finished", exit=lambda code: None)
         self.heartbeat.stop()
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -192,7 +208,8 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0, heart
     MASTER_ADDR, MASTER_PORT). backend: "nccl" when CUDA is available, else "gloo".
 
     timeout_s bounds every collective (a dead or hung rank is reported within about
-    ``timeout_s + 2.5 * heartbeat_s``, usually much sooner for a dead one)."""
+    ``timeout_s + 2.5 * heartbeat_s``, usually much sooner for a dead one), and a rank whose heartbeat
+    stops for ``timeout_s`` ends the whole job by name (``watchdog``)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
@@ -210,9 +227,14 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0, heart
     cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     beat_store = _connect(host, port, world, master=False, timeout_s=timeout_s)
     heartbeat = _Heartbeat(beat_store, rank, heartbeat_s)
+    publish_process(store, rank)
     heartbeat.start()
+    host_rank = None if agent else 0
+    watchdog = Watchdog(_connect(host, port, world, master=False, timeout_s=max(1.0, 4 * heartbeat_s)), rank, world,
+                        heartbeat_s, timeout_s, host_rank)  # fmt: skip
     ctx = DistContext(rank, world, backend, device, timeout_s, store, heartbeat, heartbeat_s, cpu_group,
-                      store_host_rank=None if agent else 0)  # fmt: skip
+                      store_host_rank=host_rank, watchdog=watchdog)  # fmt: skip
     ctx.barrier("init")  # every heartbeat key exists before any diagnosis reads it
+    watchdog.start()
     log.info("rank %d/%d joined (%s, %s, timeout %.0fs)", rank, world, backend, device, timeout_s)
     return ctx
