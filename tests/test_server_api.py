@@ -6,6 +6,7 @@ job) is shared by the module.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -147,6 +148,13 @@ def test_errors_have_the_openai_shape_and_status(client, server):
     with pytest.raises(openai.APIStatusError) as e:
         ask(client, "x" * 250_000)
     assert e.value.status_code == 413 and e.value.body["code"] == "body_too_large"
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)  # no Content-Length: counted while read
+    conn.request("POST", "/v1/chat/completions", body=iter([b"{" + b" " * 150_000] * 2), encode_chunked=True,
+                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})  # fmt: skip
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["error"]["code"] == "body_too_large"
+    conn.close()
     with pytest.raises(openai.AuthenticationError) as e:
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
     assert e.value.status_code == 401
