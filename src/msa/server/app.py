@@ -62,8 +62,8 @@ def _install_errors(app: FastAPI) -> None:
         first = e.errors()[0] if e.errors() else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         where = ".".join(loc)
-        return _error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request"),
-                      where or None)  # fmt: skip
+        msg = first.get("msg", "invalid request")
+        return _error(400, f"{where}: {msg}" if where else msg, where or None)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
