@@ -108,6 +108,17 @@ def test_completions_equal_chat_and_streams_equal_whole_answers(client, world):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == whole
 
 
+def test_concurrent_questions_are_answered_in_one_engine_batch(client, world):
+    from concurrent.futures import ThreadPoolExecutor
+
+    qs = list(world.iter_questions(8, "single", seed=6))
+    with ThreadPoolExecutor(len(qs)) as pool:
+        out = list(pool.map(lambda q: ask(client, q.text, max_tokens=48), qs))
+    sizes = [r.model_extra["msa"]["batch_size"] for r in out]
+    assert max(sizes) > 1, sizes
+    assert sum(exact_match(r.choices[0].message.content, q.answer) for r, q in zip(out, qs)) >= 5
+
+
 def test_stop_strings_and_request_options(client, world):
     q = next(q for q in world.iter_questions(20, "multi", seed=5) if len(q.answer.split()) >= 2)
     whole = ask(client, q.text, max_tokens=48).choices[0].message.content
