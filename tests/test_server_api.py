@@ -6,6 +6,7 @@ job) is shared by the module.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -107,6 +108,17 @@ def test_completions_equal_chat_and_streams_equal_whole_answers(client, world):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == whole
 
 
+def test_concurrent_questions_are_answered_in_one_engine_batch(client, world):
+    from concurrent.futures import ThreadPoolExecutor
+
+    qs = list(world.iter_questions(8, "single", seed=6))
+    with ThreadPoolExecutor(len(qs)) as pool:
+        out = list(pool.map(lambda q: ask(client, q.text, max_tokens=48), qs))
+    sizes = [r.model_extra["msa"]["batch_size"] for r in out]
+    assert max(sizes) > 1, sizes
+    assert sum(exact_match(r.choices[0].message.content, q.answer) for r, q in zip(out, qs)) >= 5
+
+
 def test_stop_strings_and_request_options(client, world):
     q = next(q for q in world.iter_questions(20, "multi", seed=5) if len(q.answer.split()) >= 2)
     whole = ask(client, q.text, max_tokens=48).choices[0].message.content
@@ -147,6 +159,13 @@ def test_errors_have_the_openai_shape_and_status(client, server):
     with pytest.raises(openai.APIStatusError) as e:
         ask(client, "x" * 250_000)
     assert e.value.status_code == 413 and e.value.body["code"] == "body_too_large"
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)  # no Content-Length: counted while read
+    conn.request("POST", "/v1/chat/completions", body=iter([b"{" + b" " * 150_000] * 2), encode_chunked=True,
+                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})  # fmt: skip
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["error"]["code"] == "body_too_large"
+    conn.close()
     with pytest.raises(openai.AuthenticationError) as e:
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
     assert e.value.status_code == 401
@@ -185,6 +204,7 @@ def test_memory_api_end_to_end(client):
     listed = [d["id"] for p in pages for d in p["data"]]
     assert sorted(listed) == sorted(ids) and [len(p["data"]) for p in pages] == [10, 10, 4] and pages[0]["total"] == 24
     assert c.get("/banks/notes/documents/p7", cast_to=object)["text"] == texts[7]
+    assert c.get("/banks/demo/documents/0", cast_to=object)["id"] == 0  # int ids stay ints
     q = next(iter(people.iter_questions(1, "single", seed=2)))
     gold = f"p{q.gold_ids[0]}"
     found = c.post("/banks/notes/search", body={"query": q.text, "top_k": 4}, cast_to=object)

@@ -23,6 +23,7 @@ from msa.server.process import ServerProcess  # noqa: E402
 
 MODEL = "tiny@faults"
 LONG = 20_000  # tokens: a stream that outlives the test unless it is stopped
+TIMEOUT_S = 6  # the server's request timeout
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def checkpoint(tmp_path_factory):
 def server(tmp_path_factory, checkpoint):
     tmp = tmp_path_factory.mktemp("faults")
     args = ["--model", str(checkpoint), "--bank-dir", str(tmp / "banks"), "--max-queue", "1",
-            "--max-tokens-limit", str(LONG)]  # fmt: skip
+            "--max-tokens-limit", str(LONG), "--request-timeout-s", str(TIMEOUT_S)]  # fmt: skip
     proc = ServerProcess(args, tmp / "server.log", env={"OMP_NUM_THREADS": "1"}).start()
     try:
         c = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0)
@@ -94,11 +95,21 @@ def assert_equal(a, b):
     assert a == b, (a, b)
 
 
+def test_a_question_past_the_request_timeout_gets_504_and_frees_its_slot(server):
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    t0 = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Who?"}], max_tokens=LONG)
+    assert e.value.status_code == 504 and e.value.body["code"] == "timeout"
+    assert TIMEOUT_S <= time.monotonic() - t0 < 60
+    assert eventually(lambda: short_ask(c)).choices
+
+
 def test_sigkill_during_background_add_then_restart_resumes_exactly(tmp_path, checkpoint):
-    n = 3000
+    n = 1200
     texts = [f"Person {i} was born in town {i % 97} and works as a baker number {i}." for i in range(n)]
     ids = [f"d{i}" for i in range(n)]
-    args = ["--model", str(checkpoint), "--bank-dir", str(tmp_path / "banks"), "--job-slice", "8"]
+    args = ["--model", str(checkpoint), "--bank-dir", str(tmp_path / "banks"), "--job-slice", "16"]
     first = ServerProcess(args, tmp_path / "first.log", env={"OMP_NUM_THREADS": "1"}).start()
     try:
         c = openai.OpenAI(base_url=first.url + "/v1", api_key="unused", max_retries=0)

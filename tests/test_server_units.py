@@ -162,3 +162,27 @@ def test_a_stopping_runner_leaves_its_job_queued_and_the_next_one_finishes_it(tm
     done = second.jobs[job.id]
     assert done.status == "done" and done.ids == ids and done.resumed == 1 and done.added == 10
     assert sorted(stored) == [f"{job.id}.{k}" for k in range(4)]  # every step once, under its own name
+
+
+def test_an_unexpected_failure_is_a_500_in_the_openai_error_shape(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from msa.server import ServerConfig, create_app
+
+    class BrokenRegistry:
+        metrics, banks = server_metrics(), {}
+
+        def get(self, name):
+            raise RuntimeError("disk on fire")
+
+        def close(self):
+            pass
+
+    app = create_app(ServerConfig(model="m", bank_dir=tmp_path), registry=BrokenRegistry())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert "RuntimeError" in r.json()["error"]["message"] and "fire" not in r.json()["error"]["message"]
+        r = client.post("/v1/chat/completions", json={"model": "x"})  # invalid body: 400, not FastAPI's 422
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"

@@ -62,8 +62,8 @@ def _install_errors(app: FastAPI) -> None:
         first = e.errors()[0] if e.errors() else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         where = ".".join(loc)
-        return _error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request"),
-                      where or None)  # fmt: skip
+        msg = first.get("msg", "invalid request")
+        return _error(400, f"{where}: {msg}" if where else msg, where or None)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
@@ -73,6 +73,11 @@ def _install_errors(app: FastAPI) -> None:
         app.add_exception_handler(kind, lambda _, e: _bank_error(e))
     app.add_exception_handler(PermissionError, lambda _, e: _error(403, str(e)))
     app.add_exception_handler(FileExistsError, lambda _, e: _error(409, str(e), code="bank_exists"))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        return _error(500, f"internal server error ({type(e).__name__}); the server log has the details")
 
 
 def _job_gauges(registry: Registry, metrics: Metrics) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 
 from msa.engine import Answer, Engine
 from msa.engine.generation import Sampler
-from msa.memory import MemoryBank
+from msa.memory import BankError, MemoryBank
 from msa.prompt import prompt_format
 from msa.server.config import ServerConfig
 from msa.server.jobs import JobRunner, JobStore
@@ -71,7 +71,7 @@ class ServedBank:
         """The user's id of an engine (internal) id; ids the bank does not hold are shown as written."""
         try:
             return self.reader.user_id(internal)
-        except (KeyError, ValueError, TypeError):
+        except (BankError, KeyError, ValueError, TypeError):
             return internal
 
     def _answer_batch(self, texts: list[str], options: AskOptions, on_token: Callable[[int, str], None],

@@ -159,7 +159,8 @@ def _outcome(ticket: Ticket) -> Answered:
         raise ApiError(400, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
-async def _sse(reply: "_Reply", ticket: Ticket, first: str | None, deadline: float, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(reply: "_Reply", ticket: Ticket, first: str | None, deadline: float,
+               include_usage: bool) -> AsyncIterator[str]:  # fmt: skip
     stream = AnswerStream(reply.lead, reply.ends, reply.stop)
     try:
         yield _event(reply.chunk(None, role=True))

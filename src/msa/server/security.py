@@ -61,27 +61,28 @@ class BodyLimitMiddleware:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await send_error(send, err)
-        seen, started = 0, False
+        seen, answered = 0, False
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, answered
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
+                    if not answered:  # answer now: the framework would turn a failing read into a 400
+                        answered = True
+                        await send_error(send, err)
                     raise _TooLarge
             return msg
 
-        async def tracking_send(msg: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
+        async def guarded_send(msg: dict[str, Any]) -> None:
+            if not answered:
+                await send(msg)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
-            if not started:
-                await send_error(send, err)
+            pass
 
 
 class MetricsMiddleware:
