@@ -26,11 +26,18 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
     x = [e["target_tokens"] for e in bios]
     lines = [("single", "exact_match", "single-hop EM"), ("multi_interleave", "exact_match", "multi-hop EM (interleave)"),
              ("multi_no_interleave", "exact_match", "multi-hop EM (no interleave)"),
-             ("single", "router_recall", f"router recall@{result.get('router_k')} (single)")]  # fmt: skip
+             ("single", "router_recall", f"router recall@{result.get('router_k')} (single)"),
+             ("single_own", "exact_match", "single-hop EM, anyone in memory"),
+             ("multi_interleave_own", "exact_match", "multi-hop EM (interleave), anyone in memory"),
+             ("single_own", "router_recall", f"router recall@{result.get('router_k')}, anyone in memory"),
+             ("single_own", "router_top1", "router top-1, anyone in memory")]  # fmt: skip
     for section, key, label in lines:
-        y = [(e.get(section, {}).get(key) or {}).get("mean") for e in bios]
-        if any(v is not None for v in y):
-            ax1.plot(x, [math.nan if v is None else v for v in y], marker="o", label=label)
+        # "_own" questions are the shared ones where the memory is the questions' own (the smallest)
+        y = [(e.get(section, e.get(section.removesuffix("_own"), {}) if j == 0 else {}).get(key) or {}).get("mean")
+             for j, e in enumerate(bios)]  # fmt: skip
+        if sum(v is not None for v in y) > (1 if section.endswith("_own") else 0):
+            ax1.plot(x, [math.nan if v is None else v for v in y], marker="o", label=label,
+                     linestyle="--" if section.endswith("_own") else "-")  # fmt: skip
     ax1.set_xscale("log")
     if bios:
         ax1.set_xticks(x, [e["label"] for e in bios])
