@@ -229,10 +229,8 @@ def test_doc_choice_default_comes_from_the_config_and_is_checked(setup):
     assert Engine(model, tok, view).doc_choice == "generated"
     with pytest.raises(ValueError, match="doc_choice"):
         Engine(model, tok, view, doc_choice="oracle")
-    from msa.model.checkpoint import official_msa_config
-
-    legacy = {"doc_choice": "named", "top_k_docs": 4, "pooling_kernel_size": 8}
-    assert official_msa_config(legacy)[0].doc_choice == "routed"  # msa-bios-tiny saved "named"
+    assert Engine(model, tok, view, doc_choice="named").doc_choice == "routed"  # saved by msa-bios-tiny
+    MSAConfig(doc_choice="named").validate()
     cfg = MSAConfig(doc_choice="routed")
     cfg.validate()
     with pytest.raises(ValueError, match="doc_choice"):

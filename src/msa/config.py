@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DOC_CHOICES = ("generated", "routed")  # MSAConfig.doc_choice: which documents Memory Interleave reads (msa.engine.choice)
-LEGACY_DOC_CHOICES = {"named": "routed"}  # saved by msa-bios-tiny: its requests are routed as "routed" routes them
+LEGACY_DOC_CHOICES = {"named": "routed"}  # saved by msa-bios-tiny (kept as saved: it is in the model fingerprint)
 AUX_LOSS_METHODS = ("INFONCE", "INFONCE_FOCAL", "INFONCE_DECOUPLE", "INFONCE_DECOUPLE_FOCAL", "BCE")
 NO_AUX_LOSS = "NONE"  # MSAConfig.aux_loss_method of a checkpoint that names none: no extra scalar, raw-dot routing
 
@@ -43,8 +43,8 @@ class MSAConfig:
         query is the question alone). Engines and the training collator read it from the config.
     doc_choice: which documents Memory Interleave reads (msa.engine.choice): "generated" (official:
         the ids the model writes) or "routed" (ours: each request the model writes is routed on its
-        own and its best unread document is read). The Engine's default. A saved "named" reads as
-        "routed".
+        own and its best unread document is read). The Engine's default. A saved "named" (an older
+        name) is run as "routed".
     """
 
     router_layer_idx: str = "half"
@@ -74,7 +74,7 @@ class MSAConfig:
             ("head_reduce_method", ("mean", "max")),
             ("query_reduce_method", ("max", "mean", "last")),
             ("prompt_format", ("official", "question")),
-            ("doc_choice", DOC_CHOICES),
+            ("doc_choice", DOC_CHOICES + tuple(LEGACY_DOC_CHOICES)),
             ("chunk_reduce_method", ("max", "mean")),
         ):
             if getattr(self, name) not in allowed:

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from msa.config import LEGACY_DOC_CHOICES
+
 REQUEST_PATTERN = re.compile(r"\[([^\[\]]+)\]")
 
 
@@ -106,6 +108,6 @@ def choice_strategy(choice: str | DocChoice) -> DocChoice:
             raise TypeError(f"doc_choice must be one of {sorted(DOC_CHOICES)} or have a choose() method")
         return choice
     try:
-        return DOC_CHOICES[choice]()
+        return DOC_CHOICES[LEGACY_DOC_CHOICES.get(choice, choice)]()
     except KeyError:
         raise ValueError(f"doc_choice must be one of {sorted(DOC_CHOICES)}, got {choice!r}") from None

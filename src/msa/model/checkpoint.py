@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from msa.config import LEGACY_DOC_CHOICES, NO_AUX_LOSS, MSAConfig, MSALossConfig, ModelConfig
+from msa.config import NO_AUX_LOSS, MSAConfig, MSALossConfig, ModelConfig
 
 if TYPE_CHECKING:
     from msa.model.modeling import MSAForCausalLM
@@ -77,8 +77,6 @@ def official_msa_config(d: dict) -> tuple[MSAConfig, MSALossConfig]:
     values: dict[str, object] = {**OFFICIAL_MISSING, "routing_cosine": None}
     for k, v in d.items():  # a stored null reads as a missing key
         values[k] = OFFICIAL_MISSING[k] if v is None and k in OFFICIAL_MISSING else v
-    if values.get("doc_choice") in LEGACY_DOC_CHOICES:  # msa-bios-tiny saved "named"
-        values["doc_choice"] = LEGACY_DOC_CHOICES[values["doc_choice"]]
     return (MSAConfig(**{k: v for k, v in values.items() if k in arch}),
             MSALossConfig(**{k: v for k, v in values.items() if k in loss}))  # fmt: skip
 
