@@ -232,9 +232,9 @@ def main() -> None:
         "warmup_fraction": args.warmup_fraction,
         "params": sum(p.numel() for p in model.parameters()),
         "eval": evaluate(model, trainer.tokenizer, args.eval_people, args.eval_questions),
-        "reading": reading(model, trainer.tokenizer, args.reading_questions, choices=(model.config.msa.doc_choice,)),
+        "reading": reading(model, trainer.tokenizer, args.reading_questions, choices=(model.config.policy.doc_choice,)),
     }  # fmt: skip
-    if model.config.msa.doc_choice != "routed":  # the protocol it was trained for, and "routed" beside it
+    if model.config.policy.doc_choice != "routed":  # the protocol it was trained for, and "routed" beside it
         result["eval_routed"] = evaluate(model, trainer.tokenizer, args.eval_people, args.eval_questions, doc_choice="routed")
     log.info("reading (gold documents only in memory): %s",
              {k: {m: round(v, 3) for m, v in r.items() if m != "examples"} for k, r in result["reading"].items()})

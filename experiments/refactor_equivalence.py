@@ -23,7 +23,7 @@ tok = load_tokenizer(shipped_models()["msa-bios-tiny"])
 world = BiosWorld(BiosConfig(num_people=1024, seed=3))
 out = []
 with tempfile.TemporaryDirectory() as tmp:
-    bank = MemoryBank.create(Path(tmp) / "bank", model, tok, prompt_format(model.config.msa.prompt_format), model_source="msa-bios-tiny")
+    bank = MemoryBank.create(Path(tmp) / "bank", model, tok, prompt_format(getattr(model.config, 'policy', model.config.msa).prompt_format), model_source="msa-bios-tiny")
     bank.add(list(world.iter_documents(0, 1024)), ids=list(range(1024)))
     eng = Engine(model, tok, bank, doc_choice="generated")
     held = list(world.iter_questions(20, "single", seed=4)) + list(world.iter_questions(20, "multi", seed=4))

@@ -51,7 +51,7 @@ never saw, where memorising names cannot help):
     the router learns in ~500 steps and reading is the slow part (not re-measured at 0.1 yet).
 """
 
-from msa.config import MSAConfig, ModelConfig
+from msa.config import EnginePolicy, MSAConfig, ModelConfig
 from msa.data.bios import BiosConfig
 from msa.train.config import (
     CheckpointConfig, CurriculumStage, DataConfig, LoggingConfig, ModelSpec, OptimizerConfig, ParallelConfig,
@@ -65,8 +65,8 @@ def recipe() -> TrainConfig:
         num_key_value_heads=2, head_dim=32, rope_theta=10000.0, max_position_embeddings=8192,
         msa=MSAConfig(router_layer_idx="1", top_k_docs=16, pooling_kernel_size=8, query_reduce_method="mean",
                       template_len=4,  # our BPE splits "<|im_start|>user\n" into 4 tokens
-                      chunk_reduce_method="mean", routing_cosine=True, prompt_format="question",
-                      doc_choice="routed"),  # trained as "named", the name routing "routed" now is
+                      chunk_reduce_method="mean", routing_cosine=True),
+        policy=EnginePolicy(prompt_format="question", doc_choice="routed"),  # trained as "named": "routed" now
     )  # fmt: skip
     return TrainConfig(
         model=ModelSpec(config=model, seed=0, router_init="mirror"),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from msa import MSAConfig, MSAForCausalLM, ModelConfig
+from msa import EnginePolicy, MSAConfig, MSAForCausalLM, ModelConfig
 from msa.engine import Engine, InMemoryView
 from msa.prompt import QUERY, encode_segments, query_segments
 from msa.tokenizer import train_tokenizer
@@ -194,7 +194,7 @@ def test_the_engine_knows_no_corpus():
         mods = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in mods if m.startswith(("msa.data", "msa.eval", "msa.parallel", "difflib"))], path
-    assert MSAConfig().doc_choice == "generated"
+    assert EnginePolicy().doc_choice == "generated"
     from msa.engine import DOC_CHOICES
 
     assert set(DOC_CHOICES) == {"generated", "routed"}
@@ -230,8 +230,8 @@ def test_doc_choice_default_comes_from_the_config_and_is_checked(setup):
     with pytest.raises(ValueError, match="doc_choice"):
         Engine(model, tok, view, doc_choice="oracle")
     assert Engine(model, tok, view, doc_choice="named").doc_choice == "routed"  # saved by msa-bios-tiny
-    MSAConfig(doc_choice="named").validate()
-    cfg = MSAConfig(doc_choice="routed")
+    EnginePolicy(doc_choice="named").validate()
+    cfg = EnginePolicy(doc_choice="routed")
     cfg.validate()
     with pytest.raises(ValueError, match="doc_choice"):
-        MSAConfig(doc_choice="best").validate()
+        EnginePolicy(doc_choice="best").validate()

@@ -8,19 +8,20 @@ import torch
 import torch.nn.functional as F
 
 from msa import MSAConfig, MSAForCausalLM, ModelConfig, PackedBatch
-from msa.config import MSALossConfig
+from msa.config import EnginePolicy, MSALossConfig
 from msa.model import CheckpointError
 from msa.model.checkpoint import official_msa_config
 
 V = 101
 
 
-def tiny(seed=0, dtype=torch.float32, **msa_kw):
+def tiny(seed=0, dtype=torch.float32, prompt_format="official", **msa_kw):
     kw = dict(top_k_docs=2, pooling_kernel_size=4)
     kw.update(msa_kw)
     cfg = ModelConfig(
         vocab_size=V, hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, head_dim=12, rope_theta=10000.0, msa=MSAConfig(**kw),
+        policy=EnginePolicy(prompt_format=prompt_format),
     )  # fmt: skip
     return MSAForCausalLM(cfg).init_weights(seed).to(dtype).eval()
 
@@ -368,7 +369,7 @@ def test_prompt_format_is_saved_and_picked_by_the_engine(tmp_path):
     model = tiny(prompt_format="question")
     model.save_pretrained(tmp_path)
     loaded = MSAForCausalLM.from_pretrained(tmp_path)
-    assert loaded.config.msa.prompt_format == "question"
+    assert loaded.config.policy.prompt_format == "question"
     class Tok:  # the engine only asks for its stop tokens at construction
         def encode(self, text, add_special_tokens=False):
             return [1]
@@ -380,4 +381,4 @@ def test_prompt_format_is_saved_and_picked_by_the_engine(tmp_path):
     assert Engine(tiny(), Tok(), object()).prompt is OFFICIAL
     with pytest.raises(ValueError, match="prompt_format"):
         tiny(prompt_format="chatml")
-    assert MSAConfig().prompt_format == "official" and OFFICIAL.question_head.startswith("\nPlease answer")
+    assert EnginePolicy().prompt_format == "official" and OFFICIAL.question_head.startswith("\nPlease answer")

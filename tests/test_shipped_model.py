@@ -13,7 +13,7 @@ def test_msa_bios_tiny_answers_single_and_two_hop_questions_from_memory():
     assert sum(f.stat().st_size for f in path.glob("*.safetensors")) < 30 * 2**20
     model = MSAForCausalLM.from_pretrained("msa-bios-tiny").eval()
     tok = load_tokenizer(path)
-    assert model.config.msa.doc_choice == "named"  # as saved (the fingerprint of its banks)
+    assert model.config.policy.doc_choice == "named"  # as saved (the fingerprint of its banks)
     assert Engine(model, tok, InMemoryView(model, tok, ["x."])).doc_choice == "routed"  # the name routing it runs
     world = BiosWorld(BiosConfig(num_people=256, seed=7))  # never trained on (training world: seed 0)
     view = InMemoryView(model, tok, list(world.iter_documents(0, 256)))

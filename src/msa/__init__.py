@@ -1,6 +1,6 @@
 """msa: Memory Sparse Attention — a trainable, persistent memory of 100M+ tokens for decoder LLMs."""
 
-from msa.config import MSAConfig, ModelConfig
+from msa.config import EnginePolicy, MSAConfig, MSALossConfig, ModelConfig
 from msa.engine import Answer, Engine
 from msa.memory import AddReport, BankError, DeleteReport, MemoryBank
 from msa.model import CompressedMemory, MSAForCausalLM, PackedBatch, PrefixCache

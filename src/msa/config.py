@@ -38,13 +38,7 @@ class MSAConfig:
     routing_cosine: cosine routing scores (True) or raw dot / sqrt(D) (False) in training AND inference;
         None = what the official code does for ``aux_loss_method`` (training cosine for INFONCE*,
         inference cosine only for exactly "INFONCE"), needed to reproduce MSA-4B numbers.
-    prompt_format: the prompt layout the model was trained with (msa.prompt.PROMPT_FORMATS): "official"
-        (the release's, the default and what official checkpoints get) or "question" (ours: the routing
-        query is the question alone). Engines and the training collator read it from the config.
-    doc_choice: which documents Memory Interleave reads (msa.engine.choice): "generated" (official:
-        the ids the model writes) or "routed" (ours: each request the model writes is routed on its
-        own and its best unread document is read). The Engine's default. A saved "named" (an older
-        name) is run as "routed".
+    The protocol the engine drives the model with is ``EnginePolicy``.
     """
 
     router_layer_idx: str = "half"
@@ -60,8 +54,6 @@ class MSAConfig:
     template_len: int = 3
     query_position_offset: int | None = None
     routing_cosine: bool | None = True
-    prompt_format: str = "official"
-    doc_choice: str = "generated"
 
     def validate(self, num_layers: int | None = None) -> None:
         """Raise ValueError on values the model cannot run with."""
@@ -73,8 +65,6 @@ class MSAConfig:
             ("aux_loss_method", (*AUX_LOSS_METHODS, NO_AUX_LOSS)),
             ("head_reduce_method", ("mean", "max")),
             ("query_reduce_method", ("max", "mean", "last")),
-            ("prompt_format", ("official", "question")),
-            ("doc_choice", DOC_CHOICES + tuple(LEGACY_DOC_CHOICES)),
             ("chunk_reduce_method", ("max", "mean")),
         ):
             if getattr(self, name) not in allowed:
@@ -160,6 +150,44 @@ class MSALossConfig:
 
 
 @dataclass
+class EnginePolicy:
+    """How the engine drives the model: the protocol it was trained for and the limits of an answer.
+
+    prompt_format: the prompt layout the model was trained with (msa.prompt.PROMPT_FORMATS): "official"
+        (the release's, what official checkpoints get) or "question" (ours: the routing query is the
+        question alone). The training collator uses it too.
+    doc_choice: which documents a Memory Interleave round reads (msa.engine.choice): "generated"
+        (official: the ids the model writes) or "routed" (ours: each request the model writes is routed
+        on its own and its best unread document is read). A saved "named" (an older name) runs as "routed".
+    max_rounds: retrieval rounds at most per question; max_new_tokens: generated tokens per round at most.
+
+    ``prompt_format`` and ``doc_choice`` are saved with the checkpoint, in ``msa_config`` (``STORED``),
+    where earlier versions kept them; the limits are the engine's defaults.
+    """
+
+    prompt_format: str = "official"
+    doc_choice: str = "generated"
+    max_rounds: int = 4
+    max_new_tokens: int = 256
+
+    STORED = ("prompt_format", "doc_choice")
+
+    def validate(self) -> None:
+        """Raise ValueError on values the engine cannot run with."""
+        for name, allowed in (("prompt_format", ("official", "question")),
+                              ("doc_choice", DOC_CHOICES + tuple(LEGACY_DOC_CHOICES))):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("max_rounds", "max_new_tokens"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys saved with the checkpoint."""
+        return {k: getattr(self, k) for k in self.STORED}
+
+
+@dataclass
 class ModelConfig:
     """A Qwen3-family decoder plus its MSA options; field names follow Hugging Face ``Qwen3Config``."""
 
@@ -182,6 +210,7 @@ class ModelConfig:
     msa: MSAConfig = field(default_factory=MSAConfig)
     extra: dict[str, Any] = field(default_factory=dict)
     loss: MSALossConfig = field(default_factory=MSALossConfig)
+    policy: EnginePolicy = field(default_factory=EnginePolicy)
 
     BACKBONE_KEYS = (
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -197,6 +226,7 @@ class ModelConfig:
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
         self.msa.validate(self.num_hidden_layers)
+        self.policy.validate()
 
     @property
     def router_layers(self) -> tuple[int, ...]:
@@ -210,12 +240,13 @@ class ModelConfig:
             model_type="msa",
             architectures=["MSAForCausalLM"],
             hidden_act="silu",
-            msa_config={**self.msa.to_dict(self.num_hidden_layers), **self.loss.to_dict()},
+            msa_config={**self.msa.to_dict(self.num_hidden_layers), **self.loss.to_dict(), **self.policy.to_dict()},
         )
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], msa: MSAConfig, loss: MSALossConfig | None = None) -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any], msa: MSAConfig, loss: MSALossConfig | None = None,
+                     policy: EnginePolicy | None = None) -> "ModelConfig":  # fmt: skip
         """The backbone from an HF config.json dict (Qwen3 or MSA) with the given MSA configs; a stored
         ``msa_config`` is read by ``msa.model.checkpoint.official_msa_config``, not here."""
         d = dict(d)
@@ -229,4 +260,4 @@ class ModelConfig:
         kwargs = {k: d[k] for k in cls.BACKBONE_KEYS if d.get(k) is not None}
         skip = set(cls.BACKBONE_KEYS) | {"msa_config", "model_type", "architectures", "hidden_act", "rope_parameters"}
         extra = {k: v for k, v in d.items() if k not in skip}
-        return cls(**kwargs, msa=msa, extra=extra, loss=loss or MSALossConfig())
+        return cls(**kwargs, msa=msa, extra=extra, loss=loss or MSALossConfig(), policy=policy or EnginePolicy())

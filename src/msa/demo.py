@@ -47,10 +47,10 @@ def run(cfg: DemoConfig, out=print) -> dict:
     model = MSAForCausalLM.from_pretrained(MODEL)
     tok = load_tokenizer(shipped_models()[MODEL])
     out(f"model: {MODEL} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-        f"doc_choice={model.config.msa.doc_choice!r})")  # fmt: skip
+        f"doc_choice={model.config.policy.doc_choice!r})")  # fmt: skip
     world = BiosWorld(BiosConfig(num_people=cfg.documents, seed=cfg.seed))
     with tempfile.TemporaryDirectory(prefix="msa-demo-") as tmp:
-        bank = MemoryBank.create(Path(tmp) / "bank", model, tok, prompt_format(model.config.msa.prompt_format),
+        bank = MemoryBank.create(Path(tmp) / "bank", model, tok, prompt_format(model.config.policy.prompt_format),
                                  model_source=MODEL)  # fmt: skip
         t0 = time.perf_counter()
         bank.add(list(world.iter_documents(0, cfg.documents)), ids=list(range(cfg.documents)), progress=True)

@@ -55,7 +55,7 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {"official": OFFICIAL, "question": QUE
 
 
 def prompt_format(name: str) -> PromptFormat:
-    """The PromptFormat called ``name`` (``MSAConfig.prompt_format``)."""
+    """The PromptFormat called ``name`` (``EnginePolicy.prompt_format``)."""
     try:
         return PROMPT_FORMATS[name]
     except KeyError:

@@ -74,7 +74,7 @@ def add_parser(sub) -> None:
     q.add_argument("--doc-choice", default=None, choices=DOC_CHOICES,
                    help="documents Memory Interleave reads: the ids the model writes (official), or for each "
                         "request the model writes the router's best unread document for it (routed) "
-                        "(default: the model's msa.doc_choice)")
+                        "(default: the model's policy.doc_choice)")
     q.add_argument("--max-rounds", type=int, default=4)
     q.add_argument("--max-new-tokens", type=int, default=256)
     q.add_argument("--routing", action="store_true", help="include per-layer routing in --json output")

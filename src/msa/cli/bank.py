@@ -50,7 +50,7 @@ def cmd_create(args) -> int:
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
         raise UsageError(f"{args.bank} already exists: choose a new path (or delete the old bank first)")
     model, tok = load_model(args.model, args.device)
-    fmt = prompt_format(model.config.msa.prompt_format)  # the template the model was trained with
+    fmt = prompt_format(model.config.policy.prompt_format)  # the template the model was trained with
     limits = {} if args.max_doc_tokens is None else {"max_doc_tokens": args.max_doc_tokens}
     MemoryBank.create(args.bank, model, tok, fmt, model_source=model_source(args.model), **limits).close()
     print(f"created {args.bank} (model {model_source(args.model)})")

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
+from msa.config import EnginePolicy
 from msa.engine.answer import Answer, RoundInfo
 from msa.engine.choice import ChoiceContext, DocChoice, choice_strategy, requested_ids, requests_in
 from msa.engine.generation import DecodeState, Sampler, Timer, decode_step, left_pad, pick_tokens
@@ -102,20 +103,25 @@ class Engine:
         tokenizer: a HF fast tokenizer with the template's special tokens.
         bank: a MemoryBank or any MemoryView (``InMemoryView``; Memory Parallel's sharded view, see
             ``msa.parallel.distributed_engine``).
-        prompt: the prompt layout; default: the one the model was trained with (``msa.prompt_format``).
+        policy: the protocol and the limits of an answer (``msa.EnginePolicy``); default: the model's
+            own (``model.config.policy``: what it was trained for).
+        prompt: the prompt layout; default: the policy's ``prompt_format``.
         doc_choice: which documents a round reads: "generated" (official: the ids the model writes),
             "routed" (each request the model writes routed on its own, its best unread document), or a
-            strategy object (``msa.engine.choice.DocChoice``); default ``msa.doc_choice``.
+            strategy object (``msa.engine.choice.DocChoice``); default: the policy's ``doc_choice``.
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank: MemoryView, device: str | torch.device | None = None,
-                 prompt: PromptFormat | None = None, doc_choice: str | DocChoice | None = None):  # fmt: skip
+                 prompt: PromptFormat | None = None, doc_choice: str | DocChoice | None = None,
+                 policy: EnginePolicy | None = None):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.bank = bank
-        self.prompt = prompt = prompt if prompt is not None else prompt_format(model.config.msa.prompt_format)
-        self.choice = choice_strategy(doc_choice if doc_choice is not None else model.config.msa.doc_choice)
+        self.policy = policy = policy if policy is not None else model.config.policy
+        policy.validate()
+        self.prompt = prompt = prompt if prompt is not None else prompt_format(policy.prompt_format)
+        self.choice = choice_strategy(doc_choice if doc_choice is not None else policy.doc_choice)
         self.stops = StopRules.compile(tokenizer, prompt, getattr(model.config, "eos_token_id", None))
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
 
@@ -129,15 +135,15 @@ class Engine:
         return self.choice.name
 
     # -- public -------------------------------------------------------------------------------------
-    def ask(self, question: str, interleave: bool = True, max_rounds: int = 4, max_new_tokens: int = 256,
+    def ask(self, question: str, interleave: bool = True, max_rounds: int | None = None, max_new_tokens: int | None = None,
             return_routing: bool = False, *, on_token: OnToken | None = None, top_k: int | None = None,
             sampler: Sampler | None = None) -> Answer:  # fmt: skip
         """Answer one question (see ``ask_batch``)."""
         return self.ask_batch([question], interleave, max_rounds, max_new_tokens, return_routing, on_token=on_token,
                               top_k=top_k, samplers=[sampler])[0]  # fmt: skip
 
-    def ask_batch(self, questions: list[str], interleave: bool = True, max_rounds: int = 4,
-                  max_new_tokens: int = 256, return_routing: bool = False, *, on_token: OnToken | None = None,
+    def ask_batch(self, questions: list[str], interleave: bool = True, max_rounds: int | None = None,
+                  max_new_tokens: int | None = None, return_routing: bool = False, *, on_token: OnToken | None = None,
                   top_k: int | None = None, samplers: list[Sampler | None] | None = None) -> list[Answer]:  # fmt: skip
         """Answer a batch of questions against one snapshot of the memory; rounds are batched across
         the questions still retrieving.
@@ -145,8 +151,9 @@ class Engine:
         Args:
             interleave: Memory Interleave (read the chosen documents' text, route again); False = one
                 round, the model answers straight after its requests.
-            max_rounds: retrieval rounds at most; then the engine ends retrieval itself.
-            max_new_tokens: generated tokens per round at most.
+            max_rounds: retrieval rounds at most; then the engine ends retrieval itself (default: the
+                policy's).
+            max_new_tokens: generated tokens per round at most (default: the policy's).
             return_routing: fill ``RoundInfo.routing`` (router layer -> selected (id, score)).
             on_token: called as ``on_token(i, text)`` with the text of every token generated for
                 question ``i`` (streaming; special tokens kept, retrieval rounds included); the
@@ -159,6 +166,8 @@ class Engine:
         for q in questions:
             if not isinstance(q, str) or not q.strip():
                 raise ValueError("a question must be a non-empty string")
+        max_rounds = self.policy.max_rounds if max_rounds is None else max_rounds
+        max_new_tokens = self.policy.max_new_tokens if max_new_tokens is None else max_new_tokens
         if max_rounds < 1:
             raise ValueError("max_rounds must be >= 1")
         if samplers is not None and len(samplers) != len(questions):

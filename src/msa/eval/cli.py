@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ruler-doc-tokens", type=int, default=512)
     s.add_argument("--no-records", action="store_true", help="do not write per-question records")
     s.add_argument("--doc-choice", default=None, choices=DOC_CHOICES,
-                   help="documents Memory Interleave reads (default: the model's msa.doc_choice)")
+                   help="documents Memory Interleave reads (default: the model's policy.doc_choice)")
     s.add_argument("--wordings", default="", help="held-out wordings asked too, e.g. paraphrase,polite,lowercase")
     s.add_argument("--wording-sizes", type=_sizes, default=(), help="sizes the wordings are asked at (default all)")
     s.add_argument("--no-own-questions", action="store_true",

@@ -142,7 +142,7 @@ class ScalingConfig:
     own_questions: bool = True  # also questions drawn uniformly from each memory's own people (sections *_own)
     wordings: tuple[str, ...] = ()  # held-out wordings (msa.data.bios_text.WORDINGS) asked on the own questions
     wording_sizes: tuple[int, ...] = ()  # sizes the wordings are asked at (empty: every size)
-    doc_choice: str | None = None  # Engine(doc_choice=...); None: the model's msa.doc_choice
+    doc_choice: str | None = None  # Engine(doc_choice=...); None: the model's policy.doc_choice
 
 
 # -- memories -------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from msa.config import NO_AUX_LOSS, MSAConfig, MSALossConfig, ModelConfig
+from msa.config import NO_AUX_LOSS, EnginePolicy, MSAConfig, MSALossConfig, ModelConfig
 
 if TYPE_CHECKING:
     from msa.model.modeling import MSAForCausalLM
@@ -60,7 +60,7 @@ def official_msa_config(d: dict) -> tuple[MSAConfig, MSALossConfig]:
     """
     arch = {f.name for f in dataclasses.fields(MSAConfig)}
     loss = {f.name for f in dataclasses.fields(MSALossConfig)}
-    unknown = sorted(set(d) - arch - loss)
+    unknown = sorted(set(d) - arch - loss - set(EnginePolicy.STORED))
     if unknown:
         logger.info("msa_config: ignoring keys %s (not used by this implementation)", unknown)
     lacking = [k for k in OFFICIAL_REQUIRED if d.get(k) is None]
@@ -81,13 +81,18 @@ def official_msa_config(d: dict) -> tuple[MSAConfig, MSALossConfig]:
             MSALossConfig(**{k: v for k, v in values.items() if k in loss}))  # fmt: skip
 
 
+def stored_policy(d: dict) -> EnginePolicy:
+    """The ``EnginePolicy`` keys of a stored ``msa_config`` (defaults where absent: official checkpoints)."""
+    return EnginePolicy(**{k: d[k] for k in EnginePolicy.STORED if d.get(k) is not None})
+
+
 def config_from_hf_dict(raw: dict) -> ModelConfig:
     """The ModelConfig of an MSA ``config.json`` dict: the backbone and its ``msa_config`` read with the
     official semantics (``official_msa_config``). The one reader of an MSA model's config."""
     if "msa_config" not in raw:
         raise CheckpointError("config.json has no msa_config: not an MSA model")
     msa, loss = official_msa_config(raw["msa_config"] or {})
-    return ModelConfig.from_hf_dict(raw, msa, loss)
+    return ModelConfig.from_hf_dict(raw, msa, loss, stored_policy(raw["msa_config"] or {}))
 
 
 def shipped_models() -> dict[str, Path]:

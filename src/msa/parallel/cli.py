@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=256)
     ask.add_argument("--no-interleave", action="store_true")
     ask.add_argument("--doc-choice", default=None, choices=DOC_CHOICES,
-                     help="documents Memory Interleave reads (default: the model's msa.doc_choice)")
+                     help="documents Memory Interleave reads (default: the model's policy.doc_choice)")
     ask.add_argument("--routing", action="store_true", help="include per-layer routing in --json output")
     ask.add_argument("--json", action="store_true")
     return ap

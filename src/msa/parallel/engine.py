@@ -20,7 +20,7 @@ def distributed_engine(model, tokenizer, bank_path: str | Path, ctx: DistContext
     Call on every rank (under torchrun) with the same model; then call ``ask``/``ask_batch`` on every
     rank with the same questions: every rank returns the same answers. ``ctx``: an existing
     ``init_distributed`` context (joined here when None, with ``timeout_s``). ``doc_choice``: see
-    ``Engine`` (default: the model's ``msa.doc_choice``).
+    ``Engine`` (default: the model's ``policy.doc_choice``).
     """
     ctx = ctx or init_distributed(timeout_s=timeout_s)
     device = torch.device(device) if device is not None else ctx.device

@@ -142,7 +142,7 @@ class Registry:
             if name in self.banks:
                 raise FileExistsError(f"bank {name!r} exists")
             path = self.config.bank_dir / name
-            fmt = prompt_format(self.model.config.msa.prompt_format)
+            fmt = prompt_format(self.model.config.policy.prompt_format)
             MemoryBank.create(path, self.model, self.tokenizer, fmt, model_source=self.config.model).close()
             return self._serve(name, path)
 

@@ -84,5 +84,5 @@ def build_collator(cfg: TrainConfig, tokenizer, model: MSAForCausalLM) -> Collat
     pad = getattr(tokenizer, "pad_token_id", None)
     return Collator(
         tokenizer, msa.query_offset, target_format(cfg.data.target_format), max_doc_tokens=cfg.data.max_doc_tokens,
-        fmt=prompt_format(msa.prompt_format), pad_id=0 if pad is None else int(pad), template_len=msa.template_len,
+        fmt=prompt_format(model.config.policy.prompt_format), pad_id=0 if pad is None else int(pad), template_len=msa.template_len,
     )  # fmt: skip

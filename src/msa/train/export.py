@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from msa.config import ModelConfig
-from msa.model.checkpoint import config_from_hf_dict, official_msa_config
+from msa.config import EnginePolicy, ModelConfig
+from msa.model.checkpoint import config_from_hf_dict, official_msa_config, stored_policy
 from msa.train.checkpoint import latest_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -60,11 +60,14 @@ def _config_from_meta(step: Path) -> tuple[ModelConfig, dict[str, Any]]:
         config = config_from_hf_dict(json.loads(base.read_text(encoding="utf-8")))
     else:  # the run's ModelConfig as saved (older runs kept the loss keys inside "msa")
         raw = dict(spec["config"])
-        msa, loss = official_msa_config({**raw.pop("msa"), **(raw.pop("loss", None) or {})})
-        names = {f.name for f in dataclasses.fields(ModelConfig)} - {"msa", "loss"}
-        config = ModelConfig(**{k: v for k, v in raw.items() if k in names}, msa=msa, loss=loss)
+        stored = {**raw.pop("msa"), **(raw.pop("loss", None) or {})}  # older runs: policy keys in "msa" too
+        saved = raw.pop("policy", None)
+        policy = EnginePolicy(**saved) if saved else stored_policy(stored)
+        msa, loss = official_msa_config(stored)
+        names = {f.name for f in dataclasses.fields(ModelConfig)} - {"msa", "loss", "policy"}
+        config = ModelConfig(**{k: v for k, v in raw.items() if k in names}, msa=msa, loss=loss, policy=policy)
     if run["data"].get("target_format") == "interleave_named":  # the Trainer sets it on the model it trains
-        config.msa.doc_choice = "routed"
+        config.policy.doc_choice = "routed"
     return config, run
 
 

@@ -114,7 +114,7 @@ class Trainer:
         self._tokenizer_dir = None if tokenizer is not None else config.data.tokenizer  # copied into checkpoints
         self.model = build_model(config.model).to(self.info.device)
         if config.data.target_format == "interleave_named":  # the saved model carries the protocol it learnt
-            self.model.config.msa.doc_choice = "routed"  # its requests are routed on their own
+            self.model.config.policy.doc_choice = "routed"  # its requests are routed on their own
         vocab = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else None
         if vocab is not None and vocab > self.model.config.vocab_size:
             raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is {self.model.config.vocab_size}")
