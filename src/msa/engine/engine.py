@@ -135,9 +135,9 @@ class Engine:
         return self.choice.name
 
     # -- public -------------------------------------------------------------------------------------
-    def ask(self, question: str, interleave: bool = True, max_rounds: int | None = None, max_new_tokens: int | None = None,
-            return_routing: bool = False, *, on_token: OnToken | None = None, top_k: int | None = None,
-            sampler: Sampler | None = None) -> Answer:  # fmt: skip
+    def ask(self, question: str, interleave: bool = True, max_rounds: int | None = None,
+            max_new_tokens: int | None = None, return_routing: bool = False, *, on_token: OnToken | None = None,
+            top_k: int | None = None, sampler: Sampler | None = None) -> Answer:  # fmt: skip
         """Answer one question (see ``ask_batch``)."""
         return self.ask_batch([question], interleave, max_rounds, max_new_tokens, return_routing, on_token=on_token,
                               top_k=top_k, samplers=[sampler])[0]  # fmt: skip
