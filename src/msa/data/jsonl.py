@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Union
 
+from msa.data.official import is_memory_file, read_memory_documents
+
 PathOrFile = Union[str, "os.PathLike[str]", IO[str]]
 
 __all__ = ["PathOrFile", "read_jsonl", "write_jsonl", "open_text", "DocumentFile", "DocumentFileError", "read_documents",
@@ -172,7 +174,9 @@ def _sniff(raw: bytes):
 
 def read_documents(path: str | os.PathLike[str], stdin: IO[bytes] | None = None) -> DocumentFile:
     """Read a document file: ``.jsonl`` ({"id"?, "text"} or a string per line), ``.json`` (an array of
-    those), anything else plain UTF-8 text with blank-line-separated documents; ``"-"`` reads ``stdin``
+    those), the authors' memory files (``*.pkl``, ``mdata_*.json``: id = index in the file, through the
+    restricted reader of ``msa.data.official``), anything else plain UTF-8 text with blank-line-separated
+    documents; ``"-"`` reads ``stdin``
     (default ``sys.stdin.buffer``) and picks the format by its first character. A UTF-8 byte-order mark
     is ignored. Ids: every document has one (int or str) or none has.
 
@@ -184,14 +188,11 @@ def read_documents(path: str | os.PathLike[str], stdin: IO[bytes] | None = None)
     else:
         if not os.path.isfile(path):
             raise DocumentFileError(f"no such file: {path}")
-        with open(path, "rb") as f:
-            raw, name = f.read(), path
-    if path != "-":
-        from msa.data.official import is_memory_file, read_memory_documents
-
         if is_memory_file(path):  # the authors' mdata_*.pkl / mdata_*.json: id = index in the file
             texts, ids = read_memory_documents(path)
-            return DocumentFile(name, texts, ids)
+            return DocumentFile(path, texts, ids)
+        with open(path, "rb") as f:
+            raw, name = f.read(), path
     ext = os.path.splitext(path)[1].lower()
     reader = _sniff(raw) if path == "-" else DOCUMENT_READERS.get(ext, _read_text_documents)
     return reader(name, raw)
