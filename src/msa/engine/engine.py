@@ -189,7 +189,7 @@ class Engine:
                 break
             last = rnd == max_rounds - 1 or not interleave
             before = dict(timer.seconds)
-            self._round(active, access, slot_ids, ctx, snap, timer, max_new_tokens, last, return_routing, on_token, top_k)
+            self._round(active, access, slot_ids, ctx, timer, max_new_tokens, last, return_routing, on_token, top_k)
             spent = {k: (v - before.get(k, 0.0)) / len(active) for k, v in timer.seconds.items()
                      if v > before.get(k, 0.0)}  # fmt: skip
             for s in active:
@@ -199,7 +199,7 @@ class Engine:
         return [self._answer(s, timer, len(samples)) for s in samples]
 
     # -- one round ------------------------------------------------------------------------------------
-    def _round(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, snap, timer: Timer,
+    def _round(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, timer: Timer,
                max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None,
                top_k: int | None) -> None:  # fmt: skip
         t0 = time.perf_counter()
@@ -248,9 +248,9 @@ class Engine:
             nxt = decode_step(self.model, out.cache, states, samplers)
         timer.add("decode", t0, self.device)
         self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
-                          ctx, snap, timer)  # fmt: skip
+                          ctx, timer)  # fmt: skip
 
-    def _read_chosen(self, retrieving: list[tuple[_Sample, DecodeState, list[int]]], ctx: ChoiceContext, snap,
+    def _read_chosen(self, retrieving: list[tuple[_Sample, DecodeState, list[int]]], ctx: ChoiceContext,
                      timer: Timer) -> None:  # fmt: skip
         """After a round: the strategy's documents are appended (routing query of the next round), or,
         with nothing new to read, retrieval ends and the question block follows."""
@@ -269,7 +269,7 @@ class Engine:
             s.ids = s.ids + st.generated
             s.doc_ids = self._restore_question_routing(s) + [RESPONSE] * len(st.generated)
             if new:
-                add = self._tok(self.prompt.retrieved_text([(d, snap.text(d) or "") for d in new]))
+                add = self._tok(self.prompt.retrieved_text([(d, ctx.text(d) or "") for d in new]))
                 s.ids += add
                 s.doc_ids += [QUERY] * len(add)
             else:  # nothing new to read: end retrieval now and answer in the next round
