@@ -198,6 +198,9 @@ def test_the_engine_knows_no_corpus():
     from msa.engine import DOC_CHOICES
 
     assert set(DOC_CHOICES) == {"generated", "routed"}
+    from msa.config import DOC_CHOICES as VALID  # what configs accept (config sits below the engine)
+
+    assert set(VALID) == set(DOC_CHOICES)
 
 
 def test_stop_rules_are_token_ids_compiled_once(setup):
