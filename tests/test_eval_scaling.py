@@ -9,6 +9,7 @@ from msa.eval.scaling import (
     SCHEMA,
     ScalingConfig,
     format_size,
+    held_out_questions,
     parse_size,
     people_for_sizes,
     router_recall,
@@ -129,6 +130,12 @@ def test_baselines_runner(bios_model, tmp_path):
         assert entry["full_context"]["single"]["n"] == 2
     recs = [json.loads(x) for x in out.with_suffix(".records.jsonl").read_text().splitlines()]
     assert all(r["prompt_tokens"] > 0 for r in recs)
+    # the larger memory is also asked its own questions: the scaling run's *_own questions
+    small, big = res["sizes"]
+    assert "single_own" not in small["rag"]["k1"] and big["rag"]["k1"]["single_own"]["n"] == 2
+    own = held_out_questions(cfg.world_seed, big["num_people"], 2, 1, cfg.question_seed)["single"]
+    asked = [r["question"] for r in recs if r["section"] == "rag/k1/single_own"]
+    assert asked == [q.text for q in own]
 
 
 @pytest.mark.parametrize("choice", ["generated", "routed"])

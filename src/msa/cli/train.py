@@ -101,6 +101,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_checkpoint(args) -> int:
+    from msa.train.portable import pack_checkpoint, unpack_checkpoint
+
+    if args.action == "pack":
+        if not args.part_mb > 0:
+            raise UsageError(f"--part-mb must be > 0, got {args.part_mb}")
+        m = pack_checkpoint(args.checkpoint, args.out, part_bytes=int(args.part_mb * (1 << 20)))
+        size = sum(p["bytes"] for p in m["model"] + m["optim"])
+        print(f"packed step {m['step']} into {args.out}: {len(m['model']) + len(m['optim'])} parts, {size / 1e6:.1f} MB")
+    else:
+        print(f"unpacked into {unpack_checkpoint(args.packed, args.out)}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     t = sub.add_parser("train", help="run a training recipe: msa train RECIPE [key=value ...]", add_help=False,
                        description="Train with a recipe. Progress and loss are logged as it runs; every checkpoint "
@@ -118,6 +132,21 @@ def add_parsers(sub) -> None:
     e.add_argument("out", metavar="OUT_DIR")
     e.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the step's, else the run's)")
     e.set_defaults(fn=cmd_export)
+
+    ck = sub.add_parser("checkpoint", help="pack a training checkpoint to travel, or unpack one to resume",
+                        description="pack: a training checkpoint (step_N/ or a checkpoint directory: its newest "
+                                    "step) into a directory of parts of at most --part-mb MiB, weights exact, Adam "
+                                    "moments compacted (msa.train.portable). unpack: a packed checkpoint into a "
+                                    "checkpoint directory that `msa train ... checkpoint.dir=DIR` resumes from.")  # fmt: skip
+    ck_sub = ck.add_subparsers(dest="action", required=True)
+    pk = ck_sub.add_parser("pack", help="CHECKPOINT_DIR -> PACKED_DIR")
+    pk.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    pk.add_argument("out", metavar="PACKED_DIR")
+    pk.add_argument("--part-mb", type=float, default=15.0, help="largest part in MiB (default 15)")
+    un = ck_sub.add_parser("unpack", help="PACKED_DIR -> CHECKPOINT_DIR")
+    un.add_argument("packed", metavar="PACKED_DIR")
+    un.add_argument("out", metavar="CHECKPOINT_DIR")
+    ck.set_defaults(fn=cmd_checkpoint)
 
     dm = sub.add_parser("demo", help="the end-to-end demo (`make demo`)")
     dm.add_argument("--documents", type=int, default=4096, help="people in the memory (~90 tokens each)")

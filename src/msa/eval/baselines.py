@@ -1,7 +1,10 @@
 """Baseline runs on the scaling run's questions and memories: dense RAG at top-1/5/10 and full context.
 
 Same bios world, same memory sizes (first N people), same held-out questions as
-:func:`msa.eval.scaling.run_scaling`; the reader is the same model (see :mod:`msa.eval.rag`).
+:func:`msa.eval.scaling.run_scaling` (the shared ``single``/``multi`` questions at every size and, with
+``own_questions``, ``single_own``/``multi_own`` about people drawn uniformly from each memory, the
+questions of the scaling run's ``*_own`` sections); the reader is the same model, in the model's own
+prompt layout unless ``prompt`` names another (see :mod:`msa.eval.rag`).
 
 * ``rag.k{K}``: the K documents of the memory with the highest cosine to the question (the embedder's
   vectors of the raw document texts), best first, read in full; ``retrieval_recall`` = recall@K of
@@ -38,7 +41,7 @@ from msa.eval.scaling import (
     question_pool,
     summarize_records,
 )
-from msa.prompt import OFFICIAL
+from msa.prompt import PromptFormat, prompt_format
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class RagConfig:
     device: str | None = None
     hashing_dim: int = 4096
     question_pool: int = DEFAULT_SIZES[0]  # tokens: as ScalingConfig.question_pool (the same questions)
+    own_questions: bool = True  # also each memory's own questions (as ScalingConfig.own_questions)
+    prompt: str | None = None  # reader prompt layout (msa.prompt.PROMPT_FORMATS); None: the model's policy
 
 
 def make_embedder(name: str, device: str | None = None, dim: int = 4096) -> Embedder:
@@ -119,12 +124,13 @@ def run_baselines(cfg: RagConfig, model=None, tokenizer=None, embedder: Embedder
     kinds = {"single": _question_dicts(qs["single"]), "multi": _question_dicts(qs["multi"])}
     world = BiosWorld(BiosConfig(num_people=0, seed=cfg.world_seed))
     index = _index(cfg, embedder, world, people[sizes[-1]][0])
-    reader = Reader(model, tokenizer, OFFICIAL, cfg.max_new_tokens, cfg.max_context_tokens, cfg.layout)
+    fmt: PromptFormat = prompt_format(cfg.prompt or model.config.policy.prompt_format)
+    reader = Reader(model, tokenizer, fmt, cfg.max_new_tokens, cfg.max_context_tokens, cfg.layout)
     doc = functools.lru_cache(maxsize=1 << 16)(world.document)
 
     @functools.lru_cache(maxsize=1 << 16)
     def doc_tokens(i: int) -> int:
-        return len(tokenizer.encode(OFFICIAL.format_document(i, doc(i)), add_special_tokens=False))
+        return len(tokenizer.encode(fmt.format_document(i, doc(i)), add_special_tokens=False))
 
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -140,7 +146,11 @@ def run_baselines(cfg: RagConfig, model=None, tokenizer=None, embedder: Embedder
         n, tokens = people[size]
         entry: dict[str, Any] = {"target_tokens": size, "label": format_size(size), "num_people": n,
                                  "memory_tokens": tokens, "rag": {}, "full_context": {}}  # fmt: skip
-        for kind, questions in kinds.items():
+        asked = dict(kinds)
+        if cfg.own_questions and n != n0:
+            own = held_out_questions(cfg.world_seed, n, cfg.num_single, cfg.num_multi, cfg.question_seed)
+            asked |= {"single_own": _question_dicts(own["single"]), "multi_own": _question_dicts(own["multi"])}
+        for kind, questions in asked.items():
             if not questions:
                 continue
             q_emb = embedder.embed([q["question"] for q in questions])

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from msa.config import DOC_CHOICES
 from msa.data.ruler import TASKS
+from msa.prompt import PROMPT_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--layout", choices=("context", "transcript"), default="context")
     r.add_argument("--max-context-tokens", type=int, default=None)
     r.add_argument("--full-context-tokens", type=int, default=8192, help="0 skips the full-context baseline")
+    r.add_argument("--prompt", default=None, choices=sorted(PROMPT_FORMATS),
+                   help="reader prompt layout (default: the model's policy.prompt_format)")
+    r.add_argument("--no-own-questions", action="store_true",
+                   help="only the shared questions (no questions drawn from each memory's own people)")
 
     j = sub.add_parser("judge", help="grade records (question, answers, prediction) with an LLM judge")
     j.add_argument("--records", required=True, help="*.records.jsonl written by scaling or rag")
@@ -186,6 +191,7 @@ def bench_main(argv: list[str] | None = None) -> int:
             ks=tuple(int(k) for k in args.ks.split(",")), embedder=args.embedder, layout=args.layout,
             max_new_tokens=args.max_new_tokens, max_context_tokens=args.max_context_tokens,
             full_context_tokens=args.full_context_tokens, batch_size=args.batch_size or 8, device=args.device,
+            prompt=args.prompt, own_questions=not args.no_own_questions,
         )  # fmt: skip
         run_baselines(cfg)
         print(f"wrote {cfg.out}")
