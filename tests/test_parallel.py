@@ -1,4 +1,4 @@
-"""Memory Parallel over 2 and 3 CPU processes (gloo): equal to one process, failures named by rank.
+"""Memory Parallel over 2, 3 and 4 CPU processes (gloo): equal to one process, failures named by rank.
 
 Each ``_launch`` starts W spawned processes once and runs several checks in them (process start is
 the expensive part); workers write their results to files the test compares with the single-process
@@ -89,6 +89,8 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
                         gid = torch.where(r.docs >= 0, ids[r.docs.clamp(min=0)], -1)
                         res[layer] = (gid, r.scores, k, v, valid)
                     results[name] = res
+            elif kind == "exchange":  # the hot path: two tensor all-gathers per router layer, nothing else
+                results[name] = exchange_only(ctx, model, tok, arg)
             elif kind == "engine":
                 engine = distributed_engine(model, tok, arg, ctx=ctx)
                 answers = engine.ask_batch(QUESTIONS, max_rounds=2, max_new_tokens=12, return_routing=True)
@@ -126,6 +128,45 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
                 os._exit(0)  # the group is broken: skip the collective teardown
         torch.save(results, Path(out) / f"rank{rank}.pt")
     ctx.close()
+
+
+def exchange_only(ctx, model, tok, bank_path: str) -> dict:
+    """Route and fetch every router layer with every other collective made to raise; returns the
+    per-layer results (as the "route" task) and the number of all-gathers."""
+    import torch.distributed as dist
+
+    from msa.parallel import DistributedBankView
+    from msa.parallel import access as access_mod
+
+    forbidden = ("all_gather_object", "broadcast_object_list", "broadcast", "barrier", "all_gather", "all_reduce")
+    with DistributedBankView(bank_path, ctx, model, tok) as view:
+        acc = view.snapshot()
+        saved, calls = {n: getattr(dist, n) for n in forbidden}, [0]
+        inner = access_mod._all_gather
+
+        def counted(*a, **kw):
+            calls[0] += 1
+            return inner(*a, **kw)
+
+        def refuse(*a, **kw):
+            raise AssertionError("a collective other than the all-gathers on the hot path")
+
+        res: dict = {}
+        try:
+            for n in forbidden:
+                setattr(dist, n, refuse)
+            access_mod._all_gather = counted
+            q, mask = route_queries(model.config)
+            for layer in model.router_layers:
+                r = acc.route(layer, q, mask, 3)
+                k, v, valid = acc.fetch(layer, r.docs)
+                gid = torch.where(r.docs >= 0, acc.slot_ids[r.docs.clamp(min=0)], -1)
+                res[layer] = (gid, r.scores, k, v, valid)
+        finally:
+            for n, f in saved.items():
+                setattr(dist, n, f)
+            access_mod._all_gather = inner
+    return {"layers": res, "all_gathers": calls[0]}
 
 
 def _launch(world: int, tasks: list, out: Path, deadline_s: float = 150.0, expect_dead: tuple = ()) -> list[dict]:
@@ -193,6 +234,23 @@ def test_assignment_and_merge():
     assert split_groups([10], 3) == [(0, 1), (1, 1), (1, 1)]
 
 
+def test_fetch_plan_rows_follow_owner_blocks():
+    """Slots 0..4 with chunks 2,1,3,1,2 on ranks 1,0,1,2,0: each rank's block holds its selected
+    documents in slot order; rows come back in the requested order, duplicates and -1 included."""
+    from msa.parallel import ShardLayout
+    from msa.parallel.access import FetchPlan
+
+    lay = ShardLayout.build(torch.arange(5), torch.tensor([1, 0, 1, 2, 0]), torch.tensor([2, 1, 3, 1, 2]), 3)
+    plan = FetchPlan.build(lay, torch.tensor([[2, 0, -1], [4, 2, 1]]))
+    # rank 0 sends slots 1, 4 (3 chunks), rank 1 slots 0, 2 (5 chunks), rank 2 nothing: blocks of 5
+    assert plan.block == 5 and plan.sel.tolist() == [0, 1, 2, 4]
+    # gathered rows: slot 1 -> 0, slot 4 -> 1..2, slot 0 -> 5..6, slot 2 -> 7..9
+    assert plan.index.tolist() == [[7, 8, 9, 5, 6, 0], [1, 2, 7, 8, 9, 0]]
+    assert plan.valid.tolist() == [[True] * 5 + [False], [True] * 6]
+    empty = FetchPlan.build(lay, torch.full((2, 3), -1))
+    assert empty.block == 0 and empty.index.shape == (2, 0)
+
+
 def test_three_ranks_empty_and_single_document_shard(banks, tmp_path):
     """W=3 over segments A, B: rank 1 holds one document, rank 2 nothing. Also parallel encode, a
     missing shard file, and a rank killed mid-ask."""
@@ -243,6 +301,19 @@ def test_two_ranks_several_segments_per_shard(banks, tmp_path):
     check_equal(res[1]["route"], ref_routing, res[1]["engine"], ref_answers)
     kill = res[1]["kill"]
     assert kill["error"] == "RankFailureError" and kill["ranks"] == [0] and kill["seconds"] < 30, kill
+
+
+def test_four_ranks_exchange_is_two_all_gathers_per_layer(banks, tmp_path):
+    """W=4 over A, B, C (rank 3 holds nothing): equal to one process, and per router layer the
+    exchange is exactly one all-gather of candidates and one of chunk blocks (no object collective)."""
+    root, model, tok = banks
+    ref_routing, ref_answers = reference(root / "abc", model, tok)
+    res = _launch(4, [("exchange", "exchange", str(root / "abc")), ("engine", "engine", str(root / "abc"))],
+                  tmp_path / "out")  # fmt: skip
+    for r in range(4):
+        assert "error" not in res[r]["exchange"], res[r]["exchange"]
+        check_equal(res[r]["exchange"]["layers"], ref_routing, res[r]["engine"], ref_answers)
+        assert res[r]["exchange"]["all_gathers"] == 2 * len(model.router_layers)
 
 
 def test_missing_file_error_names_file():
