@@ -332,14 +332,23 @@ def test_hung_rank_is_named(banks, tmp_path):
 
 
 def test_bench_quick_under_torchrun(tmp_path):
+    """bench/parallel.py at W=1 (plain python) and W=2 (torchrun): the random bank is the same at
+    both world sizes, so the W=2 selection equals the W=1 baseline slot for slot."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(root / "bench" / "parallel.py"), "--quick", "--out", str(tmp_path)]  # fmt: skip
+    bench = [str(root / "bench" / "parallel.py"), "--quick", "--out", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    single = subprocess.run([sys.executable, *bench], capture_output=True, text=True, timeout=120, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    base = tmp_path / "parallel_cpu_w1_20K_quick.json"
+    assert json.loads(base.read_text())["single_process_ttft_ms"] > 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), *bench, "--baseline", str(base)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads((tmp_path / "parallel_cpu_w2_quick.json").read_text())
+    res = json.loads((tmp_path / "parallel_cpu_w2_20K_quick.json").read_text())
     assert res["world"] == 2 and res["ttft_ms"] > 0 and "RANDOM-TENSOR" in out.stdout
+    assert len(res["peak_device_gb_per_rank"]) == 2 and 0 <= res["exchange_share_of_ttft"] < 1
+    assert len(res["selection"]) == res["router_layers"] and res["selection_equal_to_baseline"] is True

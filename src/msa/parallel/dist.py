@@ -161,7 +161,8 @@ class DistContext:
                 return []
             time.sleep(2.5 * self.interval_s)
             now = self._read_beats()
-            stopped = [r for r in waiting if now[r] == last[r]]
+            # a rank that closed during the sleep stopped beating on purpose
+            stopped = [r for r in waiting if now[r] == last[r] and not self.store.check([f"closed/{r}"])]
             if stopped:  # dead or stopped (SIGSTOP): nobody else will end them
                 return stopped
             last = now
