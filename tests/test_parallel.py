@@ -352,3 +352,22 @@ def test_bench_quick_under_torchrun(tmp_path):
     assert res["world"] == 2 and res["ttft_ms"] > 0 and "RANDOM-TENSOR" in out.stdout
     assert len(res["peak_device_gb_per_rank"]) == 2 and 0 <= res["exchange_share_of_ttft"] < 1
     assert len(res["selection"]) == res["router_layers"] and res["selection_equal_to_baseline"] is True
+
+
+def test_train_multi_aggregates_ranks():
+    """bench/train_multi.py: global token counts are taken once, per-rank counts summed; the slowest
+    rank sets the step time; MFU per GPU and scaling efficiency against the W=1 result."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train_multi", Path(__file__).resolve().parents[1] / "bench" / "train_multi.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    rank = {"matmul_bf16_flops": 1e15, "non_embedding_params": 1e9, "peak_memory_gb": 60.0, "lm_loss_last": 3.0}
+    one = mod.aggregate([{**rank, "tokens_per_step": 1000.0, "step_time_s": 1.0}], 1, None)
+    assert one["tokens_per_s_per_gpu"] == 1000.0 and one["mfu_per_gpu"] == 6e12 / 1e15
+    both = [{**rank, "tokens_per_step": 2000.0, "step_time_s": t} for t in (1.0, 1.25)]
+    two = mod.aggregate(both, 2, one)
+    assert two["tokens_counted"] == "global" and two["tokens_per_s"] == 1600.0
+    assert two["scaling_efficiency"] == 0.8
+    summed = mod.aggregate([{**rank, "tokens_per_step": n, "step_time_s": 1.0} for n in (900.0, 1100.0)], 2, one)
+    assert summed["tokens_counted"] == "per rank, summed" and summed["scaling_efficiency"] == 1.0
