@@ -5,8 +5,9 @@ no object collective and no side barrier (``DistContext.collective``):
 1. route: each rank scores its shard exactly (the bank's own scorer) and keeps its local top-k as
    (raw score, GLOBAL slot) float64 pairs, padded with (-inf, -1) to exactly k, so every rank
    contributes the same shape whatever its shard size (empty shards included). ONE all-gather into a
-   [W, B, k, 2] tensor; every rank then forms the same global top-k on the device with ``merge_topk``
-   (higher score first, then lower global slot: the single-process order) and applies ``coupled_scale``.
+   [W*B, k, 2] tensor on the device; every rank then forms the same global top-k with ``merge_topk``
+   on the host (higher score first, then lower global slot: the single-process order) and applies
+   ``coupled_scale``.
 2. fetch: the selection is known everywhere, and so is the owner and chunk count of every document
    (``ShardLayout``), hence every rank's number of selected chunks n_r (``FetchPlan``). Each owner
    gathers its selected chunks (unique documents, ascending slot) through its shard's tiered fetch
@@ -153,9 +154,11 @@ class DistributedAccess:
         every = torch.empty(self.ctx.world * b, k, 2, dtype=mine.dtype, device=mine.device)  # [W*B, k, 2]
         with self.ctx.collective(f"route layer {layer}"):
             _all_gather(every, mine)
-        cand = every.view(self.ctx.world, b, k, 2).transpose(0, 1).reshape(b, -1, 2)  # [B, W*k, 2]
+        # merged on the host: the selection is needed there anyway (fetch plan), and a few dozen
+        # scalars cost less there than a dozen kernel launches
+        cand = every.cpu().view(self.ctx.world, b, k, 2).transpose(0, 1).reshape(b, -1, 2)  # [B, W*k, 2]
         top_docs, top_scores = merge_topk(cand[..., 0], cand[..., 1].long(), k)
-        return Routing(top_docs.cpu(), top_scores.float().cpu() * self.coupled_scale)
+        return Routing(top_docs, top_scores.float() * self.coupled_scale)
 
     def fetch(self, layer: int, docs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """docs: [B, k] global slots (-1 = none), the same on every rank -> keys, values
@@ -180,7 +183,10 @@ class DistributedAccess:
             _all_gather(every, send)
         every = every.to(self.device)
         index = plan.index.flatten().to(self.device)
-        invalid = ~plan.valid.to(self.device)[..., None, None]
-        keys = every[:, 0].index_select(0, index).view(b, cmax, hkv, d).masked_fill_(invalid, 0)
-        values = every[:, 1].index_select(0, index).view(b, cmax, hkv, d).masked_fill_(invalid, 0)
-        return keys, values, plan.valid.to(self.device)
+        valid = plan.valid.to(self.device)
+        keys = every[:, 0].index_select(0, index).view(b, cmax, hkv, d)
+        values = every[:, 1].index_select(0, index).view(b, cmax, hkv, d)
+        if not bool(plan.valid.all()):  # rows of different lengths: zero the padding
+            keys.masked_fill_(~valid[..., None, None], 0)
+            values.masked_fill_(~valid[..., None, None], 0)
+        return keys, values, valid
