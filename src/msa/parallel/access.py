@@ -84,10 +84,10 @@ class FetchPlan:
         per_rank = torch.zeros(layout.world, dtype=torch.long).index_add_(0, owner, chunks)
         block = int(per_rank.max()) if sel.numel() else 0
         # a document's first row: its owner's block, then the owner's earlier (lower-slot) documents
-        within = torch.zeros_like(chunks)
-        for r in range(layout.world):
-            mine = owner == r
-            within[mine] = torch.cumsum(chunks[mine], 0) - chunks[mine]
+        by_owner = torch.argsort(owner, stable=True)  # stable: ascending slot within an owner
+        before = torch.cumsum(chunks[by_owner], 0) - chunks[by_owner]  # chunks of earlier owners included
+        within = torch.empty_like(chunks)
+        within[by_owner] = before - (torch.cumsum(per_rank, 0) - per_rank)[owner[by_owner]]
         first = owner * block + within
         ok = docs >= 0
         pos = torch.searchsorted(sel, docs.clamp(min=0)).clamp(max=max(sel.numel() - 1, 0))
