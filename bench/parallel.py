@@ -14,7 +14,7 @@ Measured per run (medians over --repeats, after one warm-up):
 - per router layer (instrumented passes, every stage device-synchronised): local routing (this
   rank's shard), the route exchange (candidate all-gather + merge), the local fetch (owner's chunks,
   host -> device) and the fetch exchange (block all-gather + assembly); exchange_share_of_ttft =
-  18 layers x both exchanges / TTFT (rank 0's view; the slowest rank sets the pace of a collective);
+  18 layers x both exchanges / TTFT (rank 0's stages; every rank's in ``stages_per_rank``);
 - peak device memory of every rank; the selection (global slots per layer) of the last pass.
 At W=1 the plain single-process access (no process group in the hot path) is timed as well:
 ``single_process_ttft_ms``, the baseline the issue's targets are stated against. Given --baseline
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["exchange_share_of_ttft"] = len(cfg.router_layers) * exchange / res["ttft_ms"]
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
     res["peak_device_gb_per_rank"] = ctx.all_gather_object(peak, "bench.memory")
+    res["stages_per_rank"] = ctx.all_gather_object(stages, "bench.stages")  # the slowest rank sets the pace
     res["build_s"] = build_s
     res["bank"] = ("random tensors built in place (bench/parallel_bank.py: routing keys random on the device, seeded per "
                    "segment; content one expanded random chunk), documents of 64-200 tokens; random-weight model")  # fmt: skip
