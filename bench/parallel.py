@@ -90,6 +90,22 @@ class Timed:
         return out
 
 
+def versions(device: torch.device) -> dict:
+    """torch, python, and on CUDA the CUDA, NCCL and Triton versions."""
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        out["cuda"] = torch.version.cuda
+        nccl = torch.cuda.nccl.version()  # a (major, minor, patch) tuple; an int in old releases
+        out["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
+        try:
+            import triton
+
+            out["triton"] = triton.__version__
+        except ImportError:
+            out["triton"] = None
+    return out
+
+
 def card_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
 
@@ -214,8 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     qs = questions(cfg, args, device)
     barrier = lambda: ctx.barrier("bench.start")  # noqa: E731
     res: dict = {
-        "card": card_name(device), "world": ctx.world, "backend": ctx.backend, "torch": torch.__version__,
-        "python": platform.python_version(), "quick": args.quick, "tokens": args.tokens, **bank.info,
+        "card": card_name(device), "world": ctx.world, "backend": ctx.backend, **versions(device),
+        "quick": args.quick, "tokens": args.tokens, **bank.info,
         "router_layers": len(cfg.router_layers), "batch": args.batch, "question_tokens": args.question_tokens,
         "command": "torchrun --nproc-per-node %d bench/parallel.py %s" % (ctx.world, " ".join(argv if argv is not None else sys.argv[1:])),
     }  # fmt: skip
