@@ -131,8 +131,9 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
 
 
 def exchange_only(ctx, model, tok, bank_path: str) -> dict:
-    """Route and fetch every router layer with every other collective made to raise; returns the
-    per-layer results (as the "route" task) and the number of all-gathers."""
+    """Route and fetch every router layer with the object collectives, broadcasts, barriers, list
+    all-gathers and all-reduces made to raise; returns the per-layer results (as the "route" task)
+    and the number of all-gathers."""
     import torch.distributed as dist
 
     from msa.parallel import DistributedBankView
