@@ -1,4 +1,4 @@
-"""Memory Parallel over 2 and 3 CPU processes (gloo): equal to one process, failures named by rank.
+"""Memory Parallel over 2, 3 and 4 CPU processes (gloo): equal to one process, failures named by rank.
 
 Each ``_launch`` starts W spawned processes once and runs several checks in them (process start is
 the expensive part); workers write their results to files the test compares with the single-process
@@ -89,6 +89,8 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
                         gid = torch.where(r.docs >= 0, ids[r.docs.clamp(min=0)], -1)
                         res[layer] = (gid, r.scores, k, v, valid)
                     results[name] = res
+            elif kind == "exchange":  # the hot path: two tensor all-gathers per router layer, nothing else
+                results[name] = exchange_only(ctx, model, tok, arg)
             elif kind == "engine":
                 engine = distributed_engine(model, tok, arg, ctx=ctx)
                 answers = engine.ask_batch(QUESTIONS, max_rounds=2, max_new_tokens=12, return_routing=True)
@@ -126,6 +128,46 @@ def _worker(rank: int, world: int, port: int, out: str, tasks: list, timeout_s: 
                 os._exit(0)  # the group is broken: skip the collective teardown
         torch.save(results, Path(out) / f"rank{rank}.pt")
     ctx.close()
+
+
+def exchange_only(ctx, model, tok, bank_path: str) -> dict:
+    """Route and fetch every router layer with the object collectives, broadcasts, barriers, list
+    all-gathers and all-reduces made to raise; returns the per-layer results (as the "route" task)
+    and the number of all-gathers."""
+    import torch.distributed as dist
+
+    from msa.parallel import DistributedBankView
+    from msa.parallel import access as access_mod
+
+    forbidden = ("all_gather_object", "broadcast_object_list", "broadcast", "barrier", "all_gather", "all_reduce")
+    with DistributedBankView(bank_path, ctx, model, tok) as view:
+        acc = view.snapshot()
+        saved, calls = {n: getattr(dist, n) for n in forbidden}, [0]
+        inner = access_mod._all_gather
+
+        def counted(*a, **kw):
+            calls[0] += 1
+            return inner(*a, **kw)
+
+        def refuse(*a, **kw):
+            raise AssertionError("a collective other than the all-gathers on the hot path")
+
+        res: dict = {}
+        try:
+            for n in forbidden:
+                setattr(dist, n, refuse)
+            access_mod._all_gather = counted
+            q, mask = route_queries(model.config)
+            for layer in model.router_layers:
+                r = acc.route(layer, q, mask, 3)
+                k, v, valid = acc.fetch(layer, r.docs)
+                gid = torch.where(r.docs >= 0, acc.slot_ids[r.docs.clamp(min=0)], -1)
+                res[layer] = (gid, r.scores, k, v, valid)
+        finally:
+            for n, f in saved.items():
+                setattr(dist, n, f)
+            access_mod._all_gather = inner
+    return {"layers": res, "all_gathers": calls[0]}
 
 
 def _launch(world: int, tasks: list, out: Path, deadline_s: float = 150.0, expect_dead: tuple = ()) -> list[dict]:
@@ -193,6 +235,23 @@ def test_assignment_and_merge():
     assert split_groups([10], 3) == [(0, 1), (1, 1), (1, 1)]
 
 
+def test_fetch_plan_rows_follow_owner_blocks():
+    """Slots 0..4 with chunks 2,1,3,1,2 on ranks 1,0,1,2,0: each rank's block holds its selected
+    documents in slot order; rows come back in the requested order, duplicates and -1 included."""
+    from msa.parallel import ShardLayout
+    from msa.parallel.access import FetchPlan
+
+    lay = ShardLayout.build(torch.arange(5), torch.tensor([1, 0, 1, 2, 0]), torch.tensor([2, 1, 3, 1, 2]), 3)
+    plan = FetchPlan.build(lay, torch.tensor([[2, 0, -1], [4, 2, 1]]))
+    # rank 0 sends slots 1, 4 (3 chunks), rank 1 slots 0, 2 (5 chunks), rank 2 nothing: blocks of 5
+    assert plan.block == 5 and plan.sel.tolist() == [0, 1, 2, 4]
+    # gathered rows: slot 1 -> 0, slot 4 -> 1..2, slot 0 -> 5..6, slot 2 -> 7..9
+    assert plan.index.tolist() == [[7, 8, 9, 5, 6, 0], [1, 2, 7, 8, 9, 0]]
+    assert plan.valid.tolist() == [[True] * 5 + [False], [True] * 6]
+    empty = FetchPlan.build(lay, torch.full((2, 3), -1))
+    assert empty.block == 0 and empty.index.shape == (2, 0)
+
+
 def test_three_ranks_empty_and_single_document_shard(banks, tmp_path):
     """W=3 over segments A, B: rank 1 holds one document, rank 2 nothing. Also parallel encode, a
     missing shard file, and a rank killed mid-ask."""
@@ -245,6 +304,19 @@ def test_two_ranks_several_segments_per_shard(banks, tmp_path):
     assert kill["error"] == "RankFailureError" and kill["ranks"] == [0] and kill["seconds"] < 30, kill
 
 
+def test_four_ranks_exchange_is_two_all_gathers_per_layer(banks, tmp_path):
+    """W=4 over A, B, C (rank 3 holds nothing): equal to one process, and per router layer the
+    exchange is exactly one all-gather of candidates and one of chunk blocks (no object collective)."""
+    root, model, tok = banks
+    ref_routing, ref_answers = reference(root / "abc", model, tok)
+    res = _launch(4, [("exchange", "exchange", str(root / "abc")), ("engine", "engine", str(root / "abc"))],
+                  tmp_path / "out")  # fmt: skip
+    for r in range(4):
+        assert "error" not in res[r]["exchange"], res[r]["exchange"]
+        check_equal(res[r]["exchange"]["layers"], ref_routing, res[r]["engine"], ref_answers)
+        assert res[r]["exchange"]["all_gathers"] == 2 * len(model.router_layers)
+
+
 def test_missing_file_error_names_file():
     e = ShardMissingError({1: [("/b/segments/seg-x.safetensors", "segment file is missing")]})
     assert "seg-x" in str(e) and "rank 1" in str(e) and isinstance(e, Exception)
@@ -261,14 +333,42 @@ def test_hung_rank_is_named(banks, tmp_path):
 
 
 def test_bench_quick_under_torchrun(tmp_path):
+    """bench/parallel.py at W=1 (plain python) and W=2 (torchrun): the random bank is the same at
+    both world sizes, so the W=2 selection equals the W=1 baseline slot for slot."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(root / "bench" / "parallel.py"), "--quick", "--out", str(tmp_path)]  # fmt: skip
+    bench = [str(root / "bench" / "parallel.py"), "--quick", "--out", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    single = subprocess.run([sys.executable, *bench], capture_output=True, text=True, timeout=120, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    base = tmp_path / "parallel_cpu_w1_20K_quick.json"
+    assert json.loads(base.read_text())["single_process_ttft_ms"] > 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), *bench, "--baseline", str(base)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads((tmp_path / "parallel_cpu_w2_quick.json").read_text())
+    res = json.loads((tmp_path / "parallel_cpu_w2_20K_quick.json").read_text())
     assert res["world"] == 2 and res["ttft_ms"] > 0 and "RANDOM-TENSOR" in out.stdout
+    assert len(res["peak_device_gb_per_rank"]) == 2 and 0 < res["exchange_share_of_ttft"] < 1
+    assert len(res["selection"]) == res["router_layers"] and res["selection_equal_to_baseline"] is True
+
+
+def test_train_multi_aggregates_ranks():
+    """bench/train_multi.py: global token counts are taken once, per-rank counts summed; the slowest
+    rank sets the step time; MFU per GPU and scaling efficiency against the W=1 result."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train_multi", Path(__file__).resolve().parents[1] / "bench" / "train_multi.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    rank = {"matmul_bf16_flops": 1e15, "non_embedding_params": 1e9, "peak_memory_gb": 60.0, "lm_loss_last": 3.0}
+    one = mod.aggregate([{**rank, "tokens_per_step": 1000.0, "step_time_s": 1.0}], 1, None)
+    assert one["tokens_per_s_per_gpu"] == 1000.0 and one["mfu_per_gpu"] == 6e12 / 1e15
+    both = [{**rank, "tokens_per_step": 2000.0, "step_time_s": t} for t in (1.0, 1.25)]
+    two = mod.aggregate(both, 2, one)
+    assert two["tokens_counted"] == "global" and two["tokens_per_s"] == 1600.0
+    assert two["scaling_efficiency"] == 0.8
+    summed = mod.aggregate([{**rank, "tokens_per_step": n, "step_time_s": 1.0} for n in (900.0, 1100.0)], 2, one)
+    assert summed["tokens_counted"] == "per rank, summed" and summed["scaling_efficiency"] == 1.0

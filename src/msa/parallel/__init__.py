@@ -1,9 +1,10 @@
 """Memory Parallel: a bank sharded over the ranks of a torch.distributed process group.
 
 Weights are replicated, bank segments sharded by rank (``sharding``), every rank scores its shard and
-the global top-k is formed from k candidates per rank (``access``); selected chunks are broadcast by
-their owners. ``DistributedBankView`` plugs into the unchanged ``Engine``; ``parallel_add`` encodes
-with every rank. Failures of a rank are reported by rank (``dist``).
+the global top-k is formed from k candidates per rank (one all-gather per router layer, ``access``);
+the selected chunks are sent by their owners in one more all-gather. ``DistributedBankView`` plugs
+into the unchanged ``Engine``; ``parallel_add`` encodes with every rank. Failures of a rank are
+reported by rank (``dist``).
 """
 
 from msa.parallel.access import DistributedAccess, merge_topk

@@ -6,9 +6,10 @@ when it raises (a peer's socket closed, or the process group's ``timeout`` expir
 reads every rank's heartbeat twice, ``2.5 * interval_s`` apart: a rank whose counter did not move is
 dead, a rank whose step is behind ours never reached this collective (hung). The result is a
 ``RankFailureError`` naming those ranks, on every survivor, instead of a silent hang. Under NCCL a
-collective on a dead peer may block until the watchdog, so there each phase first passes a barrier
-on a side gloo group (bounded by the same timeout). Between collectives the ``watchdog`` ends every
-rank when one stops answering.
+collective on a dead peer may block until the watchdog, so there each setup phase first passes a
+barrier on a side gloo group (bounded by the same timeout); the per-router-layer exchange
+(``DistContext.collective``) skips that barrier, a host round trip per layer, and a dead peer there
+is named by the watchdog. Between collectives the ``watchdog`` ends every rank when one stops answering.
 """
 
 from __future__ import annotations
@@ -100,10 +101,24 @@ class DistContext:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Run one collective phase; a failure of any rank becomes ``RankFailureError`` naming it."""
+        with self._named(name, barrier=self.backend != "gloo"):
+            yield
+
+    @contextmanager
+    def collective(self, name: str) -> Iterator[None]:
+        """A hot-path collective (the per-router-layer exchange): ``phase`` without the side gloo
+        barrier, which costs a host round trip. On gloo a failure is named exactly as in ``phase``;
+        under NCCL a dead peer is named by the watchdog (its heartbeat stops) within ``timeout_s``,
+        before the process group's own, longer timeout ends the job."""
+        with self._named(name, barrier=False):
+            yield
+
+    @contextmanager
+    def _named(self, name: str, barrier: bool) -> Iterator[None]:
         self._step += 1
         self.heartbeat.step = self._step
         try:
-            if self.backend != "gloo":
+            if barrier:
                 dist.barrier(group=self.cpu_group)
             yield
         except RankFailureError:
@@ -146,7 +161,8 @@ class DistContext:
                 return []
             time.sleep(2.5 * self.interval_s)
             now = self._read_beats()
-            stopped = [r for r in waiting if now[r] == last[r]]
+            # a rank that closed during the sleep stopped beating on purpose
+            stopped = [r for r in waiting if now[r] == last[r] and not self.store.check([f"closed/{r}"])]
             if stopped:  # dead or stopped (SIGSTOP): nobody else will end them
                 return stopped
             last = now
@@ -163,6 +179,15 @@ class DistContext:
         out: list[Any] = [None] * self.world
         with self.phase(name):
             dist.all_gather_object(out, obj, group=self.cpu_group)
+        return out
+
+    def all_gather_ints(self, values: list[int], name: str = "gather") -> torch.Tensor:
+        """Every rank's ``values`` (same length everywhere) as a [world, n] long CPU tensor, over the
+        gloo group: a tensor collective, no pickling."""
+        mine = torch.tensor(values, dtype=torch.long)
+        out = torch.empty(self.world, mine.numel(), dtype=torch.long)
+        with self.phase(name):
+            dist.all_gather(list(out.unbind(0)), mine, group=self.cpu_group)
         return out
 
     def broadcast_object(self, obj: Any, src: int = 0, name: str = "broadcast") -> Any:
@@ -227,7 +252,10 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0, heart
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = _connect(host, port, world, master=(rank == 0 and not agent), timeout_s=timeout_s)
     timeout = timedelta(seconds=timeout_s)
-    dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=rank, world_size=world, timeout=timeout)
+    # Under NCCL the hot-path exchange has no side barrier (``DistContext.collective``): the process
+    # group waits longer than the watchdog, so a dead peer is named before NCCL ends the job.
+    pg_timeout = timeout if backend == "gloo" else timedelta(seconds=2 * timeout_s + 10)
+    dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=rank, world_size=world, timeout=pg_timeout)
     cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     beat_store = _connect(host, port, world, master=False, timeout_s=timeout_s)
     heartbeat = _Heartbeat(beat_store, rank, heartbeat_s)

@@ -61,8 +61,8 @@ class DistributedBankView:
 
     def snapshot(self) -> DistributedAccess:
         """The sharded memory at the newest generation every rank agrees on (collective)."""
-        gens = self.ctx.all_gather_object(self.bank.generation, "view.generation")
-        if any(g != self.plan.layout.generation for g in gens):  # type: ignore[union-attr]
+        gens = self.ctx.all_gather_ints([self.bank.generation], "view.generation")  # [W, 1]
+        if bool((gens != self.plan.layout.generation).any()):  # type: ignore[union-attr]
             self._load()
         return self._access  # type: ignore[return-value]
 
