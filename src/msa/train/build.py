@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["build_tokenizer", "build_model", "build_source", "build_collator"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def build_tokenizer(data: DataConfig, info: DistInfo | None = None):

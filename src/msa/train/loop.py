@@ -31,6 +31,7 @@ from msa.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint,
 from msa.train.collator import Collator, TrainBatch
 from msa.train.config import TrainConfig
 from msa.train.data import SampleSource, TrainSample
+from msa.train.fast import apply_speed
 from msa.train.export import write_model_dir
 from msa.train.objective import LossWeights, Metrics, Objective
 from msa.train.parallelize import DistInfo, init_distributed, parallelize
@@ -119,7 +120,8 @@ class Trainer:
         if vocab is not None and vocab > self.model.config.vocab_size:
             raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is {self.model.config.vocab_size}")
         self.fsdp = self.info.distributed and config.parallel.data_parallel == "fsdp"
-        self.wrapper: nn.Module = parallelize(self.model, self.info, config.parallel.data_parallel)
+        apply_speed(self.model, config.speed)
+        self.wrapper: nn.Module = parallelize(self.model, self.info, config.parallel.data_parallel, config.speed)
         self.params = [p for p in self.wrapper.parameters() if p.requires_grad]
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(
@@ -215,7 +217,7 @@ class Trainer:
             sync = contextlib.nullcontext() if (not ddp or m == len(batches) - 1) else self.wrapper.no_sync()  # type: ignore[operator]
             with sync:
                 with self._autocast():
-                    out = self.wrapper(batch.packed, index)
+                    out = self.wrapper(batch.packed, index, targets)
                 loss, mm = self.objective(out, targets, batch, weights, lm_den, aux_den)
                 # DDP / FSDP average gradients over ranks; the loss is already a global mean.
                 (loss * self.info.world_size).backward()
