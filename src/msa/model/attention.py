@@ -148,11 +148,12 @@ class MemorySparseAttention(nn.Module):
         kr [B, C, Hkv, D] owned by kr_doc [B, C], -1 = padding), record scores and selection in ctx;
         -> [B, max_docs] bool selected documents."""
         b = qr.shape[0]
-        scores = MF.batched_doc_scores(
-            qr, q_mask, kr, kr_doc, ctx.max_docs, cosine=self.msa.train_cosine(),
-            head_reduce=self.msa.head_reduce_method, query_reduce=self.msa.query_reduce_method,
-            chunk_reduce=self.msa.chunk_reduce_method,
-        )  # fmt: skip
+        with torch.autocast(qr.device.type, enabled=False):  # scores in float32 under bf16 autocast too
+            scores = MF.batched_doc_scores(
+                qr, q_mask, kr, kr_doc, ctx.max_docs, cosine=self.msa.train_cosine(),
+                head_reduce=self.msa.head_reduce_method, query_reduce=self.msa.query_reduce_method,
+                chunk_reduce=self.msa.chunk_reduce_method,
+            )  # fmt: skip
         if self.msa.train_cosine() and not self.decoupled:
             scores = scores / math.sqrt(self.head_dim)  # the official coupled path scales cosines by 1/sqrt(D)
         top = MF.batched_select_docs(scores.detach(), ctx.top_k)

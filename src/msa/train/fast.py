@@ -75,7 +75,8 @@ def _checkpointed(fn):
 
 
 def apply_speed(model: MSAForCausalLM, speed: SpeedConfig) -> None:
-    """Activation checkpointing and per-block compilation, in place (parameter names unchanged).
+    """Activation checkpointing and per-block compilation, in place (parameter names unchanged; a
+    second call replaces the first's).
 
     "block" checkpointing recomputes each (compiled) block in the backward; "mlp" checkpoints the MLP
     inside each block (selective). With ``compile`` every block's forward is compiled (static shapes:
@@ -87,6 +88,8 @@ def apply_speed(model: MSAForCausalLM, speed: SpeedConfig) -> None:
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 64 * n)
     layer: nn.Module
     for layer in model.model.layers:
+        for module in (layer, layer.mlp):  # applying again replaces the earlier wrappers
+            module.__dict__.pop("forward", None)
         if speed.checkpoint == "mlp":
             layer.mlp.forward = _checkpointed(layer.mlp.forward)
         fwd = layer.forward

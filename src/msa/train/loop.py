@@ -125,7 +125,8 @@ class Trainer:
         self.params = [p for p in self.wrapper.parameters() if p.requires_grad]
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=lr_at(config.schedule, 0), betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay
+            self.params, lr=lr_at(config.schedule, 0), betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay,
+            fused=self.info.device.type == "cuda" and not self.fsdp or None,  # one kernel per step, not per tensor
         )
         self.objective = Objective(self.model.config, getattr(self.model, "b", None), config.aux_layers)
         self.collator: Collator = build_collator(config, self.tokenizer, self.model)
