@@ -152,8 +152,10 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Ten
             ci = torch.clamp(ki - lp, min=0, max=cp - 1)
             return torch.where((ki >= lp) & ~keep[bi, ci], -float("inf"), score)
 
-    # Inside a compiled decoder block the plain function is traced into the block's graph.
-    fn = _flex_fn("compiling" if torch.compiler.is_compiling() else q.device.type)
+    if torch.compiler.is_compiling():  # inside a compiled decoder block: traced into the block's graph
+        from torch.nn.attention.flex_attention import flex_attention as fn
+    else:
+        fn = _flex_fn(q.device.type)
     out = fn(qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2), score_mod=score_mod, block_mask=block_mask,
              enable_gqa=True)  # fmt: skip
     return out.transpose(1, 2)[:, :l]
