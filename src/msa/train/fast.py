@@ -79,22 +79,21 @@ def apply_speed(model: MSAForCausalLM, speed: SpeedConfig) -> None:
     second call replaces the first's).
 
     "block" checkpointing recomputes each (compiled) block in the backward; "mlp" checkpoints the MLP
-    inside each block (selective). With ``compile`` every block's forward is compiled (static shapes:
-    the fast path pads them); identical blocks share their compiled code."""
-    if speed.compile:
-        # every block is its own compiled frame: raise dynamo's per-code recompile limits accordingly
-        n = len(model.model.layers)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * n)
-        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 64 * n)
+    inside each block (selective). With ``compile`` the blocks without a router are compiled whole
+    (static shapes: the fast path pads them; they share one compiled graph). A router block records
+    its scores under its own layer index, which a compiled graph would specialise on (one compile per
+    layer), so there only the norms and the MLP are compiled (FlexAttention is compiled either way)."""
     layer: nn.Module
     for layer in model.model.layers:
-        for module in (layer, layer.mlp):  # applying again replaces the earlier wrappers
-            module.__dict__.pop("forward", None)
+        for module in (layer, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
+            module.__dict__.pop("forward", None)  # applying again replaces the earlier wrappers
+        whole = speed.compile and not layer.self_attn.is_router
+        if speed.compile and not whole:
+            for module in (layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
+                module.forward = torch.compile(module.forward, dynamic=False)
         if speed.checkpoint == "mlp":
             layer.mlp.forward = _checkpointed(layer.mlp.forward)
-        fwd = layer.forward
-        if speed.compile:
-            fwd = torch.compile(fwd, dynamic=False)
+        fwd = torch.compile(layer.forward, dynamic=False) if whole else layer.forward
         if speed.checkpoint == "block":
             fwd = _checkpointed(fwd)
         if fwd is not layer.forward:
