@@ -83,6 +83,9 @@ def apply_speed(model: MSAForCausalLM, speed: SpeedConfig) -> None:
     (static shapes: the fast path pads them; they share one compiled graph). A router block records
     its scores under its own layer index, which a compiled graph would specialise on (one compile per
     layer), so there only the norms and the MLP are compiled (FlexAttention is compiled either way)."""
+    if speed.compile:  # one compiled entry per (code, shapes, dtype): steps of several length buckets
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
     layer: nn.Module
     for layer in model.model.layers:
         for module in (layer, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
