@@ -44,10 +44,12 @@ class ModelSpec:
 @dataclass
 class CurriculumStage:
     """Memory size of an SFT curriculum stage: ``num_docs`` documents per sample for ``steps`` steps
-    (the last stage lasts until the end of training)."""
+    (the last stage lasts until the end of training). ``max_tokens``: tokens per packed sample, any
+    source (distractor documents are left out, last first, until a sample fits; None = no limit)."""
 
     steps: int
     num_docs: int
+    max_tokens: int | None = None
 
 
 @dataclass

@@ -35,7 +35,7 @@ from msa.train.fast import apply_speed
 from msa.train.export import write_model_dir
 from msa.train.objective import LossWeights, Metrics, Objective
 from msa.train.parallelize import DistInfo, init_distributed, parallelize
-from msa.train.schedule import lr_at, num_docs_at, phase_at, weights_at
+from msa.train.schedule import lr_at, num_docs_at, phase_at, stage_at, weights_at
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ class _StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> list[TrainBatch]:
         step = self.first_step + k
         pos = self.first_position + k * self.global_batch
-        num_docs = num_docs_at(self.curriculum, step)
+        stage = stage_at(self.curriculum, step)
         sample = self.source.sample  # type: ignore[attr-defined]
-        return [self.collator([sample(pos + o + i, num_docs) for i in range(self.mb)])
+        return [self.collator([sample(pos + o + i, stage.num_docs) for i in range(self.mb)], stage.max_tokens)
                 for o in _micro_offsets(self.mb, self.accum, self.world, self.rank)]  # fmt: skip
 
 
@@ -168,7 +168,8 @@ class Trainer:
             return self._prefetched()
         mb = d.micro_batch_size
         every = self._samples(self.state.data_position, self.global_batch, num_docs)
-        return [self.collator(every[o : o + mb]) for o in _micro_offsets(mb, d.grad_accum, w, r)]
+        max_tokens = stage_at(d.curriculum, self.state.step).max_tokens
+        return [self.collator(every[o : o + mb], max_tokens) for o in _micro_offsets(mb, d.grad_accum, w, r)]
 
     def _prefetched(self) -> list[TrainBatch]:
         """The current step's micro-batches from the worker processes (restarted if the step moved)."""
