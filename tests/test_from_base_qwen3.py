@@ -39,10 +39,9 @@ def qwen_dir(path, tied: bool):
     )  # fmt: skip
     torch.manual_seed(0)
     hf = transformers.Qwen3ForCausalLM(cfg).eval()
+    norms = [p for n, p in hf.named_parameters() if n.endswith("norm.weight")]
     with torch.no_grad():  # non-trivial norms so a dropped norm weight shows
-        for n, p in hf.named_parameters():
-            if n.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
+        torch._foreach_mul_(norms, [torch.rand_like(p) + 0.5 for p in norms])
     hf.generation_config = transformers.GenerationConfig(eos_token_id=[tok.eos_token_id], do_sample=False)
     hf.save_pretrained(path, max_shard_size="40KB")
     tok.save_pretrained(path)
