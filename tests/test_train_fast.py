@@ -113,3 +113,24 @@ def test_speed_config_errors_are_clear():
         SpeedConfig(compile=True).validate()
     with pytest.raises(ValueError, match="speed.checkpoint"):
         SpeedConfig(path="fast", checkpoint="all").validate()
+
+
+def test_fast_flex_forward_equals_reference_sdpa_on_cpu(monkeypatch):
+    """The FlexAttention path (block masks shared by the layers, a score_mod masking unselected chunk
+    slots) off CUDA: forward only (no FlexAttention backward on the CPU)."""
+    from test_train_fast_gpu import batch, model
+
+    from msa.train.fast import forward_fast
+
+    m = model(device="cpu")
+    packed, index, targets = batch(device="cpu")
+    with torch.no_grad():
+        monkeypatch.setenv("MSA_TRAIN_ATTENTION", "flex")
+        fast = forward_fast(m, packed, index, targets, SpeedConfig(path="fast", pad_multiple=16))
+        monkeypatch.setenv("MSA_TRAIN_ATTENTION", "sdpa")
+        ref = m.forward_train(packed, index)
+    torch.testing.assert_close(fast.lm_sum, F.cross_entropy(ref.logits, targets, reduction="sum"))
+    for layer, s in ref.doc_scores.items():
+        torch.testing.assert_close(fast.doc_scores[layer][:, : s.shape[1]], s)
+        assert torch.equal(fast.selected[layer].docs, ref.selected[layer].docs)
+        assert (fast.selected[layer].docs >= 0).sum() < (s > float("-inf")).sum()  # some chunks are masked

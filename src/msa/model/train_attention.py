@@ -131,6 +131,17 @@ def _block_mask(layout: TrainLayout, chunk_first: Tensor | None, static: bool, d
     return block_mask
 
 
+def _masked_slots(keep: Tensor, lp: int):
+    """A FlexAttention score_mod: -inf on chunk slots (keys >= lp) that keep [B, Cp] leaves out."""
+    cp = keep.shape[1]
+
+    def score_mod(score, bi, h, qi, ki):
+        ci = torch.clamp(ki - lp, min=0, max=cp - 1)
+        return torch.where((ki >= lp) & ~keep[bi, ci], -float("inf"), score)
+
+    return score_mod
+
+
 def _flex(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Tensor | None,
           chunk_keep: Tensor | None = None) -> Tensor:  # fmt: skip
     l = layout.doc.shape[1]
@@ -144,14 +155,7 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Ten
     kk = torch.cat([_pad_to(tok_k, 1, lp), _pad_to(chunk_k, 1, cp)], 1) if c else _pad_to(tok_k, 1, lp)
     vv = torch.cat([_pad_to(tok_v, 1, lp), _pad_to(chunk_v, 1, cp)], 1) if c else _pad_to(tok_v, 1, lp)
     qq = _pad_to(q, 1, lp)
-    score_mod = None
-    if chunk_keep is not None and c:
-        keep = _pad_to(chunk_keep, 1, cp, False)
-
-        def score_mod(score, bi, h, qi, ki):
-            ci = torch.clamp(ki - lp, min=0, max=cp - 1)
-            return torch.where((ki >= lp) & ~keep[bi, ci], -float("inf"), score)
-
+    score_mod = _masked_slots(_pad_to(chunk_keep, 1, cp, False), lp) if chunk_keep is not None and c else None
     if torch.compiler.is_compiling():  # inside a compiled decoder block: traced into the block's graph
         from torch.nn.attention.flex_attention import flex_attention as fn
     else:
