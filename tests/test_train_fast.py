@@ -134,3 +134,37 @@ def test_fast_flex_forward_equals_reference_sdpa_on_cpu(monkeypatch):
         torch.testing.assert_close(fast.doc_scores[layer][:, : s.shape[1]], s)
         assert torch.equal(fast.selected[layer].docs, ref.selected[layer].docs)
         assert (fast.selected[layer].docs >= 0).sum() < (s > float("-inf")).sum()  # some chunks are masked
+
+
+def _fsdp_worker(rank, port, tok_dir, out):
+    import os
+
+    from msa.train.parallelize import destroy_distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        cfg = config(tok_dir, SpeedConfig(path="fast", checkpoint="block", pad_multiple=8))
+        cfg.model.dtype, cfg.parallel.data_parallel, cfg.data.micro_batch_size = "float32", "fsdp", 2
+        hist = Trainer(cfg).fit()
+        if rank == 0:
+            torch.save([r["loss"] for r in hist], out)
+    finally:
+        destroy_distributed()
+
+
+def test_fast_path_under_fsdp2_on_two_processes_equals_one_process(tok_dir, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    cfg = config(tok_dir, SpeedConfig(path="fast", checkpoint="block", pad_multiple=8))
+    cfg.model.dtype, cfg.data.micro_batch_size = "float32", 4
+    want = [r["loss"] for r in Trainer(cfg).fit()]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "fsdp.pt")
+    mp.spawn(_fsdp_worker, args=(port, tok_dir, out), nprocs=2, join=True)
+    got = torch.load(out)
+    assert len(got) == 4 and all(abs(a - b) < 1e-5 for a, b in zip(got, want)), (got, want)
