@@ -2,7 +2,8 @@
 layers 18..35, top-16, P=64), random init, a few bf16 steps on bios samples: GPU throughput / MFU.
 
     msa train msa4b_shape_smoke            (one GPU; torchrun for several)
-    python bench/train.py                  (reports tokens/s and MFU)
+    msa train msa4b_shape_smoke speed.path=fast speed.compile=true speed.checkpoint=block   (the fast path)
+    python bench/train.py                  (tokens/s and MFU of this shape, reference vs fast path)
 """
 
 from msa.config import MSAConfig, ModelConfig

@@ -100,6 +100,8 @@ class MemorySparseAttention(nn.Module):
         """Packed samples: local masks everywhere; router layers add the selected documents' chunks."""
         if not self.is_router:
             return train_attention(q, k, v, ctx.layout)
+        if ctx.router is not None:
+            return self._train_static(x, q, k, v, ctx)
         b, l = x.shape[:2]
         flat = lambda t: t.flatten(0, 1).index_select(0, ctx.doc_tokens)  # noqa: E731
         kr_bar, chunk_doc = MF.chunk_mean_pool(flat(self._router_k(x, k)), ctx.doc_lengths, self.msa.chunk_size)
@@ -126,23 +128,8 @@ class MemorySparseAttention(nn.Module):
         kr[chunk_sample, c_slot] = kr_bar
         kr_doc = torch.full((b, cm), -1, dtype=torch.long, device=x.device)
         kr_doc[chunk_sample, c_slot] = local_chunk_doc
-        scores = MF.batched_doc_scores(
-            qr, q_mask, kr, kr_doc, ctx.max_docs, cosine=self.msa.train_cosine(),
-            head_reduce=self.msa.head_reduce_method, query_reduce=self.msa.query_reduce_method,
-            chunk_reduce=self.msa.chunk_reduce_method,
-        )  # fmt: skip
-        if self.msa.train_cosine() and not self.decoupled:
-            scores = scores / math.sqrt(self.head_dim)  # the official coupled path scales cosines by 1/sqrt(D)
-        top = MF.batched_select_docs(scores.detach(), ctx.top_k)
-        docs = torch.full((b, ctx.top_k), -1, dtype=torch.long, device=x.device)
-        docs[:, : top.shape[1]] = top
-        picked = torch.zeros(b, ctx.max_docs + 1, dtype=torch.bool, device=x.device)
-        picked.scatter_(1, top.masked_fill(top < 0, ctx.max_docs), True)
-        keep = picked[:, : ctx.max_docs][chunk_sample, local_chunk_doc]
-        ctx.scores[self.layer_idx] = scores
-        # Empty slots (-1) read a -inf column: also right for a batch without any memory document.
-        padded = F.pad(scores, (0, 1), value=float("-inf"))
-        ctx.selected[self.layer_idx] = Routing(docs, padded.gather(1, docs.masked_fill(docs < 0, ctx.max_docs)))
+        picked = self._route(qr, q_mask, kr, kr_doc, ctx)
+        keep = picked[chunk_sample, local_chunk_doc]
         # Gather kept chunks into per-sample slots [B, Cmax] appended after the L token keys.
         kept = keep.nonzero().squeeze(-1)
         ks = chunk_sample[kept]
@@ -155,6 +142,42 @@ class MemorySparseAttention(nn.Module):
         first = torch.full((b, cmax), l, dtype=torch.long, device=x.device)
         first[ks, slot] = chunk_first[kept]
         return train_attention(q, torch.cat([k, ck], 1), torch.cat([v, cv], 1), ctx.layout, first)
+
+    def _route(self, qr: Tensor, q_mask: Tensor, kr: Tensor, kr_doc: Tensor, ctx: TrainContext) -> Tensor:
+        """Score each sample's documents (router queries qr [B, Tq, Hq, D] over its chunks' router keys
+        kr [B, C, Hkv, D] owned by kr_doc [B, C], -1 = padding), record scores and selection in ctx;
+        -> [B, max_docs] bool selected documents."""
+        b = qr.shape[0]
+        with torch.autocast(qr.device.type, enabled=False):  # scores in float32 under bf16 autocast too
+            scores = MF.batched_doc_scores(
+                qr, q_mask, kr, kr_doc, ctx.max_docs, cosine=self.msa.train_cosine(),
+                head_reduce=self.msa.head_reduce_method, query_reduce=self.msa.query_reduce_method,
+                chunk_reduce=self.msa.chunk_reduce_method,
+            )  # fmt: skip
+        if self.msa.train_cosine() and not self.decoupled:
+            scores = scores / math.sqrt(self.head_dim)  # the official coupled path scales cosines by 1/sqrt(D)
+        top = MF.batched_select_docs(scores.detach(), ctx.top_k)
+        docs = torch.full((b, ctx.top_k), -1, dtype=torch.long, device=qr.device)
+        docs[:, : top.shape[1]] = top
+        picked = torch.zeros(b, ctx.max_docs + 1, dtype=torch.bool, device=qr.device)
+        picked.scatter_(1, top.masked_fill(top < 0, ctx.max_docs), True)
+        ctx.scores[self.layer_idx] = scores
+        # Empty slots (-1) read a -inf column: also right for a batch without any memory document.
+        padded = F.pad(scores, (0, 1), value=float("-inf"))
+        ctx.selected[self.layer_idx] = Routing(docs, padded.gather(1, docs.masked_fill(docs < 0, ctx.max_docs)))
+        return picked[:, : ctx.max_docs]
+
+    def _train_static(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: TrainContext) -> Tensor:
+        """The fast path of ``_train``: the same function over the step's static RouterLayout (every
+        chunk in a fixed slot, unselected ones masked), so no host reads and fixed shapes per step."""
+        r = ctx.router
+        assert r is not None
+        pick = lambda t: t.flatten(0, 1)[r.query_index]  # noqa: E731  [B, Tq, H, D]
+        qr = self._router_q(pick(x), pick(q))
+        kr, k_bar, v_bar = (r.pool(t) for t in (self._router_k(x, k), k, v))
+        picked = self._route(qr, r.query_valid, kr, r.slot_doc, ctx)
+        keep = picked.gather(1, r.slot_doc.clamp(min=0)) & (r.slot_doc >= 0)  # [B, Cs]
+        return train_attention(q, torch.cat([k, k_bar], 1), torch.cat([v, v_bar], 1), ctx.layout, r.slot_first, keep)
 
     def _query(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, ctx: QueryContext) -> Tensor:
         """Prefill (route + assemble [prefix | chunks | query]) or decode against the cached context."""

@@ -35,6 +35,74 @@ class PackedBatch:
         return PackedBatch(*(t.to(device) for t in (self.input_ids, self.doc_ids, self.position_ids, self.attention_mask)))
 
 
+def _pad_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple if multiple > 1 else n
+
+
+@dataclass
+class RouterLayout:
+    """Static per-step chunk layout shared by every router layer (fast training path): every chunk of
+    every document of a sample has a fixed slot, so router layers need no host reads and keep the same
+    tensor shapes; a layer's selection only masks slots (``train_attention``'s ``chunk_keep``).
+
+    token_slot: [B*L] long flat slot (into B*Cs) of every token's chunk; B*Cs for tokens outside documents.
+    slot_count: [B*Cs] float tokens of each slot (1 for empty slots).
+    slot_doc: [B, Cs] long 0-based document (within the sample) of each slot, -1 for empty slots.
+    slot_first: [B, Cs] long sequence index of each slot's first token (L for empty slots).
+    query_index: [B, Tq] long flat indices (into B*L) of each sample's routing tokens (0 = padding).
+    query_valid: [B, Tq] bool.
+    """
+
+    token_slot: Tensor
+    slot_count: Tensor
+    slot_doc: Tensor
+    slot_first: Tensor
+    query_index: Tensor
+    query_valid: Tensor
+
+    def pool(self, x: Tensor) -> Tensor:
+        """Chunk means of per-token x [B, L, H, D] -> [B, Cs, H, D] (float32 accumulation, x's dtype)."""
+        b, cs = self.slot_doc.shape
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        sums = x.new_zeros((b * cs + 1,) + tuple(x.shape[2:]), dtype=acc)
+        sums.index_add_(0, self.token_slot, x.flatten(0, 1).to(acc))
+        pooled = sums[:-1] / self.slot_count.to(acc).view(-1, *([1] * (x.dim() - 2)))
+        return pooled.to(x.dtype).view(b, cs, *x.shape[2:])
+
+    @classmethod
+    def build(cls, ctx: "TrainContext", shape: tuple[int, int], chunk_size: int, multiple: int) -> "RouterLayout":
+        """From a TrainContext's documents (one host read); slot and query counts are padded up to
+        ``multiple`` so compiled kernels are reused across steps."""
+        from msa.functional import chunk_layout
+
+        b, l = shape
+        dev = ctx.doc_tokens.device
+        token_chunk, chunk_doc = chunk_layout(ctx.doc_lengths, chunk_size)
+        chunk_sample = ctx.doc_sample[chunk_doc]
+        rows, cols = ctx.query_mask.nonzero(as_tuple=True)
+        c_counts = torch.bincount(chunk_sample, minlength=b)
+        q_counts = torch.bincount(rows, minlength=b)
+        cmax, tmax = (int(v) for v in torch.stack([c_counts.max(), q_counts.max()]).tolist()) if b else (0, 0)
+        cs, tq = _pad_up(max(cmax, 1), multiple), _pad_up(max(tmax, 1), multiple)
+        c_slot = torch.arange(len(chunk_doc), device=dev) - (torch.cumsum(c_counts, 0) - c_counts)[chunk_sample]
+        flat_slot = chunk_sample * cs + c_slot  # [C]
+        token_slot = torch.full((b * l,), b * cs, dtype=torch.long, device=dev)
+        token_slot[ctx.doc_tokens] = flat_slot[token_chunk]
+        slot_count = torch.ones(b * cs, device=dev).index_put_((flat_slot,), torch.bincount(token_chunk, minlength=len(chunk_doc)).float())
+        slot_doc = torch.full((b * cs,), -1, dtype=torch.long, device=dev)
+        slot_doc[flat_slot] = ctx.doc_local[chunk_doc]
+        first = torch.full((len(chunk_doc),), l, dtype=torch.long, device=dev)
+        first.scatter_reduce_(0, token_chunk, ctx.doc_tokens % l, reduce="amin")
+        slot_first = torch.full((b * cs,), l, dtype=torch.long, device=dev)
+        slot_first[flat_slot] = first
+        q_slot = torch.arange(len(rows), device=dev) - (torch.cumsum(q_counts, 0) - q_counts)[rows]
+        query_index = torch.zeros(b, tq, dtype=torch.long, device=dev)
+        query_index[rows, q_slot] = rows * l + cols
+        query_valid = torch.zeros(b, tq, dtype=torch.bool, device=dev)
+        query_valid[rows, q_slot] = True
+        return cls(token_slot, slot_count, slot_doc.view(b, cs), slot_first.view(b, cs), query_index, query_valid)
+
+
 @dataclass
 class TrainContext:
     """Layout of a packed batch, computed once per forward.
@@ -47,6 +115,8 @@ class TrainContext:
     stream_mask: [B, L] bool tokens that read memory (doc_ids < 1, not padding).
     scores: filled by router layers: layer -> [B, Nmax] float32 document scores (-inf: no such doc).
     selected: filled by router layers: layer -> Routing (document indices 0-based within the sample).
+    router: the static chunk layout of the fast path (``RouterLayout``), or None: router layers then
+        gather their selected chunks per layer (the reference path).
     """
 
     layout: "TrainLayout"
@@ -60,9 +130,20 @@ class TrainContext:
     max_docs: int
     scores: dict[int, Tensor] = field(default_factory=dict)
     selected: dict[int, Routing] = field(default_factory=dict)
+    router: RouterLayout | None = None
 
     @classmethod
-    def from_batch(cls, batch: PackedBatch, top_k: int) -> "TrainContext":
+    def from_batch(cls, batch: PackedBatch, top_k: int, chunk_size: int | None = None, multiple: int = 1) -> "TrainContext":
+        """The context of ``batch``; with ``chunk_size`` also the fast path's RouterLayout (slot, query
+        and document counts padded up to ``multiple``)."""
+        ctx = cls._from_batch(batch, top_k)
+        if chunk_size is not None:
+            ctx.router = RouterLayout.build(ctx, tuple(batch.input_ids.shape), chunk_size, multiple)
+            ctx.max_docs = _pad_up(max(ctx.max_docs, 1), multiple)
+        return ctx
+
+    @classmethod
+    def _from_batch(cls, batch: PackedBatch, top_k: int) -> "TrainContext":
         from msa.model.train_attention import TrainLayout
 
         doc_ids, valid = batch.doc_ids, batch.attention_mask.bool()

@@ -40,6 +40,7 @@ class TrainLayout:
     stream: Tensor
     valid: Tensor
     block_masks: dict = field(default_factory=dict)
+    backend: str | None = None  # "sdpa" / "flex" fixed for this batch (None: ``backend(device)`` per call)
 
     @functools.cached_property
     def local_mask(self) -> Tensor:
@@ -61,17 +62,24 @@ def backend(device: torch.device) -> str:
     return "flex" if device.type == "cuda" else "sdpa"
 
 
-def train_attention(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Tensor | None = None) -> Tensor:
+def train_attention(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Tensor | None = None,
+                    chunk_keep: Tensor | None = None) -> Tensor:  # fmt: skip
     """q: [B, L, Hq, D]; k, v: [B, L + Cmax, Hkv, D]; chunk_first: [B, Cmax] long sequence index of each
-    chunk slot's first token (L = empty slot), None when there are no chunk keys. -> [B, L, Hq, D]."""
-    if backend(q.device) == "sdpa":
+    chunk slot's first token (L = empty slot), None when there are no chunk keys. -> [B, L, Hq, D].
+
+    chunk_keep: [B, Cmax] bool, slots this layer reads (the fast path's static layout: chunk_first is
+    then the same in every router layer, so the block mask is built once per step and shared, and the
+    layer's selection masks scores of the other slots)."""
+    if (layout.backend or backend(q.device)) == "sdpa":
         mask = layout.local_mask
         if chunk_first is not None:
             pos = torch.arange(q.shape[1], device=q.device)
             chunk = layout.stream[:, :, None] & (chunk_first[:, None, :] < pos[None, :, None])
+            if chunk_keep is not None:
+                chunk = chunk & chunk_keep[:, None, :]
             mask = torch.cat([mask, chunk], dim=-1)
         return attend(q, k, v, mask)
-    return _flex(q, k, v, layout, chunk_first)
+    return _flex(q, k, v, layout, chunk_first, chunk_keep)
 
 
 def _pad_to(x: Tensor, dim: int, size: int, value=0) -> Tensor:
@@ -81,13 +89,28 @@ def _pad_to(x: Tensor, dim: int, size: int, value=0) -> Tensor:
     return F.pad(x, pad, value=value)
 
 
-def _flex(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Tensor | None) -> Tensor:
+def prepare_block_masks(layout: TrainLayout, chunk_first: Tensor | None, device: torch.device) -> None:
+    """Build (and cache in ``layout``) the FlexAttention block masks of a step before the layers run: the
+    local mask of non-router layers and, for the fast path's static chunk slots chunk_first [B, Cmax],
+    the one mask every router layer shares. A no-op on the SDPA backend."""
+    if (layout.backend or backend(device)) != "flex":
+        return
+    _block_mask(layout, None, False, device)
+    if chunk_first is not None:
+        _block_mask(layout, chunk_first, True, device)
+
+
+def _block_mask(layout: TrainLayout, chunk_first: Tensor | None, static: bool, device: torch.device):
+    """The block mask over keys [L padded tokens | Cmax padded chunk slots] (see the module docstring);
+    cached in ``layout`` unless the chunks are per layer (``static`` False with chunks)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     b, l = layout.doc.shape
     c = 0 if chunk_first is None else chunk_first.shape[1]
-    lp = bucket(l)
-    cp = bucket(c) if c else 0
+    lp, cp = bucket(l), (bucket(c) if c else 0)
+    cache_key = ("chunks", lp, cp) if c and static else (lp, 0) if not c else None
+    if cache_key in layout.block_masks:
+        return layout.block_masks[cache_key]
     doc = _pad_to(layout.doc, 1, lp, -1)
     stream = _pad_to(layout.stream, 1, lp, False)
     first = _pad_to(chunk_first, 1, cp, lp) if c else None
@@ -101,20 +124,44 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Ten
         ci = torch.clamp(ki - lp, min=0, max=cp - 1)
         return local | ((ki >= lp) & stream[bi, qi] & (first[bi, ci] < qi))
 
-    cache_key = (lp, cp) if first is None else None  # the local-only mask is shared by all non-router layers
-    block_mask = layout.block_masks.get(cache_key) if cache_key else None
-    if block_mask is None:
-        # _compile builds the mask block by block instead of materialising [B, L, L+C] (memory, speed)
-        block_mask = create_block_mask(mask_mod, b, None, lp, lp + cp, device=q.device, _compile=q.is_cuda)
-        if cache_key:
-            layout.block_masks[cache_key] = block_mask
+    # _compile builds the mask block by block instead of materialising [B, L, L+C] (memory, speed)
+    block_mask = create_block_mask(mask_mod, b, None, lp, lp + cp, device=device, _compile=device.type == "cuda")
+    if cache_key:
+        layout.block_masks[cache_key] = block_mask
+    return block_mask
+
+
+def _masked_slots(keep: Tensor, lp: int):
+    """A FlexAttention score_mod: -inf on chunk slots (keys >= lp) that keep [B, Cp] leaves out."""
+    cp = keep.shape[1]
+
+    def score_mod(score, bi, h, qi, ki):
+        ci = torch.clamp(ki - lp, min=0, max=cp - 1)
+        return torch.where((ki >= lp) & ~keep[bi, ci], -float("inf"), score)
+
+    return score_mod
+
+
+def _flex(q: Tensor, k: Tensor, v: Tensor, layout: TrainLayout, chunk_first: Tensor | None,
+          chunk_keep: Tensor | None = None) -> Tensor:  # fmt: skip
+    l = layout.doc.shape[1]
+    c = 0 if chunk_first is None else chunk_first.shape[1]
+    lp, cp = bucket(l), (bucket(c) if c else 0)
+    # The local-only mask is shared by all non-router layers; with chunk_keep (static slots) the chunk
+    # mask is the same in all router layers too. Only the reference path's per-layer chunks rebuild it.
+    block_mask = _block_mask(layout, chunk_first, chunk_keep is not None, q.device)
     tok_k, chunk_k = k[:, :l], k[:, l:]
     tok_v, chunk_v = v[:, :l], v[:, l:]
     kk = torch.cat([_pad_to(tok_k, 1, lp), _pad_to(chunk_k, 1, cp)], 1) if c else _pad_to(tok_k, 1, lp)
     vv = torch.cat([_pad_to(tok_v, 1, lp), _pad_to(chunk_v, 1, cp)], 1) if c else _pad_to(tok_v, 1, lp)
     qq = _pad_to(q, 1, lp)
-    out = _flex_fn(q.device.type)(qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2), block_mask=block_mask,
-                                  enable_gqa=True)  # fmt: skip
+    score_mod = _masked_slots(_pad_to(chunk_keep, 1, cp, False), lp) if chunk_keep is not None and c else None
+    if torch.compiler.is_compiling():  # inside a compiled decoder block: traced into the block's graph
+        from torch.nn.attention.flex_attention import flex_attention as fn
+    else:
+        fn = _flex_fn(q.device.type)
+    out = fn(qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2), score_mod=score_mod, block_mask=block_mask,
+             enable_gqa=True)  # fmt: skip
     return out.transpose(1, 2)[:, :l]
 
 

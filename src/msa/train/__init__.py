@@ -1,4 +1,5 @@
-"""Training: the JSONL sample format, collator, objective, schedules, loop, checkpoints, DDP/FSDP2.
+"""Training: the JSONL sample format, collator, objective, schedules, loop, checkpoints, DDP/FSDP2, and
+the fast path (``SpeedConfig``: msa.train.fast, msa.train.fused_ce).
 
 ``msa.train.main(recipe, overrides)`` is the entry point behind ``msa train RECIPE [key=value ...]``.
 """
@@ -14,6 +15,7 @@ from msa.train.config import (
     ParallelConfig,
     Phase,
     ScheduleConfig,
+    SpeedConfig,
     TrainConfig,
     tiny_model_config,
 )
@@ -25,7 +27,7 @@ from msa.train.targets import TARGET_FORMATS, Segment, answer_only, ids_only, id
 
 __all__ = [
     "IGNORE", "Collator", "TrainBatch", "CheckpointConfig", "CurriculumStage", "DataConfig", "LoggingConfig",
-    "ModelSpec", "OptimizerConfig", "ParallelConfig", "Phase", "ScheduleConfig", "TrainConfig", "tiny_model_config",
+    "ModelSpec", "OptimizerConfig", "ParallelConfig", "Phase", "ScheduleConfig", "SpeedConfig", "TrainConfig", "tiny_model_config",
     "BiosSamples", "Document", "JsonlSamples", "TrainSample", "sample_from_json", "sample_to_json", "load_recipe",
     "main", "LossWeights", "Metrics", "Objective", "OverrideError", "apply_overrides", "TARGET_FORMATS", "Segment",
     "answer_only", "ids_only", "ids_then_answer", "interleave_transcript",

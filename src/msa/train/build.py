@@ -21,15 +21,19 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["build_tokenizer", "build_model", "build_source", "build_collator"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def build_tokenizer(data: DataConfig, info: DistInfo | None = None):
-    """Load ``data.tokenizer``; if missing, train one on the bios world's first documents (rank 0) and save it."""
+    """Load ``data.tokenizer``; if missing, train one on the bios world's first documents (rank 0) and save it
+    (bios source only: otherwise a missing tokenizer is an error)."""
     from msa.tokenizer import load_tokenizer, train_tokenizer
 
     path = data.tokenizer
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        if data.source != "bios":  # only the generated corpus can train its own tokenizer
+            raise FileNotFoundError(f"data.tokenizer={path!r}: no tokenizer.json there (a base model's directory, "
+                                    "or a tokenizer directory)")  # fmt: skip
         if info is None or info.is_main:
             world = BiosWorld(data.world)
             n = min(data.tokenizer_docs, data.world.num_people)

@@ -108,6 +108,7 @@ class Collator:
         self.fmt = fmt
         self.max_doc_tokens = max_doc_tokens
         self.pad_id = pad_id
+        self._warned_long = False
         self.prefix = self._encode(fmt.memory_prefix)
         if template_len is not None and len(self.prefix) != template_len:
             logger.warning(
@@ -117,35 +118,51 @@ class Collator:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
-    def encode(self, sample: TrainSample) -> EncodedSample:
-        """Lay one sample out (see the module docstring)."""
+    def encode(self, sample: TrainSample, max_tokens: int | None = None) -> EncodedSample:
+        """Lay one sample out (see the module docstring). With ``max_tokens``, distractor documents are
+        left out, last first, until the sample fits (positives are always kept)."""
+        docs = []
+        for doc in sample.memory:
+            t = self._encode(self.fmt.format_document(doc.id, doc.text))
+            docs.append(t[: self.max_doc_tokens] if self.max_doc_tokens is not None else t)
+        fmt_fn = literal_target if sample.target is not None else self.target_format
+        stream = [Segment(text, did, False) for text, did in query_segments(self.fmt, sample.question)]
+        stream += fmt_fn(sample, self.fmt)
+        encoded = [(self._encode(seg.text), seg) for seg in stream]
+        keep = list(range(len(docs)))
+        if max_tokens is not None:
+            total = len(self.prefix) + sum(map(len, docs)) + sum(len(t) for t, _ in encoded)
+            positives = set(sample.positives)
+            for i in reversed(range(len(docs))):
+                if total <= max_tokens:
+                    break
+                if sample.memory[i].id not in positives:
+                    keep.remove(i)
+                    total -= len(docs[i])
+            if total > max_tokens and not self._warned_long:
+                self._warned_long = True
+                logger.warning("a sample needs %d tokens with only its positives in memory (max_tokens %d)", total, max_tokens)
         ids = list(self.prefix)
         doc_ids = [TEMPLATE] * len(ids)
         pos = list(range(len(ids)))
         labels = [IGNORE] * len(ids)
-        for i, doc in enumerate(sample.memory, start=1):
-            t = self._encode(self.fmt.format_document(doc.id, doc.text))
-            if self.max_doc_tokens is not None:
-                t = t[: self.max_doc_tokens]
-            ids += t
-            doc_ids += [i] * len(t)
-            pos += range(len(t))
-            labels += [IGNORE] * len(t)
-        fmt_fn = literal_target if sample.target is not None else self.target_format
-        stream = [Segment(text, did, False) for text, did in query_segments(self.fmt, sample.question)]
-        stream += fmt_fn(sample, self.fmt)
+        for slot, i in enumerate(keep, start=1):
+            ids += docs[i]
+            doc_ids += [slot] * len(docs[i])
+            pos += range(len(docs[i]))
+            labels += [IGNORE] * len(docs[i])
         p = self.query_offset
-        for seg in stream:
-            t = self._encode(seg.text)
+        for t, seg in encoded:
             ids += t
             doc_ids += [seg.doc_id] * len(t)
             pos += range(p, p + len(t))
             p += len(t)
             labels += t if seg.target else [IGNORE] * len(t)
-        return EncodedSample(ids, doc_ids, pos, labels, sample.labels())
+        aux = sample.labels()
+        return EncodedSample(ids, doc_ids, pos, labels, [aux[i] for i in keep])
 
-    def __call__(self, samples: list[TrainSample]) -> TrainBatch:
-        return self.pad([self.encode(s) for s in samples])
+    def __call__(self, samples: list[TrainSample], max_tokens: int | None = None) -> TrainBatch:
+        return self.pad([self.encode(s, max_tokens) for s in samples])
 
     def pad(self, encoded: list[EncodedSample]) -> TrainBatch:
         """Right-pad encoded samples into one batch."""

@@ -18,6 +18,7 @@ __all__ = [
     "CheckpointConfig",
     "LoggingConfig",
     "ParallelConfig",
+    "SpeedConfig",
     "TrainConfig",
 ]
 
@@ -43,10 +44,12 @@ class ModelSpec:
 @dataclass
 class CurriculumStage:
     """Memory size of an SFT curriculum stage: ``num_docs`` documents per sample for ``steps`` steps
-    (the last stage lasts until the end of training)."""
+    (the last stage lasts until the end of training). ``max_tokens``: tokens per packed sample, any
+    source (distractor documents are left out, last first, until a sample fits; None = no limit)."""
 
     steps: int
     num_docs: int
+    max_tokens: int | None = None
 
 
 @dataclass
@@ -208,6 +211,39 @@ class ParallelConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """How a training step is computed; both paths compute the same function (tests/test_train_fast.py).
+
+    path: "reference" (router layers gather their selected chunks per layer; logits at the targets,
+        then plain cross-entropy) or "fast" (msa.train.fast: every chunk in a static slot shared by all
+        router layers, FlexAttention block masks built once per step, no host reads inside the layers,
+        cross-entropy chunked and fused with the LM head, lengths padded to compile-friendly buckets).
+    compile: fast path: ``torch.compile`` every decoder block (CUDA; the same kernels for all blocks).
+    checkpoint: activation checkpointing: "none", "block" (every decoder block recomputed in the
+        backward) or "mlp" (selective: only the MLPs, the largest activations).
+    ce_chunk: fast path: target tokens per cross-entropy chunk (one [ce_chunk, V] float32 block).
+    pad_multiple: fast path: chunk slots, routing tokens and documents per sample padded up to a
+        multiple of this (fixed shapes across steps, so compiled kernels are reused).
+    """
+
+    path: str = "reference"
+    compile: bool = False
+    checkpoint: str = "none"
+    ce_chunk: int = 4096
+    pad_multiple: int = 64
+
+    def validate(self) -> None:
+        if self.path not in ("reference", "fast"):
+            raise ValueError(f"speed.path must be 'reference' or 'fast', got {self.path!r}")
+        if self.checkpoint not in ("none", "block", "mlp"):
+            raise ValueError(f"speed.checkpoint must be 'none', 'block' or 'mlp', got {self.checkpoint!r}")
+        if self.ce_chunk < 1 or self.pad_multiple < 1:
+            raise ValueError("speed.ce_chunk and speed.pad_multiple must be >= 1")
+        if self.compile and self.path != "fast":
+            raise ValueError("speed.compile needs speed.path='fast'")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataConfig = field(default_factory=DataConfig)
@@ -216,6 +252,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     seed: int = 0
     # Router layers trained by the aux loss: "official" = index >= num_layers // 2 (the release's rule),
     # "all" = every router layer (for small models routing from low layers; see recipes/bios_tiny.py).
@@ -244,6 +281,7 @@ class TrainConfig:
                 raise ValueError(f"data.{key} must be in [0, 1], got {v}")
         if self.data.workers < 0:
             raise ValueError(f"data.workers must be >= 0, got {self.data.workers}")
+        self.speed.validate()
         if self.parallel.data_parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel.data_parallel must be 'ddp' or 'fsdp', got {self.parallel.data_parallel!r}")
 

@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ExportError", "export_checkpoint", "write_model_dir", "TOKENIZER_FILES"]
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+# tokenizer files, and a base model's generation settings and chat template (a Qwen3 base directory)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
 
 
 class ExportError(ValueError):

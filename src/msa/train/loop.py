@@ -31,10 +31,11 @@ from msa.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint,
 from msa.train.collator import Collator, TrainBatch
 from msa.train.config import TrainConfig
 from msa.train.data import SampleSource, TrainSample
+from msa.train.fast import apply_speed
 from msa.train.export import write_model_dir
 from msa.train.objective import LossWeights, Metrics, Objective
 from msa.train.parallelize import DistInfo, init_distributed, parallelize
-from msa.train.schedule import lr_at, num_docs_at, phase_at, weights_at
+from msa.train.schedule import lr_at, num_docs_at, phase_at, stage_at, weights_at
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ class _StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> list[TrainBatch]:
         step = self.first_step + k
         pos = self.first_position + k * self.global_batch
-        num_docs = num_docs_at(self.curriculum, step)
+        stage = stage_at(self.curriculum, step)
         sample = self.source.sample  # type: ignore[attr-defined]
-        return [self.collator([sample(pos + o + i, num_docs) for i in range(self.mb)])
+        return [self.collator([sample(pos + o + i, stage.num_docs) for i in range(self.mb)], stage.max_tokens)
                 for o in _micro_offsets(self.mb, self.accum, self.world, self.rank)]  # fmt: skip
 
 
@@ -119,11 +120,13 @@ class Trainer:
         if vocab is not None and vocab > self.model.config.vocab_size:
             raise ValueError(f"tokenizer has {vocab} tokens but the model's vocab_size is {self.model.config.vocab_size}")
         self.fsdp = self.info.distributed and config.parallel.data_parallel == "fsdp"
-        self.wrapper: nn.Module = parallelize(self.model, self.info, config.parallel.data_parallel)
+        apply_speed(self.model, config.speed)
+        self.wrapper: nn.Module = parallelize(self.model, self.info, config.parallel.data_parallel, config.speed)
         self.params = [p for p in self.wrapper.parameters() if p.requires_grad]
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=lr_at(config.schedule, 0), betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay
+            self.params, lr=lr_at(config.schedule, 0), betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay,
+            fused=self.info.device.type == "cuda" and not self.fsdp or None,  # one kernel per step, not per tensor
         )
         self.objective = Objective(self.model.config, getattr(self.model, "b", None), config.aux_layers)
         self.collator: Collator = build_collator(config, self.tokenizer, self.model)
@@ -165,7 +168,8 @@ class Trainer:
             return self._prefetched()
         mb = d.micro_batch_size
         every = self._samples(self.state.data_position, self.global_batch, num_docs)
-        return [self.collator(every[o : o + mb]) for o in _micro_offsets(mb, d.grad_accum, w, r)]
+        max_tokens = stage_at(d.curriculum, self.state.step).max_tokens
+        return [self.collator(every[o : o + mb], max_tokens) for o in _micro_offsets(mb, d.grad_accum, w, r)]
 
     def _prefetched(self) -> list[TrainBatch]:
         """The current step's micro-batches from the worker processes (restarted if the step moved)."""
@@ -215,7 +219,7 @@ class Trainer:
             sync = contextlib.nullcontext() if (not ddp or m == len(batches) - 1) else self.wrapper.no_sync()  # type: ignore[operator]
             with sync:
                 with self._autocast():
-                    out = self.wrapper(batch.packed, index)
+                    out = self.wrapper(batch.packed, index, targets)
                 loss, mm = self.objective(out, targets, batch, weights, lm_den, aux_den)
                 # DDP / FSDP average gradients over ranks; the loss is already a global mean.
                 (loss * self.info.world_size).backward()

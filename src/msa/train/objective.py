@@ -23,6 +23,7 @@ from msa.config import ModelConfig
 from msa.functional.losses import recall_tensor, routing_loss
 from msa.model.modeling import TrainOutput
 from msa.train.collator import TrainBatch
+from msa.train.fast import FastTrainOutput
 
 __all__ = ["LossWeights", "Metrics", "Objective", "aux_layers"]
 
@@ -99,7 +100,7 @@ class Objective:
         aux = len(self.layers) * sum(int(a.sum() > 0) for a in batch.aux_labels)
         return lm, aux
 
-    def __call__(self, out: TrainOutput, targets: Tensor, batch: TrainBatch, weights: LossWeights,
+    def __call__(self, out: TrainOutput | FastTrainOutput, targets: Tensor, batch: TrainBatch, weights: LossWeights,
                  lm_denominator: float, aux_denominator: float) -> tuple[Tensor, Metrics]:  # fmt: skip
         """Loss of one micro-batch (already divided by the global denominators) and its metrics.
 
@@ -110,14 +111,16 @@ class Objective:
         """
         m = Metrics()
         m.add("aux_loss", 0.0, 0.0)  # present (NaN) even when no layer carries the aux loss
-        if targets.numel():
+        if isinstance(out, FastTrainOutput):  # the fast path summed the LM loss inside its forward
+            lm_sum = out.lm_sum
+        elif targets.numel():
             lm_sum = F.cross_entropy(out.logits.float(), targets, reduction="sum")
         else:
             lm_sum = out.logits.float().sum() * 0.0
         # Every metric is gathered as a device tensor and read back once (no per-sample syncs).
         names, values, counts = ["lm_loss"], [lm_sum.detach()], [float(targets.numel())]
-        bad = out.logits.new_zeros((), dtype=torch.long)
-        aux_sum = out.logits.new_zeros((), dtype=torch.float32)
+        bad = lm_sum.new_zeros((), dtype=torch.long)
+        aux_sum = lm_sum.new_zeros((), dtype=torch.float32)
         for layer in self.layers:
             scores = out.doc_scores[layer]  # [B, Nmax]
             # touch every router layer's scores so data-parallel wrappers see their gradient path

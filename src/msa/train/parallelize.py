@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from msa.model.context import PackedBatch
 from msa.model.modeling import MSAForCausalLM, TrainOutput
+from msa.train.config import SpeedConfig
+from msa.train.fast import FastTrainOutput, forward_fast
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +71,27 @@ class TrainForward(nn.Module):
     """Routes ``forward`` to ``MSAForCausalLM.forward_train`` so DDP / FSDP hooks (which wrap
     ``forward``) see the training forward."""
 
-    def __init__(self, model: MSAForCausalLM):
+    def __init__(self, model: MSAForCausalLM, speed: SpeedConfig | None = None):
         super().__init__()
         self.model = model
+        self.speed = speed or SpeedConfig()
 
-    def forward(self, batch: PackedBatch, logits_index: Tensor | None = None) -> TrainOutput:
+    def forward(self, batch: PackedBatch, logits_index: Tensor | None = None,
+                targets: Tensor | None = None) -> TrainOutput | FastTrainOutput:  # fmt: skip
+        """The reference forward (logits at ``logits_index``), or on the fast path the forward with the
+        summed LM loss against ``targets`` (FastTrainOutput)."""
+        if self.speed.path == "fast":
+            if logits_index is None or targets is None:
+                raise ValueError("the fast training path needs logits_index and targets")
+            return forward_fast(self.model, batch, logits_index, targets, self.speed)
         return self.model.forward_train(batch, logits_index)
 
 
-def parallelize(model: MSAForCausalLM, info: DistInfo, mode: str = "ddp") -> nn.Module:
+def parallelize(model: MSAForCausalLM, info: DistInfo, mode: str = "ddp", speed: SpeedConfig | None = None) -> nn.Module:
     """Wrap the model for training: TrainForward, inside DDP or FSDP2 when there are several ranks.
 
     FSDP2 shards every decoder layer and then the root (embeddings, final norm, head)."""
-    wrapper = TrainForward(model)
+    wrapper = TrainForward(model, speed)
     if not info.distributed:
         return wrapper
     if mode == "ddp":

@@ -7,7 +7,7 @@ import math
 from msa.train.config import CurriculumStage, Phase, ScheduleConfig
 from msa.train.objective import LossWeights
 
-__all__ = ["phase_at", "lr_at", "weights_at", "num_docs_at"]
+__all__ = ["phase_at", "lr_at", "weights_at", "num_docs_at", "stage_at"]
 
 
 def phase_at(schedule: ScheduleConfig, step: int) -> tuple[Phase, int]:
@@ -38,11 +38,16 @@ def weights_at(schedule: ScheduleConfig, step: int) -> LossWeights:
     return LossWeights(lm=p.lm_weight, aux=p.aux_weight)
 
 
-def num_docs_at(curriculum: list[CurriculumStage], step: int) -> int:
-    """Memory documents per sample at ``step``: stages in order, the last one open-ended."""
+def stage_at(curriculum: list[CurriculumStage], step: int) -> CurriculumStage:
+    """The curriculum stage of ``step``: stages in order, the last one open-ended."""
     start = 0
     for stage in curriculum[:-1]:
         if step < start + stage.steps:
-            return stage.num_docs
+            return stage
         start += stage.steps
-    return curriculum[-1].num_docs
+    return curriculum[-1]
+
+
+def num_docs_at(curriculum: list[CurriculumStage], step: int) -> int:
+    """Memory documents per sample at ``step``."""
+    return stage_at(curriculum, step).num_docs
