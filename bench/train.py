@@ -3,6 +3,7 @@ tokens per step, and the shipped small model's shape (recipes/bios_small.py); re
 "before") and fast path (speed.path="fast" and its levers) measured in the same run.
 
     python bench/train.py [--out bench/results/train_<card>.json] [--budget-s 330] [--skip-small]
+    python bench/train.py --only-small [--small-sections reference,fast]   # the small model only
 
 MFU = model FLOP/s / the card's bf16 matmul rate MEASURED in the same run (an 8192^3 bf16 matmul).
 Model FLOPs of a step, counted from its batch (real tokens only, padding not counted):
@@ -237,12 +238,14 @@ SMALL_SECTIONS = [
 ]
 
 
-def small_sections(result: dict, save, deadline: float, workers: int) -> None:
+def small_sections(result: dict, save, deadline: float, workers: int, names: list[str] | None = None) -> None:
     from msa.train import load_recipe
     from msa.train.loop import Trainer
 
     result["bios_small"] = {}
     for name, speed in SMALL_SECTIONS:
+        if names is not None and name not in names:
+            continue
         if time.perf_counter() > deadline:
             result["bios_small"][name] = {"skipped": "time budget"}
             continue
@@ -283,6 +286,9 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--budget-s", type=float, default=330.0, help="start no new section after this many seconds")
     ap.add_argument("--small-budget-s", type=float, default=70.0, help="seconds kept for the small-model sections")
     ap.add_argument("--skip-small", action="store_true")
+    ap.add_argument("--only-small", action="store_true", help="only the small-model sections")
+    ap.add_argument("--small-sections", default=",".join(n for n, _ in SMALL_SECTIONS),
+                    help="which small-model sections, comma-separated")
     ap.add_argument("--workers", type=int, default=8)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -299,9 +305,10 @@ def main(argv: list[str]) -> dict:
             json.dump(result, f, indent=2)
 
     small_time = 0.0 if args.skip_small else args.small_budget_s
-    big_sections(result, save, start + args.budget_s - small_time, peak)
+    if not args.only_small:
+        big_sections(result, save, start + args.budget_s - small_time, peak)
     if not args.skip_small:
-        small_sections(result, save, start + args.budget_s, args.workers)
+        small_sections(result, save, start + args.budget_s, args.workers, args.small_sections.split(","))
     result["wall_s"] = time.perf_counter() - start
     save()
     logger.info("wrote %s", out)

@@ -182,3 +182,25 @@ def test_batched_doc_scores_equal_per_row_scores(head, query, chunk, cosine):
         top = MF.batched_select_docs(got, 3)[r]
         ref = MF.select_docs(want, 3)
         assert top[: len(ref)].tolist() == ref.tolist() and (top[len(ref):] == -1).all()
+
+
+@pytest.mark.parametrize("method", ["INFONCE", "INFONCE_DECOUPLE", "INFONCE_FOCAL", "INFONCE_DECOUPLE_FOCAL", "BCE"])
+def test_batched_routing_losses_equal_the_per_sample_ones(method):
+    """Rows of different lengths (padding -inf), a row of positives only: values, gradients, recall."""
+    torch.manual_seed(0)
+    ns = [9, 5, 3, 1, 4, 7]
+    s = torch.randn(len(ns), 9, requires_grad=True)
+    valid = torch.arange(9)[None] < torch.tensor(ns)[:, None]
+    lab = torch.zeros(len(ns), 9, dtype=torch.bool)
+    for b, n in enumerate(ns):
+        lab[b, torch.randperm(n)[: max(1, n // 3)]] = True
+    rows = MF.routing_loss_rows(method, s.masked_fill(~valid, float("-inf")), lab, valid)
+    (g_rows,) = torch.autograd.grad(rows.sum(), s)
+    ref = torch.stack([MF.routing_loss(method, s[b, :n], lab[b, :n]) for b, n in enumerate(ns)])
+    (g_ref,) = torch.autograd.grad(ref.sum(), s)
+    assert torch.allclose(rows, ref, rtol=1e-6, atol=1e-7) and torch.allclose(g_rows, g_ref, rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(g_rows).all()
+    for k in (1, 16):
+        got = MF.recall_rows(s.detach().masked_fill(~valid, float("-inf")), lab, valid, k)
+        want = [MF.recall_at(s.detach()[b, :n], lab[b, :n], k) for b, n in enumerate(ns)]
+        assert got.tolist() == pytest.approx(want)

@@ -7,7 +7,9 @@ from msa.functional.losses import (
     focal_infonce_loss,
     infonce_loss,
     recall_at,
+    recall_rows,
     routing_loss,
+    routing_loss_rows,
 )
 from msa.functional.pooling import chunk_layout, chunk_mean_pool
 from msa.functional.positions import doc_position_ids, query_position_ids
@@ -31,8 +33,10 @@ __all__ = [
     "infonce_loss",
     "query_position_ids",
     "recall_at",
+    "recall_rows",
     "reduce_chunks_to_docs",
     "route_topk",
     "routing_loss",
+    "routing_loss_rows",
     "select_docs",
 ]

@@ -1,7 +1,9 @@
 """Auxiliary routing losses over a router layer's document scores (MSA_SPEC Part A.7, Part B 5).
 
 Every function takes the scores of ONE sample's valid documents and 0/1 labels of the same length
-and returns a scalar; callers average over samples and router layers.
+and returns a scalar; callers average over samples and router layers. ``routing_loss_rows`` and
+``recall_rows`` compute the same for every sample of a batch at once (padded rows), which is what the
+training objective uses: a loop over samples costs launches and host reads per sample.
 """
 
 from __future__ import annotations
@@ -102,3 +104,58 @@ def recall_tensor(scores: Tensor, labels: Tensor, n: int, num_pos: int) -> Tenso
     pos = _check(scores, labels)
     top = torch.topk(scores.float(), min(n, scores.numel())).indices
     return pos[top].sum() / min(num_pos, n)
+
+
+# -- every sample of a batch at once (the training objective: no per-sample launches or host reads) --
+def _rows(scores: Tensor, labels: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    if scores.dim() != 2 or scores.shape != labels.shape or scores.shape != valid.shape:
+        raise ValueError(f"scores {tuple(scores.shape)}, labels {tuple(labels.shape)} and valid "
+                         f"{tuple(valid.shape)} must be equal [B, N]")  # fmt: skip
+    valid = valid.to(scores.device, torch.bool)
+    pos = labels.to(scores.device, torch.bool) & valid
+    return pos, valid, pos.sum(-1).clamp_min(1).float()
+
+
+def _log_softmax_rows(z: Tensor, valid: Tensor) -> Tensor:
+    return F.log_softmax(z.masked_fill(~valid, float("-inf")), dim=-1)
+
+
+def routing_loss_rows(method: str, scores: Tensor, labels: Tensor, valid: Tensor, tau: float = 0.1,
+                      bias: Tensor | float = -20.0, gamma: float = 2.0) -> Tensor:  # fmt: skip
+    """``routing_loss`` of every row at once: row b is the sample whose documents are the ``valid[b]``
+    entries of ``scores[b]`` (the rest is padding, any value, -inf included).
+
+    Args:
+        scores: [B, N] float; labels: [B, N] 0/1 (1 = positive); valid: [B, N] bool.
+    Returns:
+        [B] float32 losses, equal (to rounding) to ``routing_loss`` of each row's valid entries.
+    """
+    pos, valid, num_pos = _rows(scores, labels, valid)
+    z = torch.where(valid, scores.float(), torch.zeros_like(scores, dtype=torch.float32))  # padding finite
+    if method == "BCE":
+        y = pos.float() * 2 - 1
+        per = torch.where(valid, -F.logsigmoid((z + bias) * y), torch.zeros_like(z))
+        return per.sum(-1) / valid.sum(-1).clamp_min(1)
+    z = z / tau
+    if method in ("INFONCE", "INFONCE_FOCAL"):
+        logp = _log_softmax_rows(z, valid)
+    elif method in ("INFONCE_DECOUPLE", "INFONCE_DECOUPLE_FOCAL"):
+        neg_lse = torch.logsumexp(z.masked_fill(pos | ~valid, float("-inf")), dim=-1, keepdim=True)
+        logp = z - torch.logaddexp(z, neg_lse)
+    else:
+        raise ValueError(f"unknown aux_loss_method {method!r}; expected one of {sorted(ROUTING_LOSSES) + ['BCE']}")
+    logp = torch.where(pos, logp, torch.zeros_like(logp))  # before the focal weight: no -inf inside it
+    if method.endswith("FOCAL"):
+        logp = (1 - logp.exp()).pow(gamma) * logp
+    return -logp.sum(-1) / num_pos
+
+
+def recall_rows(scores: Tensor, labels: Tensor, valid: Tensor, n: int) -> Tensor:
+    """``recall_at`` of every row at once ([B] float32; rows without a positive give 0 / 1 = 0, so
+    callers keep only rows with positives)."""
+    pos, valid, num_pos = _rows(scores, labels, valid)
+    k = min(n, scores.shape[-1])
+    top = torch.topk(scores.float().masked_fill(~valid, float("-inf")), k, dim=-1).indices
+    ranks_ok = torch.arange(k, device=scores.device)[None, :] < valid.sum(-1, keepdim=True)
+    hits = (pos.gather(-1, top) & ranks_ok).sum(-1).float()
+    return hits / num_pos.clamp(max=n)

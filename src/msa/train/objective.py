@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from msa.config import ModelConfig
-from msa.functional.losses import recall_tensor, routing_loss
+from msa.functional.losses import recall_rows, routing_loss_rows
 from msa.model.modeling import TrainOutput
 from msa.train.collator import TrainBatch
 from msa.train.fast import FastTrainOutput
@@ -34,6 +34,30 @@ RECALL_AT = (1, 16)
 class LossWeights:
     lm: float
     aux: float
+
+
+@dataclass
+class _AuxRows:
+    """The aux-loss rows of a micro-batch, once for all router layers: the samples with documents and
+    a positive (``index`` [R] long), their padded labels and valid masks ([R, Nmax] bool), on the device."""
+
+    index: Tensor
+    labels: Tensor
+    valid: Tensor
+    count: int
+
+    @classmethod
+    def of(cls, batch: TrainBatch, device: torch.device) -> "_AuxRows":
+        keep = [b for b, a in enumerate(batch.aux_labels) if a.numel() and batch.positives[b]]
+        width = max((batch.aux_labels[b].numel() for b in keep), default=0)
+        labels = torch.zeros(len(keep), width, dtype=torch.bool)
+        valid = torch.zeros(len(keep), width, dtype=torch.bool)
+        for r, b in enumerate(keep):
+            n = batch.aux_labels[b].numel()
+            labels[r, :n] = batch.aux_labels[b].bool()
+            valid[r, :n] = True
+        to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return cls(to(torch.tensor(keep, dtype=torch.long)), to(labels), to(valid), len(keep))
 
 
 @dataclass
@@ -121,29 +145,30 @@ class Objective:
         names, values, counts = ["lm_loss"], [lm_sum.detach()], [float(targets.numel())]
         bad = lm_sum.new_zeros((), dtype=torch.long)
         aux_sum = lm_sum.new_zeros((), dtype=torch.float32)
+        rows = _AuxRows.of(batch, lm_sum.device) if self.layers else None
         for layer in self.layers:
             scores = out.doc_scores[layer]  # [B, Nmax]
             # touch every router layer's scores so data-parallel wrappers see their gradient path
             aux_sum = aux_sum + scores.masked_fill(~torch.isfinite(scores), 0.0).sum() * 0.0
-            losses, hits = [], {k: [] for k in RECALL_AT}
-            for b, labels in enumerate(batch.aux_labels):
-                n, num_pos = labels.numel(), batch.positives[b]
-                if n == 0 or num_pos == 0:
-                    continue
-                s = scores[b, :n]
-                bad = bad + (~torch.isfinite(s)).sum()
-                loss = routing_loss(self.method, s, labels, self.tau, self.bce_bias if self.bce_bias is not None else -20.0)
-                aux_sum = aux_sum + loss
-                losses.append(loss.detach())
-                for k in RECALL_AT:
-                    hits[k].append(recall_tensor(s.detach(), labels, k, num_pos))
             names.append("aux_loss")
-            values.append(torch.stack(losses).sum() if losses else aux_sum.new_zeros(()))
-            counts.append(float(len(losses)))
+            counts.append(float(rows.count))
+            if rows.count:  # every sample at once: no per-sample launches or host reads
+                s = scores.index_select(0, rows.index)
+                extra = s.shape[1] - rows.labels.shape[1]
+                if extra < 0:
+                    raise ValueError("a sample has more aux labels than scored documents")
+                labels, valid = (F.pad(t, (0, extra)) for t in (rows.labels, rows.valid))
+                bad = bad + (~torch.isfinite(s) & valid).sum()
+                per = routing_loss_rows(self.method, s, labels, valid, self.tau,
+                                        self.bce_bias if self.bce_bias is not None else -20.0)  # fmt: skip
+                aux_sum = aux_sum + per.sum()
+                values.append(per.detach().sum())
+            else:
+                values.append(aux_sum.new_zeros(()))
             for k in RECALL_AT:
                 names.append(f"recall@{k}/layer{layer}")
-                values.append(torch.stack(hits[k]).sum() if hits[k] else aux_sum.new_zeros(()))
-                counts.append(float(len(hits[k])))
+                counts.append(float(rows.count))
+                values.append(recall_rows(s.detach(), labels, valid, k).sum() if rows.count else aux_sum.new_zeros(()))
         host = torch.stack([v.float() for v in values] + [bad.float()]).tolist()
         if host[-1]:
             raise ValueError("a sample has more aux labels than scored documents (non-finite routing scores)")
