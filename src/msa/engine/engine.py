@@ -10,10 +10,12 @@ reported. Stop rules are token ids (``msa.engine.stops``); nothing here knows a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Callable, Protocol
 
 import torch
@@ -23,8 +25,9 @@ from msa.config import EnginePolicy
 from msa.engine.answer import Answer, RoundInfo
 from msa.engine.choice import ChoiceContext, DocChoice, choice_strategy, requested_ids, requests_in
 from msa.engine.generation import DecodeState, Sampler, Timer, decode_step, left_pad, pick_tokens
+from msa.engine.static_decode import StaticDecoder
 from msa.engine.stops import StopRules, ends_with
-from msa.model import MemoryAccess, MSAForCausalLM, PrefixCache, Routing
+from msa.model import KVCache, MemoryAccess, MSAForCausalLM, PrefixCache, Routing
 from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, prompt_format, query_segments
 
 logger = logging.getLogger(__name__)
@@ -109,11 +112,15 @@ class Engine:
         doc_choice: which documents a round reads: "generated" (official: the ids the model writes),
             "routed" (each request the model writes routed on its own, its best unread document), or a
             strategy object (``msa.engine.choice.DocChoice``); default: the policy's ``doc_choice``.
+        static_cache: decode into preallocated buffers kept across calls (``msa.engine.static_decode``);
+            False: the reference path, a cache grown by concatenation every step. Equal up to rounding.
+        cuda_graphs: replay one-token steps from CUDA graphs (default: on CUDA with ``static_cache``).
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank: MemoryView, device: str | torch.device | None = None,
                  prompt: PromptFormat | None = None, doc_choice: str | DocChoice | None = None,
-                 policy: EnginePolicy | None = None):  # fmt: skip
+                 policy: EnginePolicy | None = None, *, static_cache: bool = True,
+                 cuda_graphs: bool | None = None):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -124,6 +131,7 @@ class Engine:
         self.choice = choice_strategy(doc_choice if doc_choice is not None else policy.doc_choice)
         self.stops = StopRules.compile(tokenizer, prompt, getattr(model.config, "eos_token_id", None))
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
+        self._static = StaticDecoder(self.model, cuda_graphs) if static_cache else None
 
     @functools.cached_property
     def _answer_ends(self) -> list[str]:
@@ -204,16 +212,28 @@ class Engine:
                top_k: int | None) -> None:  # fmt: skip
         t0 = time.perf_counter()
         out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k)
+        prompt_tokens = max(len(s.ids) for s in active)
         timer.add("prefill", t0, self.device)
         for i, s in enumerate(active):
             info = RoundInfo()
             if return_routing:
                 info.routing = {layer: _selected(r, i, slot_ids) for layer, r in out.routings.items()}
             s.rounds.append(info)
+        # Room in a static cache: every step, plus the one question block a sample may append.
+        blocks = sum(len(self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question)))
+                     for s in active)  # fmt: skip
+        with self._decoding(out.cache, prompt_tokens, max_new_tokens + 64 + blocks) as step:
+            states, round_ids = self._decode_round(active, out.logits, step, max_new_tokens, last, on_token, timer)
+        self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
+                          ctx, timer)  # fmt: skip
+
+    def _decode_round(self, active: list[_Sample], logits: Tensor, step: Callable, max_new_tokens: int, last: bool,
+                      on_token: OnToken | None, timer: Timer) -> tuple[list[DecodeState], list[list[int]]]:  # fmt: skip
+        """Greedy (or sampled) decoding of a round until every sample is done; its states and ids."""
         states = [DecodeState(pending=[]) for _ in active]
         round_ids: list[list[int]] = [[] for _ in active]
         samplers = [s.sampler for s in active] if any(s.sampler for s in active) else None
-        nxt = pick_tokens(out.logits, samplers)
+        nxt = pick_tokens(logits, samplers)
         t0 = time.perf_counter()
         stops = self.stops
         for _ in range(max_new_tokens + 64):
@@ -245,10 +265,18 @@ class Engine:
                     st.done = s.finished = True
             if all(st.done for st in states):
                 break
-            nxt = decode_step(self.model, out.cache, states, samplers)
+            nxt = step(states, samplers)
         timer.add("decode", t0, self.device)
-        self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
-                          ctx, timer)  # fmt: skip
+        return states, round_ids
+
+    @contextlib.contextmanager
+    def _decoding(self, cache: KVCache, prompt_tokens: int, room: int) -> Iterator[Callable]:
+        """The step function of a round: ``(states, samplers) -> next tokens`` (see ``decode_step``)."""
+        if self._static is None:
+            yield functools.partial(decode_step, self.model, cache)
+            return
+        with self._static.session(cache, prompt_tokens, room) as stepper:
+            yield stepper.decode_step
 
     def _read_chosen(self, retrieving: list[tuple[_Sample, DecodeState, list[int]]], ctx: ChoiceContext,
                      timer: Timer) -> None:  # fmt: skip

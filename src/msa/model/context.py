@@ -12,6 +12,7 @@ from torch import Tensor
 from msa.model.memory import LayerMemory, MemoryAccess, PrefixCache, Routing
 
 if TYPE_CHECKING:
+    from msa.model.static_cache import StaticKVCache
     from msa.model.train_attention import TrainLayout
 
 
@@ -133,6 +134,7 @@ class QueryContext:
     """Prefill (routing) or decoding of a batch of left-padded queries.
 
     attention_mask: [B, T] bool new tokens that are real. query_mask: [B, T] bool routing-query tokens.
+    cache: grows by concatenation (``KVCache``), or is written in place (``StaticKVCache``, decoding only).
     memory / prefix: where router layers route and fetch; the template prefix K/V (or None).
     routing: True during prefill (router layers route), False while decoding (context is cached).
     routings: filled by router layers during prefill.
@@ -140,7 +142,7 @@ class QueryContext:
 
     attention_mask: Tensor
     query_mask: Tensor
-    cache: KVCache
+    cache: "KVCache | StaticKVCache"
     memory: MemoryAccess | None = None
     prefix: PrefixCache | None = None
     top_k: int = 16

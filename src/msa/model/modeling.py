@@ -20,6 +20,7 @@ from msa.config import ModelConfig
 from msa.model.attention import MemorySparseAttention
 from msa.model.context import EncodeContext, KVCache, PackedBatch, QueryContext, TrainContext
 from msa.model.layers import MLP, RMSNorm, RotaryEmbedding
+from msa.model.static_cache import StaticKVCache
 from msa.model.memory import (
     CompressedMemory,
     DenseMemoryAccess,
@@ -298,7 +299,7 @@ class MSAForCausalLM(nn.Module):
         return PrefillOutput(logits, cache, ctx.routings)
 
     @torch.no_grad()
-    def decode(self, input_ids: Tensor, cache: KVCache, attention_mask: Tensor | None = None) -> Tensor:
+    def decode(self, input_ids: Tensor, cache: KVCache | StaticKVCache, attention_mask: Tensor | None = None) -> Tensor:
         """Feed new tokens against the cache (no re-routing). input_ids: [B, t] -> logits [B, t, V].
 
         attention_mask: [B, t] bool; a False token is not attended to and does not advance positions.
@@ -307,10 +308,26 @@ class MSAForCausalLM(nn.Module):
         b, t = input_ids.shape
         dev = self.device
         mask = (torch.ones(b, t, dtype=torch.bool) if attention_mask is None else attention_mask).to(dev).bool()
+        if isinstance(cache, StaticKVCache):
+            return self.decode_static(input_ids.to(dev), cache, mask)
         positions = cache.next_position[:, None] + (torch.cumsum(mask.long(), -1) - mask.long())  # type: ignore[index]
         ctx = QueryContext(attention_mask=mask, query_mask=torch.zeros_like(mask), cache=cache, routing=False)
         h = self.model.run(input_ids.to(dev), positions, ctx)
         cache.next_position = cache.next_position + mask.long().sum(-1)  # type: ignore[operator]
+        return self.lm_head(h)
+
+    @torch.no_grad()
+    def decode_static(self, input_ids: Tensor, cache: StaticKVCache, attention_mask: Tensor) -> Tensor:
+        """``decode`` into a preallocated cache, written in place: no host synchronisation and no new
+        buffers, so a step of fixed shape can be captured in a CUDA graph. input_ids: [B, t] long,
+        attention_mask: [B, t] bool, both on the model's device (ids unchecked) -> logits [B, t, V]."""
+        if cache.used + input_ids.shape[1] > cache.capacity:
+            raise ValueError(f"the static cache holds {cache.capacity} tokens; {cache.used + input_ids.shape[1]} needed")
+        mask = attention_mask
+        positions = cache.next_position[:, None] + (torch.cumsum(mask.long(), -1) - mask.long())
+        ctx = QueryContext(attention_mask=mask, query_mask=torch.zeros_like(mask), cache=cache, routing=False)  # type: ignore[arg-type]
+        h = self.model.run(input_ids, positions, ctx)
+        cache.advance(mask)
         return self.lm_head(h)
 
     # -- checks / io -------------------------------------------------------------------------------

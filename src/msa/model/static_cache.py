@@ -1,0 +1,104 @@
+"""A preallocated decoding context: fixed per-layer buffers written in place, so a decode step has the
+same shapes and buffer addresses every time (what a CUDA graph needs).
+
+Layout of layer l, for every row: ``[context (base[l] slots: prefix | selected chunks) | tokens]``,
+``capacity`` token slots after the context. The context is copied once from a prefill's ``KVCache``;
+every fed token is written at ``base[l] + cursor`` by ``index_copy_`` with device-tensor indices, and
+attention reads the whole buffer under the ``valid`` mask (unwritten slots are never valid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from msa.model.context import KVCache
+
+
+@dataclass
+class StaticKVCache:
+    """keys[l], values[l]: [B, Hkv, S_l, D] (heads first: attention reads them without a copy);
+    valid[l]: [B, S_l] bool; S_l = context slots of layer l (at most) + capacity.
+
+    base: [L] long (device) context slots of every layer in the current load; cursor: [] long (device)
+    tokens written after the context (the same for all rows: a row that feeds nothing writes an
+    invalid slot); next_position: [B] long (device); used: the host's copy of ``cursor``.
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    valid: list[Tensor]
+    base: Tensor
+    cursor: Tensor
+    next_position: Tensor
+    capacity: int
+    used: int = 0
+
+    @classmethod
+    def allocate(cls, batch: int, context: list[int], capacity: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> "StaticKVCache":  # fmt: skip
+        """Zeroed buffers for ``batch`` rows, ``context[l]`` context slots per layer and ``capacity`` tokens."""
+        size = [c + capacity for c in context]
+        return cls(
+            keys=[torch.zeros(batch, num_kv_heads, s, head_dim, dtype=dtype, device=device) for s in size],
+            values=[torch.zeros(batch, num_kv_heads, s, head_dim, dtype=dtype, device=device) for s in size],
+            valid=[torch.zeros(batch, s, dtype=torch.bool, device=device) for s in size],
+            base=torch.zeros(len(size), dtype=torch.long, device=device),
+            cursor=torch.zeros((), dtype=torch.long, device=device),
+            next_position=torch.zeros(batch, dtype=torch.long, device=device),
+            capacity=capacity,
+        )
+
+    @property
+    def batch(self) -> int:
+        return self.next_position.shape[0]
+
+    def fits(self, cache: KVCache, tokens: int, room: int) -> bool:
+        """Whether ``load(cache, tokens)`` fits and leaves ``room`` token slots free."""
+        if cache.keys[0].shape[0] > self.batch or tokens + room > self.capacity:  # type: ignore[union-attr]
+            return False
+        return all(k.shape[1] - tokens <= buf.shape[2] - self.capacity for k, buf in zip(cache.keys, self.keys))  # type: ignore[union-attr]
+
+    @torch.no_grad()
+    def load(self, cache: KVCache, tokens: int) -> None:
+        """Copy a prefill's cache in: its last ``tokens`` slots of every layer are the prompt (written to
+        the token region), the rest the context. Rows beyond the cache's batch stay empty (padding)."""
+        b = cache.keys[0].shape[0]  # type: ignore[union-attr]
+        base = []
+        for l, (k, v, ok) in enumerate(zip(cache.keys, cache.values, cache.valid)):
+            s = k.shape[1]  # type: ignore[union-attr]
+            self.valid[l].zero_()
+            self.keys[l][:b, :, :s].copy_(k.transpose(1, 2))  # type: ignore[union-attr]
+            self.values[l][:b, :, :s].copy_(v.transpose(1, 2))  # type: ignore[union-attr]
+            self.valid[l][:b, :s].copy_(ok)  # type: ignore[arg-type]
+            base.append(s - tokens)
+        self.base.copy_(torch.tensor(base))
+        self.cursor.fill_(tokens)
+        self.next_position.zero_()
+        self.next_position[:b].copy_(cache.next_position)  # type: ignore[arg-type]
+        self.used = tokens
+
+    def write(self, layer: int, k: Tensor, v: Tensor, new_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Write new tokens of one layer in place and return what they attend to.
+
+        k, v: [B, t, Hkv, D]; new_valid: [B, t] bool -> keys, values [B, Hkv, S_l, D] and mask
+        [B, t, S_l] bool: token i sees valid slots up to its own, and always itself.
+        """
+        t = k.shape[1]
+        own = self.base[layer] + self.cursor + torch.arange(t, device=k.device)  # [t]
+        self.keys[layer].index_copy_(2, own, k.transpose(1, 2))
+        self.values[layer].index_copy_(2, own, v.transpose(1, 2))
+        valid = self.valid[layer]
+        valid.index_copy_(1, own, new_valid)
+        slots = torch.arange(valid.shape[1], device=k.device)
+        upto = slots[None, :] <= own[:, None]  # [t, S]
+        mask = (valid[:, None, :] & upto[None]) | (slots[None, :] == own[:, None])[None]
+        return self.keys[layer], self.values[layer], mask
+
+    def advance(self, new_valid: Tensor) -> None:
+        """After all layers: [B, t] bool fed tokens; positions advance by the real ones, cursor by t."""
+        self.next_position.add_(new_valid.long().sum(-1))
+        self.cursor.add_(new_valid.shape[1])
+        self.used += new_valid.shape[1]
