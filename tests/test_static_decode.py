@@ -131,3 +131,56 @@ def test_graphed_decode_equals_eager_bf16_gpu():
     assert torch.equal(gr_toks, eg_toks)
     for a, b in zip(gr_logits, eg_logits):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+def _interleave_case(model, static: bool):
+    """Round 1 (prefill + 6 greedy tokens), then round 2 as a resumed prefill and as a full prefill of
+    the same sequences (the generated tokens and an appended block, routing on the first tokens)."""
+    from msa.model.carry import carry_rows
+
+    g = torch.Generator().manual_seed(5)
+    docs = [torch.randint(4, model.config.vocab_size, (int(n),), generator=g) for n in torch.randint(8, 40, (10,), generator=g)]
+    memory = model.encode(docs)
+    prefix = model.encode_prefix([1, 2, 3])
+    rows = [torch.randint(4, model.config.vocab_size, (n,), generator=g).tolist() for n in (7, 12, 4)]
+    ids, mask = left_pad(rows)
+    out = model.prefill(ids, mask, memory=memory, prefix=prefix, last_only=True, keep_carry=True)
+    gen = [[t] for t in out.logits.argmax(-1).tolist()]
+    with StaticDecoder(model, graphs=False).session(out.cache, ids.shape[1], 16) as stepper:
+        cache = stepper.cache if static else out.cache
+        b = len(rows)
+        for _ in range(5):
+            step = torch.zeros(cache.next_position.shape[0], 1, dtype=torch.long)
+            step[:b, 0] = torch.tensor([r[-1] for r in gen])
+            fed = torch.arange(step.shape[0])[:, None] < b
+            nxt = model.decode(step, cache, fed)[:b, -1].argmax(-1)
+            for r, t in zip(gen, nxt.tolist()):
+                r.append(t)
+        carries = carry_rows(cache, list(range(b)))
+    added = [[9, 10, 11], [12], [13, 14, 15, 16, 17]]
+    full = [r + g_ + a for r, g_, a in zip(rows, gen, added)]
+    fids, fmask = left_pad(full)
+    qmask = torch.zeros_like(fmask)
+    for i, r in enumerate(full):  # the question tokens route, as in a later engine round
+        qmask[i, fids.shape[1] - len(r) : fids.shape[1] - len(r) + 3] = True
+    suffix, smask = left_pad([g_[-1:] + a for g_, a in zip(gen, added)])
+    resumed = model.resume(carries, suffix, smask, qmask, memory=memory, prefix=prefix)
+    recomputed = model.prefill(fids, fmask, qmask, memory=memory, prefix=prefix)
+    return resumed, recomputed, fmask
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_interleave_reuse_equals_recompute(static):
+    model = build_tiny_model()
+    resumed, recomputed, fmask = _interleave_case(model, static)
+    assert set(resumed.routings) == set(recomputed.routings) == set(model.router_layers)
+    for layer, r in recomputed.routings.items():
+        assert torch.equal(resumed.routings[layer].docs, r.docs)
+    torch.testing.assert_close(resumed.logits[fmask], recomputed.logits[fmask], atol=1e-5, rtol=1e-5)
+    # and decoding after the resumed prefill equals decoding after the recomputed one
+    tok = recomputed.logits[:, -1].argmax(-1)[:, None]
+    for _ in range(4):
+        a = model.decode(tok, resumed.cache)[:, -1]
+        b = model.decode(tok, recomputed.cache)[:, -1]
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        tok = b.argmax(-1)[:, None]

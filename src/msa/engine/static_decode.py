@@ -123,9 +123,10 @@ class StaticDecoder:
         if old is not None:  # grow, never shrink: a bucket settles on the largest shapes it has seen
             context = [max(c, buf.shape[2] - old.cache.capacity) for c, buf in zip(context, old.cache.keys)]
             capacity = max(capacity, old.cache.capacity)
-        cfg = self.model.config
+        cfg, layer = self.model.config, self.model.carry_layer
+        carry = (layer, cfg.hidden_size) if layer is not None else None  # kept for Memory Interleave rounds
         return StaticKVCache.allocate(batch, context, capacity, cfg.num_key_value_heads, cfg.head_dim, self.model.dtype,
-                                      self.model.device)  # fmt: skip
+                                      self.model.device, carry)  # fmt: skip
 
     @contextlib.contextmanager
     def session(self, cache: KVCache, tokens: int, room: int) -> Iterator[StaticStepper]:

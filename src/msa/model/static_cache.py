@@ -25,6 +25,8 @@ class StaticKVCache:
     base: [L] long (device) context slots of every layer in the current load; cursor: [] long (device)
     tokens written after the context (the same for all rows: a row that feeds nothing writes an
     invalid slot); next_position: [B] long (device); used: the host's copy of ``cursor``.
+    carry_layer, hidden [B, capacity, hidden], hidden_valid [B, capacity] bool: the input of the first
+    router layer per token slot (kept for the next Memory Interleave round, ``msa.model.carry``), or None.
     """
 
     keys: list[Tensor]
@@ -35,13 +37,20 @@ class StaticKVCache:
     next_position: Tensor
     capacity: int
     used: int = 0
+    carry_layer: int | None = None
+    hidden: Tensor | None = None
+    hidden_valid: Tensor | None = None
 
     @classmethod
     def allocate(cls, batch: int, context: list[int], capacity: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> "StaticKVCache":  # fmt: skip
-        """Zeroed buffers for ``batch`` rows, ``context[l]`` context slots per layer and ``capacity`` tokens."""
+                 dtype: torch.dtype, device: torch.device, carry: tuple[int, int] | None = None) -> "StaticKVCache":  # fmt: skip
+        """Zeroed buffers for ``batch`` rows, ``context[l]`` context slots per layer and ``capacity`` tokens;
+        with ``carry`` = (layer, hidden size), that layer's input is kept per token slot (``keep_hidden``)."""
         size = [c + capacity for c in context]
         return cls(
+            carry_layer=carry[0] if carry else None,
+            hidden=torch.zeros(batch, capacity, carry[1], dtype=dtype, device=device) if carry else None,
+            hidden_valid=torch.zeros(batch, capacity, dtype=torch.bool, device=device) if carry else None,
             keys=[torch.zeros(batch, num_kv_heads, s, head_dim, dtype=dtype, device=device) for s in size],
             values=[torch.zeros(batch, num_kv_heads, s, head_dim, dtype=dtype, device=device) for s in size],
             valid=[torch.zeros(batch, s, dtype=torch.bool, device=device) for s in size],
@@ -75,6 +84,11 @@ class StaticKVCache:
             self.valid[l][:b, :s].copy_(ok)  # type: ignore[arg-type]
             base.append(s - tokens)
         self.base.copy_(torch.tensor(base))
+        if self.hidden_valid is not None:
+            self.hidden_valid.zero_()
+            if cache.hidden and cache.carry_layer == self.carry_layer:
+                self.hidden[:b, :tokens].copy_(torch.cat(cache.hidden, 1))  # type: ignore[index]
+                self.hidden_valid[:b, :tokens].copy_(torch.cat(cache.hidden_valid, 1))
         self.cursor.fill_(tokens)
         self.next_position.zero_()
         self.next_position[:b].copy_(cache.next_position)  # type: ignore[arg-type]
@@ -96,6 +110,12 @@ class StaticKVCache:
         upto = slots[None, :] <= own[:, None]  # [t, S]
         mask = (valid[:, None, :] & upto[None]) | (slots[None, :] == own[:, None])[None]
         return self.keys[layer], self.values[layer], mask
+
+    def keep_hidden(self, h: Tensor, new_valid: Tensor) -> None:
+        """Record the input [B, t, hidden] of ``carry_layer`` for the tokens being fed ([B, t] bool)."""
+        own = self.cursor + torch.arange(h.shape[1], device=h.device)
+        self.hidden.index_copy_(1, own, h)  # type: ignore[union-attr]
+        self.hidden_valid.index_copy_(1, own, new_valid)  # type: ignore[union-attr]
 
     def advance(self, new_valid: Tensor) -> None:
         """After all layers: [B, t] bool fed tokens; positions advance by the real ones, cursor by t."""
