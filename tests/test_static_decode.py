@@ -184,3 +184,63 @@ def test_interleave_reuse_equals_recompute(static):
         b = model.decode(tok, recomputed.cache)[:, -1]
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         tok = b.argmax(-1)[:, None]
+
+
+class Nudged:
+    """The real model, except that the calls numbered in ``force`` emit the round-end marker: real
+    multi-round Memory Interleave with a random model (counts resumed prefills)."""
+
+    def __init__(self, model, marker: int, force: set[int]):
+        self.model, self.marker, self.force, self.calls, self.resumed = model, marker, force, 0, 0
+
+    def _nudge(self, logits):
+        self.calls += 1
+        if self.calls in self.force:
+            logits = logits.clone()
+            logits[..., self.marker] = 1e4
+        return logits
+
+    def prefill(self, *a, **k):
+        out = self.model.prefill(*a, **k)
+        out.logits = self._nudge(out.logits)
+        return out
+
+    def resume(self, *a, **k):
+        self.resumed += 1
+        out = self.model.resume(*a, **k)
+        out.logits = self._nudge(out.logits)
+        return out
+
+    def decode(self, *a, **k):
+        return self._nudge(self.model.decode(*a, **k))
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+
+@pytest.mark.parametrize("static_cache", [False, True])
+def test_engine_interleave_reuse_equals_recompute(engines, static_cache):
+    static, _ = engines
+    tok, view = static.tokenizer, static.bank
+    marker = static.stops.round_end[-1]
+    answers, resumed = [], []
+    for reuse in (True, False):
+        nudged = Nudged(static.model, marker, {3, 9, 10, 17})
+        engine = Engine(nudged, tok, view, device="cpu", static_cache=static_cache, interleave_reuse=reuse)
+        answers.append(engine.ask_batch(QUESTIONS[:2], max_rounds=3, max_new_tokens=12, return_routing=True))
+        resumed.append(nudged.resumed)
+    assert resumed[0] >= 1 and resumed[1] == 0
+    assert max(len(a.rounds) for a in answers[0]) >= 2
+    for a, b in zip(*answers):
+        assert a.transcript == b.transcript
+        for ra, rb in zip(a.rounds, b.rounds):
+            assert ra.routing.keys() == rb.routing.keys()
+            for layer, sel in rb.routing.items():
+                assert [d for d, _ in ra.routing[layer]] == [d for d, _ in sel]
+                assert [x for _, x in ra.routing[layer]] == pytest.approx([x for _, x in sel], abs=1e-5)
