@@ -33,6 +33,7 @@ import torch
 
 from msa import MSAConfig, MSAForCausalLM, ModelConfig
 from msa.engine.static_decode import StaticDecoder
+from msa.model.carry import carry_rows
 from msa.kernels import prepare_routing_keys
 from msa.memory import BankSnapshot, LoadedSegment
 from msa.memory.catalog import DocRow
@@ -207,6 +208,65 @@ def static_decode_rows(model, snap, prefix, cfg, args, device, ceil, weight_byte
                                 2 * params * bq * args.query_tokens / ceil["matmul_TFLOPs"] / 1e12)  # fmt: skip
             floors["questions_per_s"] = bq / (prefill_floor + steps * b / floors[f"{key}_tokens_per_s"])
     res["floors_static"] = floors
+    res["interleave"] = interleave_cost(decoder, model, snap, prefix, cfg, args)
+    return res
+
+
+def _greedy(decoder: StaticDecoder, out, tokens: int, steps: int, carry: bool):
+    """``steps`` greedy static-cache steps of batch row 0 -> generated tokens [steps] (CPU) and, with
+    ``carry``, the row's Carry for a next round."""
+    with decoder.session(out.cache, tokens, steps + 8) as st:
+        bb, device = st.cache.batch, decoder.model.device
+        tok = torch.zeros(bb, dtype=torch.long, device=device)
+        tok[:1] = out.logits.argmax(-1)[:1]
+        mask = torch.arange(bb, device=device) < 1
+        gen = []
+        for _ in range(steps):
+            _, tok = st.step(tok, mask)
+            gen.append(tok[:1].clone())
+        return torch.cat(gen).cpu(), (carry_rows(st.cache, [0]) if carry else None)
+
+
+def interleave_cost(decoder: StaticDecoder, model, snap, prefix, cfg, args) -> dict:
+    """Seconds of a 1-round answer of 2n tokens and of a 2-round answer (n tokens, --appended tokens of
+    document text appended, n tokens), the second round resumed (lower layers reused) or recomputed."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randint(4, cfg.vocab_size, (1, args.query_tokens), generator=g)
+    added = torch.randint(4, cfg.vocab_size, (args.appended,), generator=g)
+    n, device = args.decode_tokens // 2, model.device
+
+    def one_round() -> None:
+        out = model.prefill(q, memory=snap, prefix=prefix, last_only=True)
+        _greedy(decoder, out, q.shape[1], 2 * n, False)
+
+    def two_rounds(reuse: bool) -> None:
+        out = model.prefill(q, memory=snap, prefix=prefix, last_only=True, keep_carry=reuse)
+        first = out.logits.argmax(-1).cpu()
+        gen, carries = _greedy(decoder, out, q.shape[1], n, reuse)
+        full = torch.cat([q[0], first, gen, added])[None]
+        qmask = torch.zeros_like(full, dtype=torch.bool)
+        qmask[0, : q.shape[1]] = True
+        qmask[0, -len(added) :] = True  # the question and the appended text route, as in the engine
+        if reuse:
+            suffix = torch.cat([gen[-1:], added])[None]
+            out = model.resume(carries, suffix, torch.ones_like(suffix, dtype=torch.bool), qmask, memory=snap,
+                               prefix=prefix, last_only=True)  # fmt: skip
+        else:
+            out = model.prefill(full, query_mask=qmask, memory=snap, prefix=prefix, last_only=True)
+        _greedy(decoder, out, full.shape[1], n, False)
+
+    res = {}
+    for name, fn in (("one_round_s", one_round), ("two_rounds_reuse_s", lambda: two_rounds(True)),
+                     ("two_rounds_recompute_s", lambda: two_rounds(False))):  # fmt: skip
+        fn()  # warm-up (graph capture of a new shape)
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        res[name] = time.perf_counter() - t0
+    res["two_over_one_reuse"] = res["two_rounds_reuse_s"] / res["one_round_s"]
+    res["two_over_one_recompute"] = res["two_rounds_recompute_s"] / res["one_round_s"]
+    res["answer_tokens"], res["appended_tokens"] = 2 * n, args.appended
     return res
 
 
@@ -261,6 +321,8 @@ def targets(rows: list[dict]) -> dict:
         "decode_b32_100M_tokens_per_s>=3000": check(big, "decode_batch_tokens_per_s", 3000),
         "ttft_100M_fp8_ms<=20": check(big, "ttft_ms", 20, at_least=False),
         "ttft_1M_fp8_ms<=8": check(small, "ttft_ms", 8, at_least=False),
+        "interleave_2_rounds_100M_over_1<=1.6": check(
+            {"x": big["interleave"]["two_over_one_reuse"]} if big else None, "x", 1.6, at_least=False),
     }
 
 
@@ -272,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--decode-tokens", type=int, default=64, help="tokens per static-cache decode measurement")
     ap.add_argument("--eager-tokens", type=int, default=8, help="tokens of the eager (reference) decode measurement")
     ap.add_argument("--batch", type=int, default=32, help="batch of the batched decode and questions/s")
+    ap.add_argument("--appended", type=int, default=64, help="document tokens appended between interleave rounds")
     ap.add_argument("--no-anchor", action="store_true", help="skip the transformers generate anchor")
     ap.add_argument("--pool-chunks", type=int, default=1 << 15)
     ap.add_argument("--reps", type=int, default=5)
@@ -283,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     if args.quick:
         args.sizes, args.pool_chunks, args.reps, args.decode_tokens, args.query_tokens = "2K,10K", 64, 1, 4, 8
-        args.eager_tokens, args.batch = 2, 4
+        args.eager_tokens, args.batch, args.appended = 2, 4, 8
     cfg = model_config(args.quick)
     dtype = torch.bfloat16 if cuda else torch.float32
     with torch.device(device):  # initialised where it runs (a 4B model's CPU init takes minutes)
@@ -367,6 +430,8 @@ def main(argv: list[str] | None = None) -> dict:
                      size, dname, static["decode_b1_tokens_per_s"], static["floors_static"]["decode_b1_tokens_per_s"],
                      args.batch, static["decode_batch_tokens_per_s"], static["floors_static"]["decode_batch_tokens_per_s"],
                      static["questions_per_s"], static["floors_static"]["questions_per_s"])  # fmt: skip
+            log.info("%5s %4s interleave: 2 rounds / 1 round %.2fx with reuse, %.2fx recomputed", size, dname,
+                     static["interleave"]["two_over_one_reuse"], static["interleave"]["two_over_one_recompute"])  # fmt: skip
         snap.segments[0].prepared = {}
         snap._fused_keys = {}
         del snap
