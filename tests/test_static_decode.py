@@ -4,12 +4,12 @@ eager path that grows its cache by concatenation."""
 import pytest
 import torch
 
-from msa.engine import Engine, InMemoryView
+from msa.engine import Engine
 from msa.engine.generation import left_pad
 from msa.engine.static_decode import StaticDecoder, bucket
 from msa.model.static_cache import StaticKVCache
-from msa.tokenizer import train_tokenizer
-from tests.conftest import ROUTING_TEXTS, build_tiny_model
+from tests.conftest import build_tiny_model
+from tests.test_engine import Scripted, setup  # noqa: F401  (setup: the engine tests' tiny model and view)
 
 STEPS = 64
 
@@ -94,19 +94,9 @@ def test_static_cache_capacity_is_checked():
         model.decode(torch.zeros(3, 1, dtype=torch.long), c)
 
 
-DOCS = ROUTING_TEXTS[:12]
-
-
 @pytest.fixture(scope="module")
-def engines():
-    from msa import MSAConfig, MSAForCausalLM, ModelConfig
-
-    tok = train_tokenizer(DOCS * 2 + ["The answer to the question is: Paris"], 400)
-    cfg = ModelConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                      msa=MSAConfig(top_k_docs=3, pooling_kernel_size=8))  # fmt: skip
-    model = MSAForCausalLM(cfg).init_weights(1).eval()
-    view = InMemoryView(model, tok, DOCS)
+def engines(setup):
+    tok, model, view = setup
     return Engine(model, tok, view, device="cpu"), Engine(model, tok, view, device="cpu", static_cache=False)
 
 
@@ -186,42 +176,24 @@ def test_interleave_reuse_equals_recompute(static):
         tok = b.argmax(-1)[:, None]
 
 
-class Nudged:
+class Nudged(Scripted):
     """The real model, except that the calls numbered in ``force`` emit the round-end marker: real
     multi-round Memory Interleave with a random model (counts resumed prefills)."""
 
     def __init__(self, model, marker: int, force: set[int]):
-        self.model, self.marker, self.force, self.calls, self.resumed = model, marker, force, 0, 0
+        super().__init__(model, [])
+        self.marker, self.force, self.resumed = marker, force, 0
 
-    def _nudge(self, logits):
-        self.calls += 1
-        if self.calls in self.force:
+    def _force(self, logits):
+        self.pos += 1
+        if self.pos in self.force:
             logits = logits.clone()
             logits[..., self.marker] = 1e4
         return logits
 
-    def prefill(self, *a, **k):
-        out = self.model.prefill(*a, **k)
-        out.logits = self._nudge(out.logits)
-        return out
-
     def resume(self, *a, **k):
         self.resumed += 1
-        out = self.model.resume(*a, **k)
-        out.logits = self._nudge(out.logits)
-        return out
-
-    def decode(self, *a, **k):
-        return self._nudge(self.model.decode(*a, **k))
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def to(self, device):
-        return self
-
-    def eval(self):
-        return self
+        return super().resume(*a, **k)
 
 
 @pytest.mark.parametrize("static_cache", [False, True])
