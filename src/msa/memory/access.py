@@ -32,6 +32,7 @@ from msa.kernels.dispatch import RoutingPrep, fused_routing  # the routing backe
 from msa.kernels import RoutingKeys, prepare_doc_mean_keys, prepare_routing_keys
 from msa.memory.catalog import CatalogSnapshot, DocRow, SegmentRow
 from msa.memory.errors import BankCorruptError
+from msa.memory.resident import ResidentContent
 from msa.memory.segments import load_segment, map_segment, segment_metadata
 from msa.model.memory import CompressedMemory, LayerMemory, PrefixCache, Routing, RoutingOptions
 
@@ -148,18 +149,6 @@ def _row_slots(seg: LoadedSegment, slot_of: Tensor, n: int) -> Tensor:
     return torch.where(rows >= 0, rows, n).to(torch.int32)
 
 
-@dataclass
-class _ResidentContent:
-    """Content of a snapshot on its device: keys, values: layer -> [C, Hkv, D] (segments back to back);
-    start, count: [N] long first chunk and chunks of every slot; max_doc_chunks: the largest count."""
-
-    keys: dict[int, Tensor]
-    values: dict[int, Tensor]
-    start: Tensor
-    count: Tensor
-    max_doc_chunks: int
-
-
 @dataclass(frozen=True)
 class Tile:
     """Chunks [c0, c1) = local documents [d0, d1) of segment ``seg`` (index in the snapshot)."""
@@ -221,7 +210,7 @@ class BankSnapshot:
         self._fused_keys: dict[int, RoutingKeys] = {}
         self._chunk_slot: Tensor | None = None  # [C] int32 slot of every loaded chunk, N for deleted ones
         self._has_dead = any(bool((s < 0).any()) for s in slot_of)
-        self._resident: _ResidentContent | None = None
+        self._resident: ResidentContent | None = None
 
     @property
     def num_docs(self) -> int:
@@ -388,49 +377,23 @@ class BankSnapshot:
         return Routing(docs, scores)
 
     # -- content on the device ---------------------------------------------------------------------
-    def make_resident(self) -> "BankSnapshot":
+    def make_resident(self, content_dtype: torch.dtype | None = None) -> "BankSnapshot":
         """Copy the content K/V to the compute device (where it fits). ``fetch`` then gathers there,
         without host work or synchronisation, into a fixed [B, k * max_doc_chunks] layout, and the
-        fused routing leaves its result on the device (no float8 rescoring). Returns self."""
+        fused routing leaves its result on the device (no float8 rescoring). ``content_dtype``: None (as
+        stored), ``torch.bfloat16``, or ``torch.float8_e4m3fn`` (one float32 scale per chunk; see
+        ``msa.memory.resident``). Returns self."""
         if not self.segments or not self.segments[0].keys:
             raise ValueError("the snapshot holds no content to make resident")
-        sizes = [next(iter(seg.keys.values())).shape[0] for seg in self.segments]
-        seg_start = torch.cumsum(torch.tensor([0] + sizes[:-1]), 0)
-        loc = torch.tensor(self._loc, dtype=torch.long).reshape(-1, 3)  # [N, (segment, first chunk, chunks)]
-        layers = list(self.segments[0].keys)
-        self._resident = _ResidentContent(
-            keys={i: torch.cat([seg.keys[i].to(self.device) for seg in self.segments]) for i in layers},
-            values={i: torch.cat([seg.values[i].to(self.device) for seg in self.segments]) for i in layers},
-            start=(seg_start[loc[:, 0]] + loc[:, 1]).to(self.device),
-            count=loc[:, 2].to(self.device),
-            max_doc_chunks=int(loc[:, 2].max()) if len(loc) else 0,
-        )
+        self._resident = ResidentContent.build(self.segments, self._loc, self.device, content_dtype)
         return self
-
-    def _fetch_resident(self, layer: int, docs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        res = self._resident
-        assert res is not None
-        docs = docs.to(self.device).long()
-        b, k = docs.shape
-        m = res.max_doc_chunks
-        d = docs.clamp(min=0)
-        count = torch.where(docs >= 0, res.count[d], 0)  # [B, k]
-        first = torch.cumsum(count, 1) - count  # row slot of every document's first chunk
-        c = torch.arange(m, device=self.device)
-        live = c < count[..., None]  # [B, k, m]
-        dump = k * m  # dead entries are scattered to one extra column, dropped after
-        dest = torch.where(live, first[..., None] + c, dump).reshape(b, -1)
-        src = torch.where(live, res.start[d][..., None] + c, 0).reshape(b, -1)
-        index = torch.zeros(b, dump + 1, dtype=torch.long, device=self.device).scatter_(1, dest, src)[:, :dump]
-        valid = torch.zeros(b, dump + 1, dtype=torch.bool, device=self.device).scatter_(1, dest, live.reshape(b, -1))
-        return res.keys[layer][index], res.values[layer][index], valid[:, :dump]
 
     def fetch(self, layer: int, docs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """docs: [B, k] slots (-1 = none) -> keys, values [B, Cmax, Hkv, D] on the device (chunks of the
         selected documents in the order given, zero padded; with resident content, Cmax is
         k * max_doc_chunks and padding is not zero, only invalid) and valid [B, Cmax] bool."""
         if self._resident is not None:
-            return self._fetch_resident(layer, docs)
+            return self._resident.fetch(layer, docs)
         docs = docs.cpu().long()
         b = docs.shape[0]
         per = [[self._loc[int(x)] for x in row if int(x) >= 0] for row in docs]
