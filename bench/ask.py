@@ -431,7 +431,30 @@ def main(argv: list[str] | None = None) -> dict:
     prefix = model.encode_prefix([1, 2, 3])
     g = torch.Generator().manual_seed(1)
     q_ids = torch.randint(4, cfg.vocab_size, (1, args.query_tokens), generator=g)
-    rows = []
+    out_path = Path(args.out) if args.out else Path(__file__).parent / "results" / f"ask_{card.replace(' ', '_')}{'_quick' if args.quick else ''}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(result: dict) -> None:  # after every row: a run cut short keeps what it measured
+        out_path.write_text(json.dumps(result, indent=1))
+        log.info("-> %s", out_path)
+
+    try:  # first: its 8 GB are freed before the memories are built
+        anchor = None if args.no_anchor else transformers_anchor(cfg, dtype, device, args)
+    except Exception as e:  # noqa: BLE001  (the anchor must not lose the run's results)
+        anchor = {"error": f"{type(e).__name__}: {e}"[:500]}
+    rows: list[dict] = []
+    result = {
+        "bench": "ask", "card": card, "torch": torch.__version__, "python": platform.python_version(), "quick": args.quick,
+        "transformers": _version("transformers"), "triton": _version("triton"), "cuda": torch.version.cuda,
+        "decode": "static cache (msa.engine.static_decode); CUDA graphs on CUDA; greedy tokens fed back on the "
+                  f"device, {args.decode_tokens} tokens timed; questions/s: prefill of --batch questions + "
+                  f"{args.decode_tokens} tokens each (model level, no tokenizer)",
+        "memory": "RANDOM tensors: routing keys random on the device (prepared bf16 / fp8); content K/V a pinned "
+                  f"host pool of {args.pool_chunks} random chunks per layer, documents mapped into it modulo its size",
+        "weights": "random", "layers": cfg.num_hidden_layers, "router_layers": list(cfg.router_layers),
+        "query_tokens": args.query_tokens, "top_k": cfg.msa.top_k, "ceilings": ceil, "weight_bytes": weight_bytes,
+        "rows": rows, "transformers_anchor": anchor,
+    }  # fmt: skip
     for size in args.sizes.split(","):
         snap, info = random_snapshot(cfg, model.routing_options(), SIZES[size], device, args.pool_chunks)
         for dname in args.dtypes.split(","):
@@ -472,7 +495,11 @@ def main(argv: list[str] | None = None) -> dict:
                              "prefill_rest_ms": med(r_stage["prefill_rest"])},
                 **static,
             }  # fmt: skip
+            if anchor is not None and "decode_b1_tokens_per_s" in anchor:
+                row["decode_b1_over_anchor"] = row["decode_b1_tokens_per_s"] / anchor["decode_b1_tokens_per_s"]
             rows.append(row)
+            result["targets"] = targets(rows)
+            write(result)
             log.info("%5s %4s TTFT %.2f ms (floor %.2f) route %.2f (%.2f) fetch %.2f (%.2f) prefill %.2f (%.2f) eager decode %.1f tok/s (floor %.1f)",
                      size, dname, row["ttft_ms"], floors["ttft_ms"], row["route_ms"], floors["route_ms"], row["fetch_ms"],
                      floors["fetch_ms"], row["prefill_rest_ms"], floors["prefill_ms"], row["eager_decode_tokens_per_s"],
@@ -491,32 +518,11 @@ def main(argv: list[str] | None = None) -> dict:
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    try:
-        anchor = None if args.no_anchor else transformers_anchor(cfg, dtype, device, args)
-    except Exception as e:  # noqa: BLE001  (the anchor must not lose the run's results)
-        anchor = {"error": f"{type(e).__name__}: {e}"[:500]}
-    if anchor is not None and "decode_b1_tokens_per_s" in anchor:
-        for row in rows:
-            row["decode_b1_over_anchor"] = row["decode_b1_tokens_per_s"] / anchor["decode_b1_tokens_per_s"]
-    result = {
-        "bench": "ask", "card": card, "torch": torch.__version__, "python": platform.python_version(), "quick": args.quick,
-        "transformers": _version("transformers"), "triton": _version("triton"), "cuda": torch.version.cuda,
-        "decode": "static cache (msa.engine.static_decode); CUDA graphs on CUDA; greedy tokens fed back on the "
-                  f"device, {args.decode_tokens} tokens timed; questions/s: prefill of --batch questions + "
-                  f"{args.decode_tokens} tokens each (model level, no tokenizer)",
-        "memory": "RANDOM tensors: routing keys random on the device (prepared bf16 / fp8); content K/V a pinned "
-                  f"host pool of {args.pool_chunks} random chunks per layer, documents mapped into it modulo its size",
-        "weights": "random", "layers": cfg.num_hidden_layers, "router_layers": list(cfg.router_layers),
-        "query_tokens": args.query_tokens, "top_k": cfg.msa.top_k, "ceilings": ceil, "weight_bytes": weight_bytes,
-        "rows": rows, "transformers_anchor": anchor, "targets": targets(rows),
-    }  # fmt: skip
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"ask_{card.replace(' ', '_')}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    log.info("-> %s", out)
+    result["targets"] = targets(rows)
+    write(result)
     if cuda and args.graphed_prefill:  # last: a failed capture may leave the device unusable
         result["graphed_prefill_experiment"] = graphed_prefill_experiment(model, cfg, args, device, prefix, q_ids)
-        out.write_text(json.dumps(result, indent=1))
+        write(result)
         log.info("graphed prefill experiment: %s", result["graphed_prefill_experiment"])
     return result
 
