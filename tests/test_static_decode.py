@@ -6,7 +6,7 @@ import torch
 
 from msa.engine import Engine
 from msa.engine.generation import left_pad
-from msa.engine.static_decode import StaticDecoder, bucket
+from msa.engine.static_decode import StaticDecoder, StaticStepper, bucket
 from msa.model.static_cache import StaticKVCache
 from tests.conftest import build_tiny_model
 from tests.test_engine import Scripted, setup  # noqa: F401  (setup: the engine tests' tiny model and view)
@@ -43,11 +43,20 @@ def _greedy(feed, first: torch.Tensor, steps: int):
     return torch.stack(toks), logits
 
 
-def _eager_and_static(model, out, tokens, steps, graphs=False):
-    """(tokens [steps, B], logits per step) of the static path, then of the eager path."""
+def _eager_and_static(model, out, tokens, steps, graphs=False, pad_rows=0):
+    """(tokens [steps, B], logits per step) of the static path (``pad_rows`` empty rows more), then of
+    the eager path."""
     dev, b = model.device, out.logits.shape[0]
     first = out.logits.argmax(-1).cpu()
-    with StaticDecoder(model, graphs=graphs).session(out.cache, tokens, steps + 8) as stepper:
+    decoder = StaticDecoder(model, graphs=graphs)
+    if pad_rows:  # a padded bucket on the CPU (graphs pad to buckets; eager sessions do not)
+        cfg = model.config
+        context = [k.shape[1] - tokens for k in out.cache.keys]
+        cache = StaticKVCache.allocate(b + pad_rows, context, tokens + steps + 8, cfg.num_key_value_heads, cfg.head_dim,
+                                       model.dtype, dev, (model.carry_layer, cfg.hidden_size))  # fmt: skip
+        decoder._steppers[b + pad_rows] = StaticStepper(model, cache, graph=False)
+        decoder._steppers[b] = decoder._steppers[b + pad_rows]
+    with decoder.session(out.cache, tokens, steps + 8) as stepper:
         pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, stepper.cache.batch - b)).to(dev)  # noqa: E731
 
         def static(ids, mask):
@@ -74,10 +83,11 @@ def test_static_cache_layout_and_bucket():
     assert mask[0, 1].nonzero().flatten().tolist() == [5, 6]
 
 
-def test_static_decode_equals_eager_over_64_steps():
+@pytest.mark.parametrize("pad_rows", [0, 2])
+def test_static_decode_equals_eager_over_64_steps(pad_rows):
     model = build_tiny_model()
     out, tokens = _prefill(model)
-    (st_toks, st_logits), (eg_toks, eg_logits) = _eager_and_static(model, out, tokens, STEPS)
+    (st_toks, st_logits), (eg_toks, eg_logits) = _eager_and_static(model, out, tokens, STEPS, pad_rows=pad_rows)
     assert torch.equal(st_toks, eg_toks)
     for a, b in zip(st_logits, eg_logits):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

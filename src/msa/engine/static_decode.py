@@ -118,8 +118,10 @@ class StaticDecoder:
         self._lock = threading.Lock()
 
     def _allocate(self, batch: int, cache: KVCache, tokens: int, room: int, old: StaticStepper | None) -> StaticKVCache:
-        context = [_round_up(k.shape[1] - tokens, CONTEXT_ROUND) for k in cache.keys]  # type: ignore[union-attr]
-        capacity = _round_up(tokens + room, CAPACITY_ROUND)
+        # Graphs want few distinct shapes; eager steps want no slot more than needed.
+        ctx_round, cap_round = (CONTEXT_ROUND, CAPACITY_ROUND) if self.graphs else (8, 8)
+        context = [_round_up(k.shape[1] - tokens, ctx_round) for k in cache.keys]  # type: ignore[union-attr]
+        capacity = _round_up(tokens + room, cap_round)
         if old is not None:  # grow, never shrink: a bucket settles on the largest shapes it has seen
             context = [max(c, buf.shape[2] - old.cache.capacity) for c, buf in zip(context, old.cache.keys)]
             capacity = max(capacity, old.cache.capacity)
@@ -132,7 +134,8 @@ class StaticDecoder:
     def session(self, cache: KVCache, tokens: int, room: int) -> Iterator[StaticStepper]:
         """A prefill's ``cache`` (its last ``tokens`` slots are the prompt) loaded into a bucket with
         ``room`` more token slots; yields the stepper to decode with."""
-        b = bucket(cache.keys[0].shape[0])  # type: ignore[union-attr]
+        rows = cache.keys[0].shape[0]  # type: ignore[union-attr]
+        b = bucket(rows) if self.graphs else rows  # padding rows only buy a graph
         if not self._lock.acquire(blocking=False):
             private = StaticStepper(self.model, self._allocate(b, cache, tokens, room, None), graph=False)
             private.cache.load(cache, tokens)
