@@ -52,19 +52,21 @@ def _eager_and_static(model, out, tokens, steps, graphs=False, pad_rows=0):
     if pad_rows:  # a padded bucket on the CPU (graphs pad to buckets; eager sessions do not)
         cfg = model.config
         context = [k.shape[1] - tokens for k in out.cache.keys]
-        cache = StaticKVCache.allocate(b + pad_rows, context, tokens + steps + 8, cfg.num_key_value_heads, cfg.head_dim,
+        cache = StaticKVCache.allocate(b + pad_rows, context, tokens + steps // 4, cfg.num_key_value_heads, cfg.head_dim,
                                        model.dtype, dev, (model.carry_layer, cfg.hidden_size))  # fmt: skip
         decoder._steppers[b + pad_rows] = StaticStepper(model, cache, graph=False)
         decoder._steppers[b] = decoder._steppers[b + pad_rows]
-    with decoder.session(out.cache, tokens, steps + 8) as stepper:
+    with decoder.session(out.cache, tokens, steps // 4) as stepper:  # too small: the cache grows (graphs: recaptured)
         pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, stepper.cache.batch - b)).to(dev)  # noqa: E731
 
         def static(ids, mask):
             if ids.shape[1] == 1:
                 return stepper.step(pad(ids)[:, 0], pad(mask)[:, 0])[0][:b, None].clone()
+            stepper.ensure(ids.shape[1])
             return model.decode(pad(ids), stepper.cache, pad(mask))[:b]
 
         static_run = _greedy(static, first, steps)
+        assert stepper.cache.capacity >= tokens + steps + 4  # it grew
     eager_run = _greedy(lambda ids, mask: model.decode(ids.to(dev), out.cache, mask.to(dev)), first, steps)
     return static_run, eager_run
 

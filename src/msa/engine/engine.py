@@ -231,13 +231,13 @@ class Engine:
             if return_routing:
                 info.routing = {layer: _selected(r, i, slot_ids) for layer, r in out.routings.items()}
             s.rounds.append(info)
-        # Room in a static cache: every step, plus the one question block a sample may append.
-        blocks = sum(len(self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question)))
-                     for s in active)  # fmt: skip
-        with self._decoding(out.cache, prompt_tokens, max_new_tokens + 64 + blocks) as (step, cache):
+        # Room in a static cache: every step, plus a question block (it grows if several need more).
+        block = max(len(self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question)))
+                    for s in active)  # fmt: skip
+        with self._decoding(out.cache, prompt_tokens, max_new_tokens + 64 + block) as (step, cache):
             states, round_ids = self._decode_round(active, out.logits, step, max_new_tokens, last, on_token, timer)
             if keep:
-                self._keep_carries(active, states, cache)
+                self._keep_carries(active, states, cache())
         self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
                           ctx, timer)  # fmt: skip
 
@@ -284,14 +284,14 @@ class Engine:
         return states, round_ids
 
     @contextlib.contextmanager
-    def _decoding(self, cache: KVCache, prompt_tokens: int, room: int) -> Iterator[tuple[Callable, KVCache | StaticKVCache]]:
+    def _decoding(self, cache: KVCache, prompt_tokens: int, room: int) -> Iterator[tuple[Callable, Callable]]:
         """The step function of a round, ``(states, samplers) -> next tokens`` (see ``decode_step``),
-        and the cache it decodes into."""
+        and a function returning the cache it decodes into (a static cache may grow)."""
         if self._static is None:
-            yield functools.partial(decode_step, self.model, cache), cache
+            yield functools.partial(decode_step, self.model, cache), lambda: cache
             return
         with self._static.session(cache, prompt_tokens, room) as stepper:
-            yield stepper.decode_step, stepper.cache
+            yield stepper.decode_step, lambda: stepper.cache
 
     def _keep_carries(self, active: list[_Sample], states: list[DecodeState], cache: KVCache | StaticKVCache) -> None:
         """Samples that continue keep what their next round reuses: everything fed but the last token."""

@@ -41,7 +41,8 @@ def _round_up(n: int, m: int) -> int:
 
 
 class StaticStepper:
-    """One batch bucket: its cache, input buffers and (on CUDA, when asked) the captured step."""
+    """One batch bucket: its cache, input buffers and (on CUDA, when asked) the captured step. The
+    cache grows when a step needs more token slots than it has (``ensure``)."""
 
     def __init__(self, model: MSAForCausalLM, cache: StaticKVCache, graph: bool):
         self.model, self.cache = model, cache
@@ -50,6 +51,7 @@ class StaticStepper:
         self.mask = torch.zeros(b, 1, dtype=torch.bool, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graphed = graph
+        cache.trim = not graph
         if graph:
             self._capture()
 
@@ -60,29 +62,39 @@ class StaticStepper:
         return logits, logits.argmax(-1)
 
     def _capture(self) -> None:
-        # Warm-up and capture write junk into the buffers; ``StaticKVCache.load`` resets what is read.
-        used = self.cache.used
+        # Warm-up steps feed nothing (mask False: invalid slots, positions kept); the cursor is restored.
+        c = self.cache
+        state = (c.cursor.clone(), c.next_position.clone(), c.used)
+        self.mask.zero_()
         side = torch.cuda.Stream(self.model.device)
         side.wait_stream(torch.cuda.current_stream(self.model.device))
         with torch.cuda.stream(side):
             for _ in range(2):
                 self._body()
-                self.cache.used = used
         torch.cuda.current_stream(self.model.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.logits, self.tokens = self._body()
-        self.cache.used = used
+        c.cursor.copy_(state[0])
+        c.next_position.copy_(state[1])
+        c.used = state[2]
+
+    def ensure(self, tokens: int) -> None:
+        """Room for ``tokens`` more token slots: the cache grows (and the step is captured again)."""
+        if self.cache.used + tokens > self.cache.capacity:
+            self.cache = self.cache.grown(_round_up(self.cache.used + tokens + CAPACITY_ROUND, CAPACITY_ROUND))
+            logger.debug("static cache grown to %d token slots", self.cache.capacity)
+            if self.graphed:
+                self._capture()
 
     def step(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """One token per row. ids [Bb] long, mask [Bb] bool (device) -> logits [Bb, V] and greedy tokens
         [Bb] (device; with a graph, buffers the next step overwrites)."""
+        self.ensure(1)
         self.ids[:, 0].copy_(ids)
         self.mask[:, 0].copy_(mask)
         if self.graph is None:
             return self._body()
-        if self.cache.used + 1 > self.cache.capacity:
-            raise ValueError(f"the static cache holds {self.cache.capacity} tokens")
         self.graph.replay()
         self.cache.used += 1
         return self.logits, self.tokens
@@ -97,6 +109,7 @@ class StaticStepper:
         if ids.shape[1] == 1:
             logits, greedy = self.step(ids[:, 0], mask[:, 0])
         else:
+            self.ensure(ids.shape[1])
             logits = self.model.decode(ids, self.cache, mask)[:, -1]
             greedy = logits.argmax(-1)
         return finish_step(states, pick_tokens(logits[:b], samplers, greedy[:b]))

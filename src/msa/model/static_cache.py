@@ -9,7 +9,7 @@ attention reads the whole buffer under the ``valid`` mask (unwritten slots are n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -37,6 +37,8 @@ class StaticKVCache:
     next_position: Tensor
     capacity: int
     used: int = 0
+    context: list[int] = field(default_factory=list)
+    trim: bool = False
     carry_layer: int | None = None
     hidden: Tensor | None = None
     hidden_valid: Tensor | None = None
@@ -84,6 +86,7 @@ class StaticKVCache:
             self.valid[l][:b, :s].copy_(ok)  # type: ignore[arg-type]
             base.append(s - tokens)
         self.base.copy_(torch.tensor(base))
+        self.context = base
         if self.hidden_valid is not None:
             self.hidden_valid.zero_()
             if cache.hidden and cache.carry_layer == self.carry_layer:
@@ -104,12 +107,35 @@ class StaticKVCache:
         own = self.base[layer] + self.cursor + torch.arange(t, device=k.device)  # [t]
         self.keys[layer].index_copy_(2, own, k.transpose(1, 2))
         self.values[layer].index_copy_(2, own, v.transpose(1, 2))
-        valid = self.valid[layer]
-        valid.index_copy_(1, own, new_valid)
-        slots = torch.arange(valid.shape[1], device=k.device)
+        self.valid[layer].index_copy_(1, own, new_valid)
+        # trim (eager steps): attend over the written slots only; a graph reads the fixed buffer
+        s = self.context[layer] + self.used + t if self.trim else self.valid[layer].shape[1]
+        keys, values, valid = self.keys[layer][:, :, :s], self.values[layer][:, :, :s], self.valid[layer][:, :s]
+        slots = torch.arange(s, device=k.device)
         upto = slots[None, :] <= own[:, None]  # [t, S]
         mask = (valid[:, None, :] & upto[None]) | (slots[None, :] == own[:, None])[None]
-        return self.keys[layer], self.values[layer], mask
+        return keys, values, mask
+
+    @torch.no_grad()
+    def grown(self, capacity: int) -> "StaticKVCache":
+        """A copy with ``capacity`` token slots (more than now), holding the same state."""
+        if capacity < self.capacity:
+            raise ValueError("a static cache grows, never shrinks")
+        new = StaticKVCache.allocate(self.batch, [buf.shape[2] - self.capacity for buf in self.keys], capacity,
+                                     self.keys[0].shape[1], self.keys[0].shape[3], self.keys[0].dtype, self.base.device,
+                                     (self.carry_layer, self.hidden.shape[2]) if self.hidden is not None else None)  # fmt: skip
+        for old, buf in ((self.keys, new.keys), (self.values, new.values)):
+            for a, b in zip(old, buf):
+                b[:, :, : a.shape[2]].copy_(a)
+        for a, b in zip(self.valid, new.valid):
+            b[:, : a.shape[1]].copy_(a)
+        if self.hidden is not None:
+            new.hidden[:, : self.capacity].copy_(self.hidden)  # type: ignore[index]
+            new.hidden_valid[:, : self.capacity].copy_(self.hidden_valid)  # type: ignore[index]
+        for name in ("base", "cursor", "next_position"):
+            getattr(new, name).copy_(getattr(self, name))
+        new.used, new.context, new.trim = self.used, list(self.context), self.trim
+        return new
 
     def keep_hidden(self, h: Tensor, new_valid: Tensor) -> None:
         """Record the input [B, t, hidden] of ``carry_layer`` for the tokens being fed ([B, t] bool)."""
