@@ -500,6 +500,14 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
             result["targets"] = targets(rows)
             write(result)
+            if cuda and args.graphed_prefill:  # after the row is written: a failed capture may break the device
+                try:
+                    row["graphed_prefill_experiment"] = graphed_prefill_ttft(model, snap.make_resident(), prefix, q_ids, args.reps)
+                except Exception as e:  # noqa: BLE001  (an experiment: what failed is the result)
+                    row["graphed_prefill_experiment"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+                snap._resident = None
+                log.info("%5s %4s graphed prefill experiment: %s", size, dname, row["graphed_prefill_experiment"])
+                write(result)
             log.info("%5s %4s TTFT %.2f ms (floor %.2f) route %.2f (%.2f) fetch %.2f (%.2f) prefill %.2f (%.2f) eager decode %.1f tok/s (floor %.1f)",
                      size, dname, row["ttft_ms"], floors["ttft_ms"], row["route_ms"], floors["route_ms"], row["fetch_ms"],
                      floors["fetch_ms"], row["prefill_rest_ms"], floors["prefill_ms"], row["eager_decode_tokens_per_s"],
@@ -520,27 +528,7 @@ def main(argv: list[str] | None = None) -> dict:
             torch.cuda.empty_cache()
     result["targets"] = targets(rows)
     write(result)
-    if cuda and args.graphed_prefill:  # last: a failed capture may leave the device unusable
-        result["graphed_prefill_experiment"] = graphed_prefill_experiment(model, cfg, args, device, prefix, q_ids)
-        write(result)
-        log.info("graphed prefill experiment: %s", result["graphed_prefill_experiment"])
     return result
-
-
-def graphed_prefill_experiment(model, cfg, args, device, prefix, q_ids) -> dict:
-    """``graphed_prefill_ttft`` per size (fp8 routing keys, resident content); errors are reported."""
-    res = {}
-    for size in args.sizes.split(","):
-        try:
-            snap, _ = random_snapshot(cfg, model.routing_options(), SIZES[size], device, args.pool_chunks)
-            fill_routing_keys(snap, cfg, DTYPES["fp8"], device, seed=2)
-            res[size] = graphed_prefill_ttft(model, snap.make_resident(), prefix, q_ids, args.reps)
-            del snap
-            gc.collect()
-        except Exception as e:  # noqa: BLE001  (an experiment: what failed is the result)
-            res[size] = {"error": f"{type(e).__name__}: {e}"[:500]}
-            break
-    return res
 
 
 if __name__ == "__main__":

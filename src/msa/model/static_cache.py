@@ -107,7 +107,7 @@ class StaticKVCache:
         own = self.base[layer] + self.cursor + torch.arange(t, device=k.device)  # [t]
         self.keys[layer].index_copy_(2, own, k.transpose(1, 2))
         self.values[layer].index_copy_(2, own, v.transpose(1, 2))
-        self.valid[layer].index_copy_(1, own, new_valid)
+        _copy_bool(self.valid[layer], own, new_valid)
         # trim (eager steps): attend over the written slots only; a graph reads the fixed buffer
         s = self.context[layer] + self.used + t if self.trim else self.valid[layer].shape[1]
         keys, values, valid = self.keys[layer][:, :, :s], self.values[layer][:, :, :s], self.valid[layer][:, :s]
@@ -141,10 +141,15 @@ class StaticKVCache:
         """Record the input [B, t, hidden] of ``carry_layer`` for the tokens being fed ([B, t] bool)."""
         own = self.cursor + torch.arange(h.shape[1], device=h.device)
         self.hidden.index_copy_(1, own, h)  # type: ignore[union-attr]
-        self.hidden_valid.index_copy_(1, own, new_valid)  # type: ignore[union-attr]
+        _copy_bool(self.hidden_valid, own, new_valid)  # type: ignore[arg-type]
 
     def advance(self, new_valid: Tensor) -> None:
         """After all layers: [B, t] bool fed tokens; positions advance by the real ones, cursor by t."""
         self.next_position.add_(new_valid.long().sum(-1))
         self.cursor.add_(new_valid.shape[1])
         self.used += new_valid.shape[1]
+
+
+def _copy_bool(dst: Tensor, index: Tensor, src: Tensor) -> None:
+    """``dst.index_copy_(1, index, src)`` for bool tensors, through a uint8 view (every backend has it)."""
+    dst.view(torch.uint8).index_copy_(1, index, src.contiguous().view(torch.uint8))
