@@ -3,7 +3,8 @@ bfloat16, and in float8 with per-chunk scales (``BankSnapshot.make_resident``).
 
 A bios memory of --people people (world seed 3, new to the model, as ``make demo``) is encoded by
 ``msa-bios-small``; held-out single- and 2-hop questions are asked with Memory Interleave through
-``Engine`` once per content dtype. Reported per dtype: exact match, router recall, content bytes.
+``Engine`` once per content dtype. Reported per dtype: exact match, router recall (first round), the
+share of answers equal to those with the stored content, content bytes.
 Routing keys are untouched (float8 routing keys: bench/fp8_recall.py).
 
     python bench/fp8_content.py [--people 2048] [--questions 60] [--device cuda] [--out PATH]
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
                                               model.config.policy.max_new_tokens, args.batch)  # fmt: skip
                     s = summarize_records(recs)
                     row[kind] = {"n": s["n"], **{k: s[k]["mean"] for k in ("exact_match", "router_recall") if k in s}}
+                    answers = [r["prediction"] for r in recs]
+                    stored = rows["stored"][kind]["answers"] if rows else answers
+                    row[kind]["same_answer_as_stored"] = sum(a == b for a, b in zip(answers, stored)) / max(1, len(answers))
+                    row[kind]["answers"] = answers
                 row["content_bytes"] = view.content_bytes
                 rows[name] = row
                 log.info("%6s content: EM single %.3f 2-hop %.3f, router recall %.3f; content %.1f MB", name,
