@@ -378,16 +378,21 @@ def targets(rows: list[dict]) -> dict:
     def check(row, key, bound, at_least=True):
         if row is None or key not in row:
             return None
-        if key == "ttft_ms":  # the better of the two content tiers
-            return check({"x": min(row["ttft_ms"], row["resident"]["ttft_ms"])}, "x", bound, at_least)
         return {"value": row[key], "target": bound, "ok": row[key] >= bound if at_least else row[key] <= bound}
+
+    def ttft(row):  # the better of the two content tiers (eager prefill)
+        return None if row is None else {"x": min(row["ttft_ms"], row["resident"]["ttft_ms"])}
 
     return {
         "decode_b1_100M_tokens_per_s>=250": check(big, "decode_b1_tokens_per_s", 250),
         "decode_b1_100M_over_anchor>=20": check(big, "decode_b1_over_anchor", 20),
         "decode_b32_100M_tokens_per_s>=3000": check(big, "decode_batch_tokens_per_s", 3000),
-        "ttft_100M_fp8_ms<=20": check(big, "ttft_ms", 20, at_least=False),
-        "ttft_1M_fp8_ms<=8": check(small, "ttft_ms", 8, at_least=False),
+        "ttft_100M_fp8_ms<=20": check(ttft(big), "x", 20, at_least=False),
+        "ttft_1M_fp8_ms<=8": check(ttft(small), "x", 8, at_least=False),
+        "ttft_100M_fp8_graphed_prefill_experiment_ms<=20": check(
+            big.get("graphed_prefill_experiment") if big else None, "ttft_ms", 20, at_least=False),
+        "ttft_1M_fp8_graphed_prefill_experiment_ms<=8": check(
+            small.get("graphed_prefill_experiment") if small else None, "ttft_ms", 8, at_least=False),
         "interleave_2_rounds_100M_over_1<=1.6": check(
             {"x": big["interleave"]["two_over_one_reuse"]} if big else None, "x", 1.6, at_least=False),
     }
