@@ -73,7 +73,8 @@ class StaticStepper:
                 self._body()
         torch.cuda.current_stream(self.model.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: another engine's thread may use the device meanwhile (a server with several banks)
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits, self.tokens = self._body()
         c.cursor.copy_(state[0])
         c.next_position.copy_(state[1])

@@ -26,7 +26,7 @@ def attend_grouped(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     hkv, s = k.shape[1], k.shape[2]
     g = hq // hkv
     qg = q.view(b, t, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * t, d)  # rows (group, token)
-    m = mask[:, None, None].expand(b, 1, g, t, s).reshape(b, 1, g * t, s)
+    m = mask[:, None] if t == 1 else mask[:, None, None].expand(b, 1, g, t, s).reshape(b, 1, g * t, s)  # [B, 1, *, S]
     out = F.scaled_dot_product_attention(qg, k, v, attn_mask=m)  # [B, Hkv, g*t, D]
     return out.view(b, hkv, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, hq, d)
 

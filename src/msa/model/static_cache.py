@@ -36,6 +36,7 @@ class StaticKVCache:
     cursor: Tensor
     next_position: Tensor
     capacity: int
+    steps: Tensor = field(default=None)  # type: ignore[assignment]  [capacity] long 0.. (device): token offsets
     used: int = 0
     context: list[int] = field(default_factory=list)
     trim: bool = False
@@ -60,6 +61,7 @@ class StaticKVCache:
             cursor=torch.zeros((), dtype=torch.long, device=device),
             next_position=torch.zeros(batch, dtype=torch.long, device=device),
             capacity=capacity,
+            steps=torch.arange(capacity, device=device),
         )
 
     @property
@@ -104,13 +106,15 @@ class StaticKVCache:
         [B, t, S_l] bool: token i sees valid slots up to its own, and always itself.
         """
         t = k.shape[1]
-        own = self.base[layer] + self.cursor + torch.arange(t, device=k.device)  # [t]
+        own = self.base[layer] + self.cursor + self.steps[:t]  # [t]
         self.keys[layer].index_copy_(2, own, k.transpose(1, 2))
         self.values[layer].index_copy_(2, own, v.transpose(1, 2))
         _copy_bool(self.valid[layer], own, new_valid)
         # trim (eager steps): attend over the written slots only; a graph reads the fixed buffer
         s = self.context[layer] + self.used + t if self.trim else self.valid[layer].shape[1]
         keys, values, valid = self.keys[layer][:, :, :s], self.values[layer][:, :, :s], self.valid[layer][:, :s]
+        if t == 1:  # no slot after the new token is written yet: valid slots, and always itself
+            return keys, values, valid.index_fill(1, own, True)[:, None, :]
         slots = torch.arange(s, device=k.device)
         upto = slots[None, :] <= own[:, None]  # [t, S]
         mask = (valid[:, None, :] & upto[None]) | (slots[None, :] == own[:, None])[None]
@@ -139,7 +143,7 @@ class StaticKVCache:
 
     def keep_hidden(self, h: Tensor, new_valid: Tensor) -> None:
         """Record the input [B, t, hidden] of ``carry_layer`` for the tokens being fed ([B, t] bool)."""
-        own = self.cursor + torch.arange(h.shape[1], device=h.device)
+        own = self.cursor + self.steps[: h.shape[1]]
         self.hidden.index_copy_(1, own, h)  # type: ignore[union-attr]
         _copy_bool(self.hidden_valid, own, new_valid)  # type: ignore[arg-type]
 
