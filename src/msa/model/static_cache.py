@@ -24,7 +24,9 @@ class StaticKVCache:
 
     base: [L] long (device) context slots of every layer in the current load; cursor: [] long (device)
     tokens written after the context (the same for all rows: a row that feeds nothing writes an
-    invalid slot); next_position: [B] long (device); used: the host's copy of ``cursor``.
+    invalid slot); next_position: [B] long (device); used, context: the host's copies of ``cursor`` and
+    ``base``; steps: [capacity] long 0.. (device); trim: attend over the written slots only (eager
+    steps; a captured step reads the whole buffer).
     carry_layer, hidden [B, capacity, hidden], hidden_valid [B, capacity] bool: the input of the first
     router layer per token slot (kept for the next Memory Interleave round, ``msa.model.carry``), or None.
     """
@@ -36,7 +38,7 @@ class StaticKVCache:
     cursor: Tensor
     next_position: Tensor
     capacity: int
-    steps: Tensor = field(default=None)  # type: ignore[assignment]  [capacity] long 0.. (device): token offsets
+    steps: Tensor = field(default=None)  # type: ignore[assignment]
     used: int = 0
     context: list[int] = field(default_factory=list)
     trim: bool = False
