@@ -22,9 +22,6 @@ from msa.model.attention import MemorySparseAttention
 from msa.model.context import EncodeContext, KVCache, PackedBatch, QueryContext, TrainContext
 from msa.model.layers import MLP, RMSNorm, RotaryEmbedding
 from msa.model.static_cache import StaticKVCache
-
-if TYPE_CHECKING:
-    from msa.model.carry import Carry
 from msa.model.memory import (
     CompressedMemory,
     DenseMemoryAccess,
@@ -34,6 +31,9 @@ from msa.model.memory import (
     RoutingOptions,
 )
 from msa import functional as MF
+
+if TYPE_CHECKING:
+    from msa.model.carry import Carry
 
 
 ENCODE_PAD = 32  # encode pads documents to a multiple of this many tokens (see ``encode``)
