@@ -14,8 +14,8 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
