@@ -39,6 +39,12 @@ class Scripted:
         out.logits = self._force(out.logits)
         return out
 
+    def resume(self, *a, **k):  # a later round continuing the last one: a prefill too
+        self.prefills += 1
+        out = self.model.resume(*a, **k)
+        out.logits = self._force(out.logits)
+        return out
+
     def decode(self, *a, **k):
         return self._force(self.model.decode(*a, **k))
 

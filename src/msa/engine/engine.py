@@ -10,9 +10,11 @@ reported. Stop rules are token ids (``msa.engine.stops``); nothing here knows a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -23,8 +25,11 @@ from msa.config import EnginePolicy
 from msa.engine.answer import Answer, RoundInfo
 from msa.engine.choice import ChoiceContext, DocChoice, choice_strategy, requested_ids, requests_in
 from msa.engine.generation import DecodeState, Sampler, Timer, decode_step, left_pad, pick_tokens
+from msa.engine.static_decode import StaticDecoder
 from msa.engine.stops import StopRules, ends_with
-from msa.model import MemoryAccess, MSAForCausalLM, PrefixCache, Routing
+from msa.model import KVCache, MemoryAccess, MSAForCausalLM, PrefixCache, Routing
+from msa.model.carry import Carry, carry_rows
+from msa.model.static_cache import StaticKVCache
 from msa.prompt import QUERY, RESPONSE, TEMPLATE, PromptFormat, encode_segments, prompt_format, query_segments
 
 logger = logging.getLogger(__name__)
@@ -82,6 +87,7 @@ class _Sample:
     finished: bool = False
     answer_phase: bool = False
     sampler: Sampler | None = None  # None: greedy
+    carry: Carry | None = None  # what the next round reuses (``msa.model.carry``)
 
 
 def _selected(r: Routing, i: int, slot_ids: Tensor) -> list[tuple[int, float]]:
@@ -109,11 +115,17 @@ class Engine:
         doc_choice: which documents a round reads: "generated" (official: the ids the model writes),
             "routed" (each request the model writes routed on its own, its best unread document), or a
             strategy object (``msa.engine.choice.DocChoice``); default: the policy's ``doc_choice``.
+        static_cache: decode into preallocated buffers kept across calls (``msa.engine.static_decode``);
+            False: the reference path, a cache grown by concatenation every step. Equal up to rounding.
+        cuda_graphs: replay one-token steps from CUDA graphs (default: on CUDA with ``static_cache``).
+        interleave_reuse: a Memory Interleave round continues the last one below the first router
+            layer (``msa.model.carry``) instead of prefilling everything again. Equal up to rounding.
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank: MemoryView, device: str | torch.device | None = None,
                  prompt: PromptFormat | None = None, doc_choice: str | DocChoice | None = None,
-                 policy: EnginePolicy | None = None):  # fmt: skip
+                 policy: EnginePolicy | None = None, *, static_cache: bool = True,
+                 cuda_graphs: bool | None = None, interleave_reuse: bool = True):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -124,6 +136,8 @@ class Engine:
         self.choice = choice_strategy(doc_choice if doc_choice is not None else policy.doc_choice)
         self.stops = StopRules.compile(tokenizer, prompt, getattr(model.config, "eos_token_id", None))
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
+        self._static = StaticDecoder(self.model, cuda_graphs) if static_cache else None
+        self._reuse = interleave_reuse and model.carry_layer is not None
 
     @functools.cached_property
     def _answer_ends(self) -> list[str]:
@@ -203,17 +217,37 @@ class Engine:
                max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None,
                top_k: int | None) -> None:  # fmt: skip
         t0 = time.perf_counter()
-        out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k)
+        keep = self._reuse and not last  # a later round may continue from this one
+        if keep and all(s.carry is not None for s in active):
+            out = self._resume(active, access, top_k)
+        else:
+            out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k, keep)
+        for s in active:
+            s.carry = None
+        prompt_tokens = max(len(s.ids) for s in active)
         timer.add("prefill", t0, self.device)
         for i, s in enumerate(active):
             info = RoundInfo()
             if return_routing:
                 info.routing = {layer: _selected(r, i, slot_ids) for layer, r in out.routings.items()}
             s.rounds.append(info)
+        # Room in a static cache: every step, plus a question block (it grows if several need more).
+        block = max(len(self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question)))
+                    for s in active)  # fmt: skip
+        with self._decoding(out.cache, prompt_tokens, max_new_tokens + 64 + block) as (step, cache):
+            states, round_ids = self._decode_round(active, out.logits, step, max_new_tokens, last, on_token, timer)
+            if keep:
+                self._keep_carries(active, states, cache())
+        self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
+                          ctx, timer)  # fmt: skip
+
+    def _decode_round(self, active: list[_Sample], logits: Tensor, step: Callable, max_new_tokens: int, last: bool,
+                      on_token: OnToken | None, timer: Timer) -> tuple[list[DecodeState], list[list[int]]]:  # fmt: skip
+        """Greedy (or sampled) decoding of a round until every sample is done; its states and ids."""
         states = [DecodeState(pending=[]) for _ in active]
         round_ids: list[list[int]] = [[] for _ in active]
         samplers = [s.sampler for s in active] if any(s.sampler for s in active) else None
-        nxt = pick_tokens(out.logits, samplers)
+        nxt = pick_tokens(logits, samplers)
         t0 = time.perf_counter()
         stops = self.stops
         for _ in range(max_new_tokens + 64):
@@ -245,10 +279,34 @@ class Engine:
                     st.done = s.finished = True
             if all(st.done for st in states):
                 break
-            nxt = decode_step(self.model, out.cache, states, samplers)
+            nxt = step(states, samplers)
         timer.add("decode", t0, self.device)
-        self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
-                          ctx, timer)  # fmt: skip
+        return states, round_ids
+
+    @contextlib.contextmanager
+    def _decoding(self, cache: KVCache, prompt_tokens: int, room: int) -> Iterator[tuple[Callable, Callable]]:
+        """The step function of a round, ``(states, samplers) -> next tokens`` (see ``decode_step``),
+        and a function returning the cache it decodes into (a static cache may grow)."""
+        if self._static is None:
+            yield functools.partial(decode_step, self.model, cache), lambda: cache
+            return
+        with self._static.session(cache, prompt_tokens, room) as stepper:
+            yield stepper.decode_step, lambda: stepper.cache
+
+    def _keep_carries(self, active: list[_Sample], states: list[DecodeState], cache: KVCache | StaticKVCache) -> None:
+        """Samples that continue keep what their next round reuses: everything fed but the last token."""
+        rows = [i for i, s in enumerate(active) if not s.finished]
+        for i, c in zip(rows, carry_rows(cache, rows) if rows else []):
+            fed = len(active[i].ids) + len(states[i].generated) - 1
+            active[i].carry = c if c.tokens == fed else None
+
+    def _resume(self, active: list[_Sample], access, top_k: int | None):
+        """A later round's prefill continuing every sample's carry (``MSAForCausalLM.resume``)."""
+        suffix, suffix_mask = left_pad([s.ids[s.carry.tokens :] for s in active])  # type: ignore[union-attr]
+        _, mask = left_pad([s.ids for s in active])
+        dids, _ = left_pad([s.doc_ids for s in active], pad=RESPONSE)
+        return self.model.resume([s.carry for s in active], suffix, suffix_mask, (dids == QUERY) & mask, memory=access,  # type: ignore[misc]
+                                 prefix=self.bank.prefix, last_only=True, top_k=top_k)  # fmt: skip
 
     def _read_chosen(self, retrieving: list[tuple[_Sample, DecodeState, list[int]]], ctx: ChoiceContext,
                      timer: Timer) -> None:  # fmt: skip
@@ -287,12 +345,13 @@ class Engine:
         rest = [TEMPLATE if d == TEMPLATE else RESPONSE for d in s.doc_ids[n:]]
         return head + rest
 
-    def _prefill(self, ids: list[list[int]], doc_ids: list[list[int]], access, top_k: int | None = None):
+    def _prefill(self, ids: list[list[int]], doc_ids: list[list[int]], access, top_k: int | None = None,
+                 keep_carry: bool = False):  # fmt: skip
         """Left-padded prefill of a batch of sequences, routing with their QUERY tokens; last logits only."""
         ids_t, mask = left_pad(ids)
         dids, _ = left_pad(doc_ids, pad=RESPONSE)
         return self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
-                                  last_only=True, top_k=top_k)  # fmt: skip
+                                  last_only=True, top_k=top_k, keep_carry=keep_carry)  # fmt: skip
 
     def _route_texts(self, texts: list[str], access, slot_ids: Tensor, top_k: int | None = None) -> list[list[int]]:
         """Route each text as a round-1 question (one batched prefill); per text the selected ids of

@@ -53,9 +53,10 @@ class Sampler:
         return int(torch.multinomial(p, 1, generator=self.generator))
 
 
-def pick_tokens(logits: Tensor, samplers: list[Sampler | None] | None = None) -> Tensor:
-    """logits [B, V] -> next tokens [B] (CPU): greedy, or drawn by the row's sampler where it has one."""
-    nxt = logits.argmax(-1).cpu()
+def pick_tokens(logits: Tensor, samplers: list[Sampler | None] | None = None, greedy: Tensor | None = None) -> Tensor:
+    """logits [B, V] -> next tokens [B] (CPU): greedy (``greedy`` [B] when already computed), or drawn by
+    the row's sampler where it has one."""
+    nxt = (logits.argmax(-1) if greedy is None else greedy).cpu()
     for i, s in enumerate(samplers or []):
         if s is not None:
             nxt[i] = s(logits[i])
@@ -66,14 +67,25 @@ def decode_step(model: MSAForCausalLM, cache: KVCache, states: list[DecodeState]
                 samplers: list[Sampler | None] | None = None) -> Tensor:  # fmt: skip
     """Feed every active sample's pending tokens; returns next tokens [B] (-1 for done samples): greedy,
     or drawn by ``samplers[i]`` where given."""
+    ids, mask = pending_batch(states)
+    logits = model.decode(ids, cache, mask)[:, -1]
+    return finish_step(states, pick_tokens(logits, samplers))
+
+
+def pending_batch(states: list[DecodeState]) -> tuple[Tensor, Tensor]:
+    """Every sample's pending tokens, left-padded: ids [B, t], mask [B, t] bool (all False for done
+    samples and samples with nothing pending)."""
     rows = [[] if s.done else s.pending for s in states]
     ids, mask = left_pad([r if r else [0] for r in rows])
     for i, r in enumerate(rows):
         if not r:
             mask[i] = False
-    logits = model.decode(ids, cache, mask)[:, -1]
-    nxt = pick_tokens(logits, samplers)
-    for i, s in enumerate(states):
+    return ids, mask
+
+
+def finish_step(states: list[DecodeState], nxt: Tensor) -> Tensor:
+    """After a step: pending tokens are consumed; next tokens [B] with -1 for done samples."""
+    for s in states:
         if not s.done:
             s.pending = []
     return torch.where(torch.tensor([s.done for s in states]), torch.full_like(nxt, -1), nxt)

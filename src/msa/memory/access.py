@@ -32,6 +32,7 @@ from msa.kernels.dispatch import RoutingPrep, fused_routing  # the routing backe
 from msa.kernels import RoutingKeys, prepare_doc_mean_keys, prepare_routing_keys
 from msa.memory.catalog import CatalogSnapshot, DocRow, SegmentRow
 from msa.memory.errors import BankCorruptError
+from msa.memory.resident import ResidentContent
 from msa.memory.segments import load_segment, map_segment, segment_metadata
 from msa.model.memory import CompressedMemory, LayerMemory, PrefixCache, Routing, RoutingOptions
 
@@ -209,6 +210,7 @@ class BankSnapshot:
         self._fused_keys: dict[int, RoutingKeys] = {}
         self._chunk_slot: Tensor | None = None  # [C] int32 slot of every loaded chunk, N for deleted ones
         self._has_dead = any(bool((s < 0).any()) for s in slot_of)
+        self._resident: ResidentContent | None = None
 
     @property
     def num_docs(self) -> int:
@@ -316,6 +318,8 @@ class BankSnapshot:
             docs, scores = self._rescore(layer, q_router, query_mask, docs.cpu(), k)
             b = docs.shape[0]
         scores = torch.where(docs >= 0, scores, float("-inf"))
+        if self._resident is not None and not rescore:  # stays on the device: fetch gathers there
+            return Routing(docs.reshape(b, k), (scores * self.options.coupled_scale).reshape(b, k))
         return Routing(docs.cpu().reshape(b, k), (scores * self.options.coupled_scale).cpu().reshape(b, k))
 
     def _rescore(self, layer: int, q_router: Tensor, query_mask: Tensor, cand: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -372,9 +376,24 @@ class BankSnapshot:
             scores[s, : len(best)] = best.cpu() * self.options.coupled_scale
         return Routing(docs, scores)
 
+    # -- content on the device ---------------------------------------------------------------------
+    def make_resident(self, content_dtype: torch.dtype | None = None) -> "BankSnapshot":
+        """Copy the content K/V to the compute device (where it fits). ``fetch`` then gathers there,
+        without host work or synchronisation, into a fixed [B, k * max_doc_chunks] layout, and the
+        fused routing leaves its result on the device (no float8 rescoring). ``content_dtype``: None (as
+        stored), ``torch.bfloat16``, or ``torch.float8_e4m3fn`` (one float32 scale per chunk; see
+        ``msa.memory.resident``). Returns self."""
+        if not self.segments or not self.segments[0].keys:
+            raise ValueError("the snapshot holds no content to make resident")
+        self._resident = ResidentContent.build(self.segments, self._loc, self.device, content_dtype)
+        return self
+
     def fetch(self, layer: int, docs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """docs: [B, k] slots (-1 = none) -> keys, values [B, Cmax, Hkv, D] on the device (chunks of the
-        selected documents in the order given, zero padded) and valid [B, Cmax] bool."""
+        selected documents in the order given, zero padded; with resident content, Cmax is
+        k * max_doc_chunks and padding is not zero, only invalid) and valid [B, Cmax] bool."""
+        if self._resident is not None:
+            return self._resident.fetch(layer, docs)
         docs = docs.cpu().long()
         b = docs.shape[0]
         per = [[self._loc[int(x)] for x in row if int(x) >= 0] for row in docs]

@@ -13,7 +13,22 @@ from msa.config import ModelConfig
 from msa.model.context import EncodeContext, QueryContext, TrainContext
 from msa.model.layers import RMSNorm, apply_rope, attend
 from msa.model.memory import LayerMemory, Routing
+from msa.model.static_cache import StaticKVCache
 from msa.model.train_attention import train_attention
+
+
+def attend_grouped(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """GQA attention without repeating K/V: each KV head's query group is folded into the query axis.
+
+    q: [B, t, Hq, D]; k, v: [B, Hkv, S, D]; mask: [B, t, S] bool (every row needs one True) -> [B, t, Hq, D].
+    """
+    b, t, hq, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    g = hq // hkv
+    qg = q.view(b, t, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * t, d)  # rows (group, token)
+    m = mask[:, None] if t == 1 else mask[:, None, None].expand(b, 1, g, t, s).reshape(b, 1, g * t, s)  # [B, 1, *, S]
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=m)  # [B, Hkv, g*t, D]
+    return out.view(b, hkv, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, hq, d)
 
 
 def _slots(group: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -184,6 +199,8 @@ class MemorySparseAttention(nn.Module):
         b, t = x.shape[:2]
         i = self.layer_idx
         cache = ctx.cache
+        if isinstance(cache, StaticKVCache):
+            return attend_grouped(q, *cache.write(i, k, v, ctx.attention_mask))
         if cache.keys[i] is None:
             parts_k, parts_v, parts_valid = [], [], []
             if ctx.prefix is not None:

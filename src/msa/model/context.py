@@ -12,6 +12,7 @@ from torch import Tensor
 from msa.model.memory import LayerMemory, MemoryAccess, PrefixCache, Routing
 
 if TYPE_CHECKING:
+    from msa.model.static_cache import StaticKVCache
     from msa.model.train_attention import TrainLayout
 
 
@@ -197,16 +198,26 @@ class KVCache:
 
     keys[l], values[l]: [B, S_l, Hkv, D]; valid[l]: [B, S_l] bool (S_l differs per layer:
     router layers also hold their selected chunks). next_position: [B] long.
+    carry_layer: when set, the input of that layer (the first router layer) is kept for every fed token:
+    hidden[j] [B, t_j, hidden] with hidden_valid[j] [B, t_j] bool, in feeding order (``msa.model.carry``).
     """
 
     keys: list[Tensor | None]
     values: list[Tensor | None]
     valid: list[Tensor | None]
     next_position: Tensor | None = None
+    carry_layer: int | None = None
+    hidden: list[Tensor] = field(default_factory=list)
+    hidden_valid: list[Tensor] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, num_layers: int) -> "KVCache":
-        return cls([None] * num_layers, [None] * num_layers, [None] * num_layers)
+    def empty(cls, num_layers: int, carry_layer: int | None = None) -> "KVCache":
+        return cls([None] * num_layers, [None] * num_layers, [None] * num_layers, carry_layer=carry_layer)
+
+    def keep_hidden(self, h: Tensor, valid: Tensor) -> None:
+        """Record the input [B, t, hidden] of ``carry_layer`` for fed tokens ([B, t] bool real ones)."""
+        self.hidden.append(h)
+        self.hidden_valid.append(valid)
 
 
 @dataclass
@@ -214,19 +225,22 @@ class QueryContext:
     """Prefill (routing) or decoding of a batch of left-padded queries.
 
     attention_mask: [B, T] bool new tokens that are real. query_mask: [B, T] bool routing-query tokens.
+    cache: grows by concatenation (``KVCache``), or is written in place (``StaticKVCache``, decoding only).
     memory / prefix: where router layers route and fetch; the template prefix K/V (or None).
     routing: True during prefill (router layers route), False while decoding (context is cached).
     routings: filled by router layers during prefill.
+    carry_layer: the layer whose input the cache keeps (``KVCache.carry_layer``), or None.
     """
 
     attention_mask: Tensor
     query_mask: Tensor
-    cache: KVCache
+    cache: "KVCache | StaticKVCache"
     memory: MemoryAccess | None = None
     prefix: PrefixCache | None = None
     top_k: int = 16
     routing: bool = True
     routings: dict[int, Routing] = field(default_factory=dict)
+    carry_layer: int | None = None
 
     @functools.cached_property
     def self_mask(self) -> Tensor:

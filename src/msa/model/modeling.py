@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ from msa.config import ModelConfig
 from msa.model.attention import MemorySparseAttention
 from msa.model.context import EncodeContext, KVCache, PackedBatch, QueryContext, TrainContext
 from msa.model.layers import MLP, RMSNorm, RotaryEmbedding
+from msa.model.static_cache import StaticKVCache
 from msa.model.memory import (
     CompressedMemory,
     DenseMemoryAccess,
@@ -29,6 +31,9 @@ from msa.model.memory import (
     RoutingOptions,
 )
 from msa import functional as MF
+
+if TYPE_CHECKING:
+    from msa.model.carry import Carry
 
 
 ENCODE_PAD = 32  # encode pads documents to a multiple of this many tokens (see ``encode``)
@@ -58,11 +63,18 @@ class MSAModel(nn.Module):
     def run(self, input_ids: Tensor, position_ids: Tensor, ctx, num_layers: int | None = None) -> Tensor:
         """input_ids, position_ids: [B, T] -> hidden states [B, T, hidden] after ``num_layers`` layers
         (all layers, then the final norm, when None)."""
-        h = self.embed_tokens(input_ids)
+        return self.run_layers(self.embed_tokens(input_ids), position_ids, ctx, 0, num_layers)
+
+    def run_layers(self, h: Tensor, position_ids: Tensor, ctx, start: int, stop: int | None = None) -> Tensor:
+        """Layers [start, stop) on hidden states h [B, T, hidden] (then the final norm when stop is None).
+        A query context with ``carry_layer`` set hands that layer's input to its cache (``keep_hidden``)."""
         cos, sin = self.rotary_emb(position_ids, h.dtype)
-        for layer in self.layers[: num_layers if num_layers is not None else len(self.layers)]:
-            h = layer(h, cos, sin, ctx)
-        return self.norm(h) if num_layers is None else h
+        carry = ctx.carry_layer if isinstance(ctx, QueryContext) else None
+        for i in range(start, stop if stop is not None else len(self.layers)):
+            if i == carry:
+                ctx.cache.keep_hidden(h, ctx.attention_mask)
+            h = self.layers[i](h, cos, sin, ctx)
+        return self.norm(h) if stop is None else h
 
 
 @dataclass
@@ -264,6 +276,7 @@ class MSAForCausalLM(nn.Module):
         position_offset: int | None = None,
         last_only: bool = False,
         top_k: int | None = None,
+        keep_carry: bool = False,
     ) -> PrefillOutput:
         """Route and run the query tokens over ``[prefix | selected chunks | query]`` per layer.
 
@@ -276,6 +289,7 @@ class MSAForCausalLM(nn.Module):
             position_offset: position of the first real token (default msa_config query offset).
             last_only: return logits of the last position only ([B, V]).
             top_k: documents each router layer selects (default ``msa.top_k``).
+            keep_carry: the cache keeps what a next Memory Interleave round reuses (``msa.model.carry``).
         """
         self._check_ids(input_ids)
         b, t = input_ids.shape
@@ -287,18 +301,40 @@ class MSAForCausalLM(nn.Module):
             memory = self.memory_access(memory)
         offset = self.config.msa.query_offset if position_offset is None else position_offset
         positions = MF.query_position_ids(attention_mask, offset)
-        cache = KVCache.empty(len(self.model.layers))
+        carry = self.carry_layer if keep_carry else None
+        cache = KVCache.empty(len(self.model.layers), carry)
         ctx = QueryContext(
             attention_mask=attention_mask, query_mask=query_mask, cache=cache, memory=memory,
-            prefix=prefix, top_k=self.config.msa.top_k if top_k is None else top_k, routing=True,
+            prefix=prefix, top_k=self.config.msa.top_k if top_k is None else top_k, routing=True, carry_layer=carry,
         )  # fmt: skip
         h = self.model.run(input_ids, positions, ctx)
         cache.next_position = positions[:, -1] + 1
         logits = self.lm_head(h[:, -1] if last_only else h)
         return PrefillOutput(logits, cache, ctx.routings)
 
+    @property
+    def carry_layer(self) -> int | None:
+        """The first router layer: layers below it do not read memory, so their state carries across
+        Memory Interleave rounds (None without router layers)."""
+        return min(self.router_layers) if self.router_layers else None
+
     @torch.no_grad()
-    def decode(self, input_ids: Tensor, cache: KVCache, attention_mask: Tensor | None = None) -> Tensor:
+    def resume(self, carries: list[Carry], suffix: Tensor, suffix_mask: Tensor, query_mask: Tensor,
+               memory: MemoryAccess | CompressedMemory | None = None, prefix: PrefixCache | None = None, last_only: bool = False,
+               top_k: int | None = None) -> PrefillOutput:  # fmt: skip
+        """``prefill`` of sequences that continue carried ones, reusing the layers below the first
+        router layer (``msa.model.carry.resume_prefill``; arguments there). Equal to ``prefill`` of
+        the whole sequences up to rounding."""
+        from msa.model.carry import resume_prefill
+
+        self._check_ids(suffix)
+        top_k = self.config.msa.top_k if top_k is None else top_k
+        if isinstance(memory, CompressedMemory):
+            memory = self.memory_access(memory)
+        return resume_prefill(self, carries, suffix, suffix_mask, query_mask, memory, prefix, last_only, top_k)
+
+    @torch.no_grad()
+    def decode(self, input_ids: Tensor, cache: KVCache | StaticKVCache, attention_mask: Tensor | None = None) -> Tensor:
         """Feed new tokens against the cache (no re-routing). input_ids: [B, t] -> logits [B, t, V].
 
         attention_mask: [B, t] bool; a False token is not attended to and does not advance positions.
@@ -307,10 +343,28 @@ class MSAForCausalLM(nn.Module):
         b, t = input_ids.shape
         dev = self.device
         mask = (torch.ones(b, t, dtype=torch.bool) if attention_mask is None else attention_mask).to(dev).bool()
+        if isinstance(cache, StaticKVCache):
+            return self.decode_static(input_ids.to(dev), cache, mask)
         positions = cache.next_position[:, None] + (torch.cumsum(mask.long(), -1) - mask.long())  # type: ignore[index]
-        ctx = QueryContext(attention_mask=mask, query_mask=torch.zeros_like(mask), cache=cache, routing=False)
+        ctx = QueryContext(attention_mask=mask, query_mask=torch.zeros_like(mask), cache=cache, routing=False,
+                           carry_layer=cache.carry_layer)  # fmt: skip
         h = self.model.run(input_ids.to(dev), positions, ctx)
         cache.next_position = cache.next_position + mask.long().sum(-1)  # type: ignore[operator]
+        return self.lm_head(h)
+
+    @torch.no_grad()
+    def decode_static(self, input_ids: Tensor, cache: StaticKVCache, attention_mask: Tensor) -> Tensor:
+        """``decode`` into a preallocated cache, written in place: no host synchronisation and no new
+        buffers, so a step of fixed shape can be captured in a CUDA graph. input_ids: [B, t] long,
+        attention_mask: [B, t] bool, both on the model's device (ids unchecked) -> logits [B, t, V]."""
+        if cache.used + input_ids.shape[1] > cache.capacity:
+            raise ValueError(f"the static cache holds {cache.capacity} tokens; {cache.used + input_ids.shape[1]} needed")
+        mask = attention_mask
+        positions = cache.next_position[:, None] + (torch.cumsum(mask.long(), -1) - mask.long())
+        ctx = QueryContext(attention_mask=mask, query_mask=torch.zeros_like(mask), cache=cache, routing=False,  # type: ignore[arg-type]
+                           carry_layer=cache.carry_layer)  # fmt: skip
+        h = self.model.run(input_ids, positions, ctx)
+        cache.advance(mask)
         return self.lm_head(h)
 
     # -- checks / io -------------------------------------------------------------------------------
