@@ -237,8 +237,25 @@ def static_decode_rows(model, snap, prefix, cfg, args, device, ceil, weight_byte
                                 2 * params * bq * args.query_tokens / ceil["matmul_TFLOPs"] / 1e12)  # fmt: skip
             floors["questions_per_s"] = bq / (prefill_floor + steps * b / floors[f"{key}_tokens_per_s"])
     res["floors_static"] = floors
+    res["decode_b1_unfused_tokens_per_s"] = unfused_decode_b1(model, snap, prefix, cfg, args)
     res["interleave"] = interleave_cost(decoder, model, snap, prefix, cfg, args)
     return res
+
+
+def unfused_decode_b1(model, snap, prefix, cfg, args) -> float:
+    """Graphed static decode at batch 1 with fused inference off (``msa.model.layers``): the eager
+    norms, RoPE and SwiGLU inside the graph, the "before" of the fusion in the same run."""
+    from msa.model.layers import set_fused_inference
+
+    before = set_fused_inference(False)
+    try:
+        decoder = StaticDecoder(model)
+        q = torch.randint(4, cfg.vocab_size, (1, args.query_tokens), generator=torch.Generator().manual_seed(3))
+        out = model.prefill(q, memory=snap, prefix=prefix, last_only=True)
+        timed_static_decode(decoder, out, args.query_tokens, 2, warm=1)
+        return 1 / timed_static_decode(decoder, out, args.query_tokens, args.decode_tokens)
+    finally:
+        set_fused_inference(before)
 
 
 def _greedy(decoder: StaticDecoder, out, tokens: int, steps: int, carry: bool):
@@ -523,6 +540,8 @@ def main(argv: list[str] | None = None) -> dict:
                      size, dname, static["decode_b1_tokens_per_s"], static["floors_static"]["decode_b1_tokens_per_s"],
                      args.batch, static["decode_batch_tokens_per_s"], static["floors_static"]["decode_batch_tokens_per_s"],
                      static["questions_per_s"], static["floors_static"]["questions_per_s"])  # fmt: skip
+            log.info("%5s %4s static decode b=1 without fused inference %.1f tok/s", size, dname,
+                     static["decode_b1_unfused_tokens_per_s"])
             log.info("%5s %4s interleave: 2 rounds / 1 round %.2fx with reuse, %.2fx recomputed", size, dname,
                      static["interleave"]["two_over_one_reuse"], static["interleave"]["two_over_one_recompute"])  # fmt: skip
         snap.segments[0].prepared = {}

@@ -144,6 +144,33 @@ def test_graphed_decode_equals_eager_bf16_gpu():
 
 @pytest.mark.gpu
 @gpu
+def test_fused_inference_equals_the_eager_ops_gpu():
+    """Fused norms / RoPE / SwiGLU (compiled on CUDA without gradients) against the eager ops: the
+    prefill's routing, greedy tokens of graphed decoding, logits within bf16 rounding."""
+    from msa.model.layers import set_fused_inference
+
+    model = build_tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    model = model.to("cuda", torch.bfloat16)
+    runs = []
+    for on in (True, False):
+        before = set_fused_inference(on)
+        try:
+            out, tokens = _prefill(model, device="cuda")
+            (toks, logits), _ = _eager_and_static(model, out, tokens, 64, graphs=True)
+            runs.append((out, toks, logits))
+        finally:
+            set_fused_inference(before)
+    (fo, ft, fl), (eo, et, el) = runs
+    assert all(torch.equal(fo.routings[i].docs, eo.routings[i].docs) for i in eo.routings)
+    assert torch.equal(ft, et)
+    for a, b in zip(fl, el):
+        torch.testing.assert_close(a, b, atol=0.1, rtol=0.02)
+
+
+@pytest.mark.gpu
+@gpu
 def test_engine_graphed_equals_eager_gpu(setup):
     """The engine on CUDA (float32): graphed static decoding answers as the eager reference path
     (the real model throughout: graph replays do not pass through a wrapper)."""
