@@ -47,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
             inner = engine.bank._access.shard
             real = inner.route
             inner.route = lambda *a: (_stop(args.marker), real(*a))[1]
-        if victim and args.stop_at == "decode":
-            real_step = engine_module.decode_step
+        if victim and args.stop_at == "decode":  # both decoding paths: eager and static cache
+            from msa.engine.static_decode import StaticStepper
+
+            real_step, real_static = engine_module.decode_step, StaticStepper.decode_step
             engine_module.decode_step = lambda *a, **k: (_stop(args.marker), real_step(*a, **k))[1]
+            StaticStepper.decode_step = lambda self, *a, **k: (_stop(args.marker), real_static(self, *a, **k))[1]
         answer = engine.ask("Where was alpha born?", max_rounds=1, max_new_tokens=8)
         if ctx.rank == 0:
             print(f"answer: {answer.text!r}", flush=True)
