@@ -175,13 +175,15 @@ BIG_SECTIONS = [
 ]
 
 
-def big_sections(result: dict, save, deadline: float, peak: float) -> None:
+def big_sections(result: dict, save, deadline: float, peak: float, names: list[str] | None = None) -> None:
     cfg = ModelConfig()
     model = big_model(cfg, torch.bfloat16)
     n_params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel()
     result["msa4b"] = {"non_embedding_params": n_params, "layers": cfg.num_hidden_layers,
                        "router_layers": len(cfg.router_layers), "sections": {}}  # fmt: skip
     for name, row_tokens, rows, dtype, speed, warmup, steps in BIG_SECTIONS:
+        if names is not None and name not in names:
+            continue
         if time.perf_counter() > deadline:
             result["msa4b"]["sections"][name] = {"skipped": "time budget"}
             continue
@@ -287,6 +289,8 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--small-budget-s", type=float, default=70.0, help="seconds kept for the small-model sections")
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--only-small", action="store_true", help="only the small-model sections")
+    ap.add_argument("--big-sections", default=",".join(n for n, *_ in BIG_SECTIONS),
+                    help="which MSA-4B-shape sections, comma-separated")
     ap.add_argument("--small-sections", default=",".join(n for n, _ in SMALL_SECTIONS),
                     help="which small-model sections, comma-separated")
     ap.add_argument("--workers", type=int, default=8)
@@ -306,7 +310,7 @@ def main(argv: list[str]) -> dict:
 
     small_time = 0.0 if args.skip_small else args.small_budget_s
     if not args.only_small:
-        big_sections(result, save, start + args.budget_s - small_time, peak)
+        big_sections(result, save, start + args.budget_s - small_time, peak, args.big_sections.split(","))
     if not args.skip_small:
         small_sections(result, save, start + args.budget_s, args.workers, args.small_sections.split(","))
     result["wall_s"] = time.perf_counter() - start
