@@ -75,3 +75,27 @@ def test_named_rounds_request_the_subject_by_name():
             assert f"[{names[chain[0]]}]<|object_ref_end|>" == segs[0].text and names[chain[1]] in segs[1].text
     no_names = TrainSample(s.question, s.memory, s.positives, None, s.answer, {k: v for k, v in s.extra.items() if k != "names"})
     assert interleave_named(no_names, OFFICIAL) == interleave_round(no_names, OFFICIAL)  # ids where no name is known
+
+
+def test_extra_read_appends_other_documents_in_answer_rounds():
+    """extra_read: answer rounds have also read up to N other memory documents, in random order,
+    hidden from memory with the chain; retrieval rounds and extra_read=0 are unchanged."""
+    inner = BiosSamples(BiosConfig(num_people=1024, seed=0), 8, "multi", seed=3)
+    plain, extra = InterleaveRounds(inner, 0.5, hide_read=True), InterleaveRounds(inner, 0.5, hide_read=True, extra_read=3)
+    counts = set()
+    for i in range(40):
+        a, b = plain.sample(i), extra.sample(i)
+        chain, r = a.extra["chain"], a.extra["round"]
+        if r < len(chain):
+            assert b.memory == a.memory and interleave_round(b, OFFICIAL) == interleave_round(a, OFFICIAL)
+            continue
+        reads = b.extra["reads"]
+        assert sorted(g for g in reads if g in chain) == sorted(chain)  # every chain document read
+        others = [g for g in reads if g not in chain]
+        counts.add(len(others))
+        assert len(others) <= 3 and len(set(reads)) == len(reads)
+        assert {d.id for d in b.memory} == {d.id for d in a.memory} - set(others)  # hidden too
+        appended = [g.text for g in interleave_round(b, OFFICIAL) if g.text.startswith("[") and ". " in g.text]
+        assert [t.split("]")[0][1:] for t in appended] == [str(g) for g in reads]  # every read text, in order
+        assert interleave_round(b, OFFICIAL)[-1] == interleave_round(a, OFFICIAL)[-1]  # the same answer
+    assert len(counts) > 1  # the number of other documents varies

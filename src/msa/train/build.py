@@ -79,7 +79,8 @@ def build_source(data: DataConfig) -> SampleSource:
             niah = NiahSamples(data.curriculum[0].num_docs, data.seed, data.niah_doc_tokens)
             source = MixedSamples(source, niah, data.niah_fraction)
     if data.target_format in ("interleave_round", "interleave_named"):
-        return InterleaveRounds(source, data.answer_round_fraction, data.answer_round_hide_read)
+        return InterleaveRounds(source, data.answer_round_fraction, data.answer_round_hide_read,
+                                data.answer_round_extra_read)  # fmt: skip
     return source
 
 

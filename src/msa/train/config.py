@@ -103,6 +103,10 @@ class DataConfig:
     answer_round_hide_read: ``interleave_round`` / ``interleave_named`` only: answer rounds leave the
         documents read so far out of the memory (their text stays appended), so answers must be read
         from text (``InterleaveRounds``).
+    answer_round_extra_read: ``interleave_round`` / ``interleave_named`` only: answer rounds also have
+        read up to this many other documents of the memory (a number drawn per sample, 0..N; rounds in
+        random order), so the answer is read out of several appended texts, as after a retrieval miss
+        or when a round reads several documents.
     niah_fraction / niah_doc_tokens: bios source only: share of samples that are RULER NIAH tasks
         (``NiahSamples``, documents of about ``niah_doc_tokens`` tokens), for NIAH-capable models.
     recite_fraction: bios source only: share of bios samples that ask for a whole biography (the
@@ -128,6 +132,7 @@ class DataConfig:
     grad_accum: int = 1
     answer_round_fraction: float | None = None
     answer_round_hide_read: bool = False
+    answer_round_extra_read: int = 0
     workers: int = 0
     niah_fraction: float = 0.0
     niah_doc_tokens: int = 96

@@ -382,14 +382,21 @@ class InterleaveRounds:
         is still appended (``extra["read"]``). The answer can then only come from the appended text,
         not from the documents' pooled chunks in memory, which give a blurred copy (template words
         right, names and values wrong) that a small model settles for instead of learning to read.
+    extra_read: answer rounds have also read 0..extra_read (drawn per sample) other documents of the
+        memory, each in a round of its own, all rounds in random order (``extra["reads"]``; dropped
+        from the memory too with ``hide_read``): the answer is read out of several appended texts.
     """
 
-    def __init__(self, inner: "SampleSource", answer_fraction: float | None = None, hide_read: bool = False):
+    def __init__(self, inner: "SampleSource", answer_fraction: float | None = None, hide_read: bool = False,
+                 extra_read: int = 0):  # fmt: skip
         if answer_fraction is not None and not 0.0 <= answer_fraction <= 1.0:
             raise ValueError(f"answer_fraction must be in [0, 1], got {answer_fraction}")
+        if extra_read < 0:
+            raise ValueError(f"extra_read must be >= 0, got {extra_read}")
         self.inner = inner
         self.answer_fraction = answer_fraction
         self.hide_read = hide_read
+        self.extra_read = extra_read
         if hasattr(inner, "sample"):
             self.sample = self._sample  # random access where the inner source has it
 
@@ -404,8 +411,16 @@ class InterleaveRounds:
             r = int(v * len(chain))
         extra = {**s.extra, "chain": chain, "round": r}
         memory = s.memory
+        reads = list(chain)
+        if self.extra_read and r == len(chain):  # (no draws when off: the stream before it is kept)
+            rng = np.random.default_rng([i, 0x5EAD])
+            others = [d.id for d in memory if d.id not in set(chain)]
+            n = min(int(rng.integers(0, self.extra_read + 1)), len(others))
+            reads += [others[j] for j in rng.permutation(len(others))[:n].tolist()]
+            reads = [reads[j] for j in rng.permutation(len(reads)).tolist()]
+            extra["reads"] = reads
         if self.hide_read and r == len(chain):
-            read = set(chain)
+            read = set(reads)
             extra["read"] = {d.id: d.text for d in memory if d.id in read}
             memory = [d for d in memory if d.id not in read]
         return TrainSample(s.question, memory, chain[r : r + 1], s.target, s.answer, extra)

@@ -119,10 +119,11 @@ def interleave_round(sample: TrainSample, fmt: PromptFormat, request: Callable[[
     if chain is None or r is None:
         raise ValueError("interleave_round needs samples from InterleaveRounds (extra 'chain' and 'round')")
     text = {d.id: d.text for d in sample.memory} | sample.extra.get("read", {})
+    reads = chain[:r] if r < len(chain) else sample.extra.get("reads", chain)  # answer rounds: all read
     out: list[Segment] = []
-    for n, g in enumerate(chain[:r]):
+    for n, g in enumerate(reads):
         out.append(Segment(f"[{request(g)}]" + fmt.round_end, RESPONSE, False))
-        out.append(Segment(f"[{g}]. {text[g]}\n", QUERY if n == r - 1 else RESPONSE, False))
+        out.append(Segment(f"[{g}]. {text[g]}\n", QUERY if n == len(reads) - 1 else RESPONSE, False))
         out.append(Segment(fmt.round_end, RESPONSE, False))
     if r < len(chain):
         out.append(Segment(f"[{request(chain[r])}]" + fmt.round_end, RESPONSE, True))
