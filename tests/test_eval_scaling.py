@@ -157,3 +157,16 @@ def test_retrieved_counts_what_was_read_and_named_ids_only_for_generated(choice)
         assert rec["retrieved"] == [7, 9] and rec["retrieval_recall"] == 0.5
     else:
         assert rec["retrieved"] == [3] and rec["retrieval_recall"] == 0.5
+
+
+def test_plot_against_baselines_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from msa.eval.scaling_plot import plot_against_baselines
+
+    em = lambda v: {"exact_match": {"mean": v}}  # noqa: E731
+    scaling = {"bios": [{"target_tokens": 2048, "label": "2K", "single": em(0.9), "multi_interleave": em(0.8)},
+                        {"target_tokens": 8192, "label": "8K", "single_own": em(0.7), "multi_interleave_own": em(0.6)}]}
+    rag = {"sizes": [{"target_tokens": 2048, "label": "2K", "rag": {"k1": {"single": em(0.5), "multi": em(0.1)}}},
+                     {"target_tokens": 8192, "label": "8K", "rag": {"k1": {"single_own": em(0.4), "multi_own": em(0.0)}}}]}
+    out = tmp_path / "p.png"
+    assert plot_against_baselines(scaling, rag, out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -64,3 +64,50 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=120)
     return True
+
+
+def _own(entry: dict[str, Any], section: str, first: bool) -> float | None:
+    """EM of a section's ``_own`` questions; at the smallest memory the shared ones are its own."""
+    s = entry.get(section + "_own") or (entry.get(section) if first else None) or {}
+    return (s.get("exact_match") or {}).get("mean")
+
+
+def plot_against_baselines(scaling: dict[str, Any], rag: dict[str, Any], path: str | Path) -> bool:
+    """EM vs memory size (log x) of MSA (a scaling result) beside the RAG baseline read by the same model
+    (a ``msa bench rag`` result), on the questions about anyone in each memory; single-hop and 2-hop
+    panels. False (and a log line) without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
+        return False
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    panels = [("single-hop EM", "single", "single"), ("2-hop EM", "multi_interleave", "multi")]
+    bios = sorted(scaling.get("bios", []), key=lambda e: e["target_tokens"])
+    sizes = sorted(rag.get("sizes", []), key=lambda e: e["target_tokens"])
+    for ax, (title, msa_section, rag_kind) in zip(fig.subplots(1, 2), panels):
+        x = [e["target_tokens"] for e in bios]
+        ax.plot(x, [_nan(_own(e, msa_section, j == 0)) for j, e in enumerate(bios)], marker="o", label="MSA")
+        ks = sorted({k for e in sizes for k in e.get("rag", {})}, key=lambda k: int(k[1:]))
+        for k in ks:
+            y = [_nan(_own(e["rag"].get(k, {}), rag_kind, j == 0)) for j, e in enumerate(sizes)]
+            ax.plot([e["target_tokens"] for e in sizes], y, marker="s", linestyle="--", label=f"RAG top-{k[1:]}")
+        ax.set_xscale("log")
+        labels = {e["target_tokens"]: e["label"] for e in bios + sizes}
+        ax.set_xticks(sorted(labels), [labels[t] for t in sorted(labels)])
+        ax.minorticks_off()
+        ax.set_xlabel("memory size (tokens)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{title}, anyone in memory")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), dpi=120)
+    return True
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else v
