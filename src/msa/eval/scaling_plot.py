@@ -1,4 +1,5 @@
-"""The scaling run's figure: score vs memory size (log axis), like the paper's Figure 1."""
+"""The scaling run's figures: score vs memory size (log axis), like the paper's Figure 1, and MSA beside
+the RAG baseline."""
 
 from __future__ import annotations
 
@@ -10,17 +11,48 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
-    """Score vs memory size (log x), like the paper's Figure 1; False (and a log line) without matplotlib."""
+def _figure(size: tuple[float, float]):
+    """A matplotlib Figure on the Agg canvas, or None (and a log line) without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
-        return False
-    ruler = result.get("ruler", [])
-    fig = Figure(figsize=(11, 4.2) if ruler else (6, 4.2))
+        return None
+    fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> bool:
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), dpi=120)
+    return True
+
+
+def _log_axis(ax, ticks: dict[int, str], xlabel: str, title: str) -> None:
+    """A log x axis ticked at ``ticks`` (tokens -> label; none: no ticks set), scores 0..1, a grid."""
+    ax.set_xscale("log")
+    if ticks:
+        ax.set_xticks(sorted(ticks), [ticks[t] for t in sorted(ticks)])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else v
+
+
+def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
+    """Score vs memory size (log x), like the paper's Figure 1; False (and a log line) without matplotlib."""
+    ruler = result.get("ruler", [])
+    fig = _figure((11, 4.2) if ruler else (6, 4.2))
+    if fig is None:
+        return False
     ax1, ax2 = fig.subplots(1, 2) if ruler else (fig.subplots(1, 1), None)
     bios = result.get("bios", [])
     x = [e["target_tokens"] for e in bios]
@@ -36,34 +68,18 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> bool:
         y = [(e.get(section, e.get(section.removesuffix("_own"), {}) if j == 0 else {}).get(key) or {}).get("mean")
              for j, e in enumerate(bios)]  # fmt: skip
         if sum(v is not None for v in y) > (1 if section.endswith("_own") else 0):
-            ax1.plot(x, [math.nan if v is None else v for v in y], marker="o", label=label,
+            ax1.plot(x, [_nan(v) for v in y], marker="o", label=label,
                      linestyle="--" if section.endswith("_own") else "-")  # fmt: skip
-    ax1.set_xscale("log")
-    if bios:
-        ax1.set_xticks(x, [e["label"] for e in bios])
-        ax1.minorticks_off()
-    ax1.set_xlabel("memory size (tokens)")
+    _log_axis(ax1, {e["target_tokens"]: e["label"] for e in bios}, "memory size (tokens)", "bios QA vs memory size")
     ax1.set_ylabel("score")
-    ax1.set_ylim(-0.02, 1.02)
-    ax1.set_title("bios QA vs memory size")
-    ax1.grid(True, which="both", alpha=0.3)
     if bios:
         ax1.legend(fontsize=8)
     if ax2 is not None:  # RULER panel only when RULER ran
         rx = [e["context_tokens"] for e in ruler]
-        ax2.plot(rx, [math.nan if e["average"] is None else e["average"] for e in ruler], marker="o", label="average")
+        ax2.plot(rx, [_nan(e["average"]) for e in ruler], marker="o", label="average")
         ax2.legend(fontsize=8)
-        ax2.set_xscale("log")
-        ax2.set_xticks(rx, [e["label"] for e in ruler])
-        ax2.minorticks_off()
-        ax2.set_xlabel("context (tokens)")
-        ax2.set_ylim(-0.02, 1.02)
-        ax2.set_title("RULER NIAH")
-        ax2.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), dpi=120)
-    return True
+        _log_axis(ax2, {e["context_tokens"]: e["label"] for e in ruler}, "context (tokens)", "RULER NIAH")
+    return _save(fig, path)
 
 
 def _own(entry: dict[str, Any], section: str, first: bool) -> float | None:
@@ -76,14 +92,9 @@ def plot_against_baselines(scaling: dict[str, Any], rag: dict[str, Any], path: s
     """EM vs memory size (log x) of MSA (a scaling result) beside the RAG baseline read by the same model
     (a ``msa bench rag`` result), on the questions about anyone in each memory; single-hop and 2-hop
     panels. False (and a log line) without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
+    fig = _figure((11, 4.2))
+    if fig is None:
         return False
-    fig = Figure(figsize=(11, 4.2))
-    FigureCanvasAgg(fig)
     panels = [("single-hop EM", "single", "single"), ("2-hop EM", "multi_interleave", "multi")]
     bios = sorted(scaling.get("bios", []), key=lambda e: e["target_tokens"])
     sizes = sorted(rag.get("sizes", []), key=lambda e: e["target_tokens"])
@@ -94,20 +105,7 @@ def plot_against_baselines(scaling: dict[str, Any], rag: dict[str, Any], path: s
         for k in ks:
             y = [_nan(_own(e["rag"].get(k, {}), rag_kind, j == 0)) for j, e in enumerate(sizes)]
             ax.plot([e["target_tokens"] for e in sizes], y, marker="s", linestyle="--", label=f"RAG top-{k[1:]}")
-        ax.set_xscale("log")
-        labels = {e["target_tokens"]: e["label"] for e in bios + sizes}
-        ax.set_xticks(sorted(labels), [labels[t] for t in sorted(labels)])
-        ax.minorticks_off()
-        ax.set_xlabel("memory size (tokens)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{title}, anyone in memory")
-        ax.grid(True, which="both", alpha=0.3)
+        _log_axis(ax, {e["target_tokens"]: e["label"] for e in bios + sizes}, "memory size (tokens)",
+                  f"{title}, anyone in memory")  # fmt: skip
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), dpi=120)
-    return True
-
-
-def _nan(v: float | None) -> float:
-    return math.nan if v is None else v
+    return _save(fig, path)
