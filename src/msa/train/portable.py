@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from msa.train.checkpoint import latest_checkpoint
+from msa.memory.files import fsync_dir
+from msa.train.checkpoint import _write_text, latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +178,12 @@ def unpack_checkpoint(packed: str | os.PathLike[str], checkpoint_dir: str | os.P
     shutil.copyfile(src / "meta.json", tmp / "meta.json")
     for rng in manifest["rng"]:
         shutil.copyfile(src / rng, tmp / rng)
+    fsync_dir(str(tmp))
     final = dest / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    marker = dest / "latest.tmp"
-    marker.write_text(name, encoding="utf-8")
-    os.replace(marker, dest / "latest")
+    fsync_dir(str(dest))
+    _write_text(str(dest / "latest"), name)  # atomic, as save_checkpoint writes it
+    fsync_dir(str(dest))
     logger.info("unpacked %s into %s (step %d)", src, final, manifest["step"])
     return str(final)
