@@ -1,32 +1,43 @@
 #!/usr/bin/env bash
-# One device session for issue 6: train msa-bios-tiny variants side by side on one GPU, keep the best
-# (held-out EM + router recall on an unseen world), then run the scaling benchmark with it.
-#   setsid nohup bash bench/device_train_eval.sh MINUTES "A|--lr-scale 1 key=value" "B|..." > runs/session.out 2>&1 &
-# Everything lands in runs/session/; progress in runs/session.out and runs/session/train_*.log.
-# SCALING=0 stops after training and evaluation (the scaling runs then go to a second machine).
+# One device call: train variants of a recipe side by side on one GPU (each its own process and data
+# workers), keep the best (held-out EM + router recall on an unseen world), then run the scaling
+# benchmark with it.
+#   bash bench/device_train_eval.sh MINUTES "A|--lr-scale 1 key=value" "B|..."
+# Environment: RECIPE (default bios_tiny), S (work folder, default runs/session), SCALING=0 (stop after
+# training and evaluation), SIZES (scaling sizes, default 16K,128K,1M,10M), RULER (contexts, default
+# 128K), WORDINGS (held-out wordings asked at 1M, default paraphrase,polite,lowercase). With OUT set
+# (a device call), the models, evaluations, logs and scaling results are packed into $OUT (8 files at
+# most: model_NAME.tar per variant, results.tar with the rest).
 set -u
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=src:bench PYTHONUNBUFFERED=1
 MIN=${1:-15}
 shift
-S=runs/session
-mkdir -p $S
-python -c "from msa.train import load_recipe; from msa.train.build import build_tokenizer; build_tokenizer(load_recipe('bios_tiny', []).data)"
+RECIPE=${RECIPE:-bios_tiny}
+S=${S:-runs/session}
+mkdir -p "$S"
+SMI=""
+if [ -n "${OUT:-}" ]; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$S/gpu_util.csv" 2>/dev/null &
+    SMI=$!
+fi
+python -c "from msa.train import load_recipe; from msa.train.build import build_tokenizer; build_tokenizer(load_recipe('$RECIPE', []).data)"
 NAMES=""
 for spec in "$@"; do
     name=${spec%%|*}
     args=${spec#*|}
     NAMES="$NAMES $name"
     # shellcheck disable=SC2086
-    python bench/train_shipped.py --minutes "$MIN" --out $S/$name --eval-people 2048 --eval-questions 100 $args \
-        > $S/train_$name.log 2>&1 &
+    python bench/train_shipped.py --recipe "$RECIPE" --minutes "$MIN" --out "$S/$name" --eval-people 2048 \
+        --eval-questions 100 $args > "$S/train_$name.log" 2>&1 &
 done
-wait
-BEST=$(python - $NAMES <<'PY'
+wait $(jobs -p | grep -v "^${SMI:-none}$")
+BEST=$(python - "$S" $NAMES <<'PY'
 import json, sys
-best, score = sys.argv[1], -1.0
-for v in sys.argv[1:]:
+where, names = sys.argv[1], sys.argv[2:]
+best, score = names[0], -1.0
+for v in names:
     try:
-        e = json.load(open(f"runs/session/{v}/eval.json"))["eval"]
+        e = json.load(open(f"{where}/{v}/eval.json"))["eval"]
     except (OSError, ValueError, KeyError):
         continue
     s = e["single_interleave"]["em"] + e["multi_interleave"]["em"] + e["single_interleave"]["router_recall_first_gold"]
@@ -37,12 +48,21 @@ print(best)
 PY
 )
 echo "best: $BEST"
-echo "$BEST" > $S/best
-[ "${SCALING:-1}" = 0 ] && { echo done; exit 0; }
-python bench/scaling.py --model $S/$BEST --work-dir /tmp/banks --out $S/scaling.json --plot $S/scaling.png \
-    --sizes 16K,128K,1M,10M --ruler-contexts 32K,128K --world-seed 7 --num-single 100 --num-multi 100 \
-    > $S/scaling.log 2>&1
-echo "scaling done"
-python bench/scaling.py --model $S/$BEST --work-dir /tmp/banks --out $S/scaling_100M.json \
-    --sizes 16K,100M --ruler-contexts none --world-seed 7 --num-single 100 --num-multi 100 > $S/scaling_100M.log 2>&1
+echo "$BEST" > "$S/best"
+if [ "${SCALING:-1}" != 0 ]; then
+    timeout "${SCALING_TIMEOUT:-400}" python bench/scaling.py --model "$S/$BEST" --work-dir /tmp/banks \
+        --out "$S/scaling.json" --plot "$S/scaling.png" --sizes "${SIZES:-16K,128K,1M,10M}" \
+        --ruler-contexts "${RULER:-128K}" --ruler-samples 2 --world-seed 7 --num-single 100 --num-multi 100 \
+        --max-new-tokens 48 --batch-size 50 --wordings "${WORDINGS:-paraphrase,polite,lowercase}" --wording-sizes 1M \
+        > "$S/scaling.log" 2>&1
+    echo "scaling done"
+fi
+if [ -n "${OUT:-}" ]; then
+    [ -n "$SMI" ] && kill "$SMI" 2>/dev/null
+    for n in $NAMES; do
+        [ -f "$S/$n/config.json" ] && tar -C "$S" -cf "$OUT/model_$n.tar" --exclude '*.jsonl' --exclude '*_reading' "$n"
+    done
+    tar -C "$S" -czf "$OUT/results.tar.gz" --exclude '*.safetensors' .
+    ls -la "$OUT"
+fi
 echo done

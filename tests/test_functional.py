@@ -204,3 +204,26 @@ def test_batched_routing_losses_equal_the_per_sample_ones(method):
         got = MF.recall_rows(s.detach().masked_fill(~valid, float("-inf")), lab, valid, k)
         want = [MF.recall_at(s.detach()[b, :n], lab[b, :n], k) for b, n in enumerate(ns)]
         assert got.tolist() == pytest.approx(want)
+
+
+@pytest.mark.parametrize("head,query", [("mean", "mean"), ("max", "max"), ("mean", "last")])
+@pytest.mark.parametrize("chunk", ["max", "mean"])
+@pytest.mark.parametrize("cosine", [True, False])
+def test_cross_doc_scores_score_every_sample_against_every_sample(head, query, chunk, cosine):
+    """Block (b, j) of the cross scores is sample b's query over sample j's documents."""
+    g = torch.Generator().manual_seed(6)
+    b, tq, hq, hkv, d, cm, n = 3, 6, 4, 2, 8, 10, 4
+    q = torch.randn(b, tq, hq, d, generator=g)
+    k = torch.randn(b, cm, hkv, d, generator=g)
+    qmask = torch.rand(b, tq, generator=g) > 0.3
+    qmask[1] = False  # a row without routing tokens
+    cdoc = torch.randint(0, n, (b, cm), generator=g)
+    cdoc[0, 7:] = -1
+    cdoc[2] = cdoc[2].clamp(max=n - 2)  # sample 2 has no document n-1
+    kw = dict(head_reduce=head, query_reduce=query, chunk_reduce=chunk)
+    got = MF.cross_doc_scores(q, qmask, k, cdoc, n, cosine, **kw).view(b, b, n)
+    for j in range(b):
+        want = MF.batched_doc_scores(q, qmask, k[j].expand(b, -1, -1, -1), cdoc[j].expand(b, -1), n, cosine, **kw)
+        assert torch.equal(torch.isinf(got[:, j]), torch.isinf(want))
+        fin = torch.isfinite(want)
+        assert torch.allclose(got[:, j][fin], want[fin], atol=1e-5)

@@ -106,6 +106,27 @@ def test_fast_training_steps_give_the_reference_losses(tok_dir, checkpoint):
         assert f["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-5)
 
 
+@pytest.mark.parametrize("query_reduce", ["max", "mean"])
+def test_batch_negatives_same_on_both_paths_and_harder_than_own_documents(tok_dir, query_reduce):
+    """aux_negatives="batch" scores every query against every sample's documents: the fast path's slot
+    layout gives the reference path's losses, and the aux loss exceeds the own-documents one."""
+
+    def run(speed, negatives):
+        cfg = config(tok_dir, speed)
+        cfg.model.config.msa.query_reduce_method = query_reduce
+        cfg.model.config.msa.chunk_reduce_method = "mean"
+        cfg.aux_negatives = negatives
+        return Trainer(cfg).fit()
+
+    own = run(SpeedConfig(), "sample")
+    ref = run(SpeedConfig(), "batch")
+    fast = run(SpeedConfig(path="fast", ce_chunk=16, pad_multiple=8), "batch")
+    for r, f in zip(ref, fast):
+        assert f["loss"] == pytest.approx(r["loss"], rel=1e-6)
+        assert f["aux_loss"] == pytest.approx(r["aux_loss"], rel=1e-6)
+    assert ref[0]["aux_loss"] > own[0]["aux_loss"]  # same first step, more negatives
+
+
 def test_speed_config_errors_are_clear():
     with pytest.raises(ValueError, match="speed.path"):
         SpeedConfig(path="turbo").validate()

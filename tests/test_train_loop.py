@@ -107,3 +107,21 @@ def test_overrides_convert_types_and_reject_unknown_keys(tok_dir):
         apply_overrides(cfg, ["data.micro_batch_size=many"])
     apply_overrides(cfg, ['data.curriculum=[[500, 16], {"steps": 0, "num_docs": 32}]'])
     assert cfg.data.curriculum == [CurriculumStage(500, 16), CurriculumStage(0, 32)]
+
+
+def test_msa_changes_set_routing_options_on_an_init_checkpoint(tmp_path):
+    """model.msa_changes reconfigures a trained checkpoint's routing (every layer sees it, it is saved);
+    options that would change parameters are refused by name."""
+    from msa.model import MSAForCausalLM
+    from msa.train.build import build_model
+    from msa.train.config import ModelSpec, tiny_model_config
+
+    MSAForCausalLM(tiny_model_config(64)).init_weights(0).save_pretrained(tmp_path / "m")
+    model = build_model(ModelSpec(init=str(tmp_path / "m"), msa_changes={"chunk_reduce_method": "mean", "top_k_docs": 3}))
+    assert model.config.msa.chunk_reduce_method == "mean" and model.model.layers[1].self_attn.msa.top_k_docs == 3
+    model.save_pretrained(tmp_path / "again")
+    assert MSAForCausalLM.from_pretrained(tmp_path / "again").config.msa.chunk_reduce_method == "mean"
+    with pytest.raises(ValueError, match="msa_changes may set"):
+        build_model(ModelSpec(init=str(tmp_path / "m"), msa_changes={"pooling_kernel_size": 4}))
+    with pytest.raises(ValueError, match="chunk_reduce_method"):
+        build_model(ModelSpec(init=str(tmp_path / "m"), msa_changes={"chunk_reduce_method": "median"}))

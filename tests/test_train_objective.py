@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from msa import MSAConfig, ModelConfig
@@ -72,3 +73,42 @@ def test_aux_layers_official_rule_or_all():
     assert aux_layers(cfg) == (4, 5)  # the release trains only router layers >= L // 2
     assert aux_layers(cfg, "all") == (1, 2, 4, 5)
     assert Objective(cfg, layers="all").layers == (1, 2, 4, 5)
+
+
+def test_batch_negatives_add_other_samples_documents_except_copies_of_positives():
+    """negatives="batch": each query competes with every document of the micro-batch, except copies of
+    its own positives in other samples; scores come from the router inputs (cross_doc_scores)."""
+    from msa.functional import cross_doc_scores
+    from msa.model.context import RouteInputs
+
+    cfg = ModelConfig(
+        vocab_size=11, hidden_size=8, intermediate_size=8, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=4, msa=MSAConfig(router_layer_idx="1", infonce_loss_temp=0.1,
+                                                         query_reduce_method="mean", chunk_reduce_method="mean"),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    b, n = 3, 3
+    ri = RouteInputs(torch.randn(b, 4, 2, 4, generator=g), torch.ones(b, 4, dtype=torch.bool),
+                     torch.randn(b, 6, 1, 4, generator=g), torch.tensor([[0, 0, 1, 1, 2, 2]] * 2 + [[0, 0, 1, 1, -1, -1]]))
+    own = torch.stack([cross_doc_scores(ri.q_router, ri.query_mask, ri.k_router, ri.chunk_doc, n,
+                                        query_reduce="mean", chunk_reduce="mean").view(b, b, n)[r, r] for r in range(b)])
+    labels = [torch.tensor([1, 0, 0]), torch.tensor([0, 1, 0]), torch.tensor([0, 0])]  # sample 2: no positive
+    keys = [torch.tensor([10, 11, 12]), torch.tensor([20, 10, 22]), torch.tensor([10, 31])]  # 10 is in all three
+    out = TrainOutput(torch.zeros(0, 11), {1: own}, {}, {1: ri})
+    batch = TrainBatch(None, torch.full((b, 4), -100), labels, doc_keys=keys)  # type: ignore[arg-type]
+    _, aux_den = Objective(cfg, layers="all").denominators(batch)
+    weights = LossWeights(0.0, 1.0)
+    zero = torch.zeros(0, dtype=torch.long)
+    loss_s, _ = Objective(cfg, layers="all").__call__(out, zero, batch, weights, 1.0, aux_den)
+    loss_b, _ = Objective(cfg, layers="all", negatives="batch")(out, zero, batch, weights, 1.0, aux_den)
+    cross = cross_doc_scores(ri.q_router, ri.query_mask, ri.k_router, ri.chunk_doc, n,
+                             query_reduce="mean", chunk_reduce="mean").view(b, b, n)
+    # sample 0 (positive key 10): sample 1's doc 1 and sample 2's doc 0 are copies, left out
+    s0 = [cross[0, 0, 0], cross[0, 0, 1], cross[0, 0, 2], cross[0, 1, 0], cross[0, 1, 2], cross[0, 2, 1]]
+    # sample 1 (positive key 10, its doc 1): sample 0's doc 0 and sample 2's doc 0 are copies
+    s1 = [cross[1, 1, 1], cross[1, 1, 0], cross[1, 1, 2], cross[1, 0, 1], cross[1, 0, 2], cross[1, 2, 1]]
+    want = (eq5([float(v) for v in s0], [1, 0, 0, 0, 0, 0], 0.1) + eq5([float(v) for v in s1], [1, 0, 0, 0, 0, 0], 0.1)) / 2
+    assert abs(float(loss_b) - want) < 1e-5
+    assert float(loss_b) > float(loss_s)  # more negatives, larger loss
+    with pytest.raises(ValueError, match="doc_keys"):
+        Objective(cfg, layers="all", negatives="batch")(out, zero, TrainBatch(None, batch.labels, labels), weights, 1.0, aux_den)  # type: ignore[arg-type]

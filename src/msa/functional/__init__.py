@@ -14,7 +14,7 @@ from msa.functional.losses import (
 from msa.functional.pooling import chunk_layout, chunk_mean_pool
 from msa.functional.positions import doc_position_ids, query_position_ids
 from msa.functional.routing import (
-    batched_doc_scores, batched_select_docs, chunk_scores, doc_scores, reduce_chunks_to_docs, route_topk,
+    batched_doc_scores, batched_select_docs, chunk_scores, cross_doc_scores, doc_scores, reduce_chunks_to_docs, route_topk,
     select_docs,
 )
 
@@ -25,6 +25,7 @@ __all__ = [
     "chunk_layout",
     "chunk_mean_pool",
     "chunk_scores",
+    "cross_doc_scores",
     "decoupled_focal_infonce_loss",
     "decoupled_infonce_loss",
     "doc_position_ids",

@@ -248,3 +248,62 @@ def route_topk(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: 
         docs[s, : top.numel()] = top
         scores[s, : top.numel()] = sc[top]
     return docs, scores
+
+
+def cross_doc_scores(
+    q_router: Tensor,
+    query_mask: Tensor,
+    k_router: Tensor,
+    chunk_doc: Tensor,
+    num_docs: int,
+    cosine: bool = True,
+    *,
+    head_reduce: HeadReduce = "mean",
+    query_reduce: QueryReduce = "max",
+    chunk_reduce: ChunkReduce = "max",
+) -> Tensor:
+    """Every sample's query against every sample's documents (training with batch negatives).
+
+    Args: as ``batched_doc_scores``: q_router [B, Tq, Hq, D], query_mask [B, Tq], k_router [B, C, Hkv, D],
+        chunk_doc [B, C] (-1 = padding), num_docs: the per-sample document width N.
+
+    Returns:
+        [B, B * N] float32: column ``j * N + d`` is document d of sample j; the block of sample b's own
+        documents equals ``batched_doc_scores`` row b (to rounding). -inf where there is no document.
+    """
+    b, tq, hq, d = q_router.shape
+    c, hkv = k_router.shape[1], k_router.shape[2]
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key heads ({hkv})")
+    if not (head_reduce == "mean" and query_reduce == "mean"):
+        # general reductions: one key sample at a time (B passes over [B, Tq, Hq, C])
+        blocks = [batched_doc_scores(q_router, query_mask, k_router[j].expand(b, c, hkv, d), chunk_doc[j].expand(b, c),
+                                     num_docs, cosine, head_reduce=head_reduce, query_reduce=query_reduce,
+                                     chunk_reduce=chunk_reduce) for j in range(b)]  # fmt: skip
+        return torch.cat(blocks, dim=1)
+    # Means over heads and tokens are linear: the score of a chunk is the dot product of its key with
+    # one effective query per KV head, (1 / (Hq * n)) * sum over the group's heads and tokens of q.
+    q, k = q_router.float(), k_router.float()
+    if cosine:
+        q, k, scale = F.normalize(q, dim=-1), F.normalize(k, dim=-1), 1.0
+    else:
+        scale = 1.0 / math.sqrt(d)
+    m = query_mask.to(device=q.device, dtype=q.dtype)
+    n = m.sum(1)  # [B]
+    q_eff = torch.einsum("btkgd,bt->bkd", q.view(b, tq, hkv, hq // hkv, d), m) / (hq * n.clamp(min=1))[:, None, None]
+    cs = torch.einsum("bkd,ckd->bc", q_eff, k.reshape(b * c, hkv, d)) * scale  # [B, B*C]
+    cs = cs.masked_fill((n == 0)[:, None], float("-inf"))
+    owner = chunk_doc.to(q.device)
+    pad = (owner < 0).flatten()
+    index = (owner + torch.arange(b, device=q.device)[:, None] * num_docs).flatten().masked_fill(pad, b * num_docs)
+    index = index[None].expand(b, -1)
+    out = torch.full((b, b * num_docs + 1), float("-inf"), device=q.device)
+    if chunk_reduce == "max":
+        out = out.scatter_reduce(1, index, cs.masked_fill(pad[None], float("-inf")), reduce="amax", include_self=True)
+    elif chunk_reduce == "mean":
+        sums = torch.zeros_like(out).scatter_add(1, index, cs.masked_fill(pad[None], 0.0))
+        counts = torch.zeros_like(out).scatter_add(1, index, (~pad).float()[None].expand(b, -1))
+        out = torch.where(counts > 0, sums / counts.clamp(min=1), out)
+    else:
+        raise ValueError(f"unknown chunk_reduce {chunk_reduce!r}")
+    return out[:, : b * num_docs]

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from msa import functional as MF
 from msa.config import ModelConfig
-from msa.model.context import EncodeContext, QueryContext, TrainContext
+from msa.model.context import EncodeContext, QueryContext, RouteInputs, TrainContext
 from msa.model.layers import RMSNorm, apply_rope, attend
 from msa.model.memory import LayerMemory, Routing
 from msa.model.static_cache import StaticKVCache
@@ -177,6 +177,7 @@ class MemorySparseAttention(nn.Module):
         picked = torch.zeros(b, ctx.max_docs + 1, dtype=torch.bool, device=qr.device)
         picked.scatter_(1, top.masked_fill(top < 0, ctx.max_docs), True)
         ctx.scores[self.layer_idx] = scores
+        ctx.route_inputs[self.layer_idx] = RouteInputs(qr, q_mask, kr, kr_doc)
         # Empty slots (-1) read a -inf column: also right for a batch without any memory document.
         padded = F.pad(scores, (0, 1), value=float("-inf"))
         ctx.selected[self.layer_idx] = Routing(docs, padded.gather(1, docs.masked_fill(docs < 0, ctx.max_docs)))

@@ -105,6 +105,17 @@ class RouterLayout:
 
 
 @dataclass
+class RouteInputs:
+    """What a training router layer scored: router queries [B, Tq, Hq, D] (query_mask [B, Tq] bool) over
+    each sample's pooled router keys [B, C, Hkv, D] owned by chunk_doc [B, C] (-1 = padding)."""
+
+    q_router: Tensor
+    query_mask: Tensor
+    k_router: Tensor
+    chunk_doc: Tensor
+
+
+@dataclass
 class TrainContext:
     """Layout of a packed batch, computed once per forward.
 
@@ -116,6 +127,8 @@ class TrainContext:
     stream_mask: [B, L] bool tokens that read memory (doc_ids < 1, not padding).
     scores: filled by router layers: layer -> [B, Nmax] float32 document scores (-inf: no such doc).
     selected: filled by router layers: layer -> Routing (document indices 0-based within the sample).
+    route_inputs: filled by router layers: layer -> the RouteInputs its scores came from (for losses
+        that score queries against other samples' documents, ``msa.functional.cross_doc_scores``).
     router: the static chunk layout of the fast path (``RouterLayout``), or None: router layers then
         gather their selected chunks per layer (the reference path).
     """
@@ -131,6 +144,7 @@ class TrainContext:
     max_docs: int
     scores: dict[int, Tensor] = field(default_factory=dict)
     selected: dict[int, Routing] = field(default_factory=dict)
+    route_inputs: dict[int, "RouteInputs"] = field(default_factory=dict)
     router: RouterLayout | None = None
 
     @classmethod

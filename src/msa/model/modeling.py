@@ -10,7 +10,7 @@ Three forward modes share one stack of layers:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,11 +80,13 @@ class MSAModel(nn.Module):
 @dataclass
 class TrainOutput:
     """logits: [B, L, V] (or [M, V] at ``logits_index``); doc_scores: router layer -> [B, Nmax] float32
-    (-inf where the sample has no such document); selected: router layer -> Routing (0-based docs)."""
+    (-inf where the sample has no such document); selected: router layer -> Routing (0-based docs);
+    route_inputs: router layer -> what its scores came from (``msa.model.context.RouteInputs``)."""
 
     logits: Tensor
     doc_scores: dict[int, Tensor]
     selected: dict[int, Routing]
+    route_inputs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -165,7 +167,7 @@ class MSAForCausalLM(nn.Module):
         h = self.model.run(batch.input_ids, batch.position_ids, ctx)
         if logits_index is not None:
             h = h.flatten(0, 1).index_select(0, logits_index)
-        return TrainOutput(self.lm_head(h), ctx.scores, ctx.selected)
+        return TrainOutput(self.lm_head(h), ctx.scores, ctx.selected, ctx.route_inputs)
 
     # -- encode mode -------------------------------------------------------------------------------
     @torch.no_grad()

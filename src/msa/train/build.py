@@ -12,7 +12,7 @@ from msa.data.bios import BiosWorld
 from msa.model.modeling import MSAForCausalLM
 from msa.prompt import prompt_format
 from msa.train.collator import Collator
-from msa.train.config import DataConfig, ModelSpec, TrainConfig
+from msa.train.config import MSA_CHANGEABLE, DataConfig, ModelSpec, TrainConfig
 from msa.train.data import BiosSamples, InterleaveRounds, JsonlSamples, MixedSamples, NiahSamples, SampleSource
 from msa.train.parallelize import DistInfo
 from msa.train.targets import target_format
@@ -44,6 +44,19 @@ def build_tokenizer(data: DataConfig, info: DistInfo | None = None):
     return load_tokenizer(path)
 
 
+def change_msa(model: MSAForCausalLM, changes: dict) -> None:
+    """Set ``changes`` (``MSA_CHANGEABLE`` fields) on the model's MSAConfig, in place (its layers hold it)."""
+    bad = sorted(set(changes) - set(MSA_CHANGEABLE))
+    if bad:
+        raise ValueError(f"model.msa_changes may set {list(MSA_CHANGEABLE)}, not {bad}")
+    msa = model.config.msa
+    for k, v in changes.items():
+        setattr(msa, k, v)
+    msa.validate(model.config.num_hidden_layers)
+    if changes:
+        logger.info("changed on the init checkpoint: %s", changes)
+
+
 def build_model(spec: ModelSpec) -> MSAForCausalLM:
     """Random (seeded) init, an MSA checkpoint, or a base Qwen3 checkpoint with fresh routers."""
     dtype = _DTYPES.get(spec.dtype)
@@ -63,7 +76,9 @@ def build_model(spec: ModelSpec) -> MSAForCausalLM:
     with open(cfg_file, encoding="utf-8") as f:
         has_msa = "msa_config" in json.load(f)
     if has_msa:
-        return MSAForCausalLM.from_pretrained(spec.init, dtype=dtype)
+        model = MSAForCausalLM.from_pretrained(spec.init, dtype=dtype)
+        change_msa(model, spec.msa_changes)
+        return model
     model = MSAForCausalLM.from_base(spec.init, spec.config.msa, seed=spec.seed, dtype=dtype)
     apply_router_init(model, spec.router_init)
     return model

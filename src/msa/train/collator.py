@@ -14,6 +14,8 @@ doc_ids -1, positions 0, labels -100). ``labels[b, t]`` is the target for the lo
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 from dataclasses import dataclass, field
 
@@ -34,13 +36,20 @@ IGNORE = -100
 
 @dataclass
 class EncodedSample:
-    """One sample as flat lists (length L_b): input_ids, doc_ids, position_ids, labels; aux labels [N_b]."""
+    """One sample as flat lists (length L_b): input_ids, doc_ids, position_ids, labels; aux labels [N_b];
+    doc_keys [N_b]: a hash of each document's text (``doc_key``), equal for the same document in any sample."""
 
     input_ids: list[int]
     doc_ids: list[int]
     position_ids: list[int]
     labels: list[int]
     aux_labels: list[int]
+    doc_keys: list[int] = field(default_factory=list)
+
+
+def doc_key(text: str) -> int:
+    """A 63-bit hash of a document's text, the same in every process (unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
 @dataclass
@@ -52,12 +61,15 @@ class TrainBatch:
     aux_labels: B tensors [N_b] long 0/1, 1 = positive document, in doc_ids order 1..N_b.
     positives: per sample, the number of positive documents (a host-side copy, so the loss needs no
         device round trip to know it; filled from ``aux_labels`` when not given).
+    doc_keys: B tensors [N_b] int64, ``doc_key`` of each document's text (empty when unknown): the same
+        document in two samples has the same key (batch negatives leave a query's own positives out).
     """
 
     packed: PackedBatch
     labels: Tensor
     aux_labels: list[Tensor]
     positives: list[int] = field(default_factory=list)
+    doc_keys: list[Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.positives:
@@ -72,8 +84,10 @@ class TrainBatch:
         return int(self.packed.attention_mask.sum())
 
     def to(self, device: torch.device | str) -> "TrainBatch":
-        return TrainBatch(self.packed.to(device), self.labels.to(device), [a.to(device) for a in self.aux_labels],
-                          self.positives)  # fmt: skip
+        """The batch's tensors on ``device``; aux labels and doc keys stay on the host, where the loss
+        builds its row masks from them (per-sample device reads would stall the step)."""
+        return TrainBatch(self.packed.to(device), self.labels.to(device), self.aux_labels, self.positives,
+                          self.doc_keys)  # fmt: skip
 
     def lm_targets(self) -> tuple[Tensor, Tensor]:
         """(logits_index [M] flat indices into B*L of positions t-1 whose next token is a target,
@@ -159,7 +173,7 @@ class Collator:
             p += len(t)
             labels += t if seg.target else [IGNORE] * len(t)
         aux = sample.labels()
-        return EncodedSample(ids, doc_ids, pos, labels, [aux[i] for i in keep])
+        return EncodedSample(ids, doc_ids, pos, labels, [aux[i] for i in keep], [doc_key(sample.memory[i].text) for i in keep])
 
     def __call__(self, samples: list[TrainSample], max_tokens: int | None = None) -> TrainBatch:
         return self.pad([self.encode(s, max_tokens) for s in samples])
@@ -182,4 +196,6 @@ class Collator:
             labels[r, :n] = torch.tensor(e.labels)
             mask[r, :n] = True
         aux = [torch.tensor(e.aux_labels, dtype=torch.long) for e in encoded]
-        return TrainBatch(PackedBatch(input_ids, doc_ids, pos, mask), labels, aux)
+        keys = [torch.tensor(e.doc_keys, dtype=torch.long) for e in encoded] if all(
+            len(e.doc_keys) == len(e.aux_labels) for e in encoded) else []  # fmt: skip
+        return TrainBatch(PackedBatch(input_ids, doc_ids, pos, mask), labels, aux, doc_keys=keys)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from msa.config import MSAConfig, ModelConfig
 from msa.data.bios import BiosConfig
@@ -32,6 +33,8 @@ class ModelSpec:
         base Qwen3 checkpoint (routers freshly initialised with ``config.msa``).
     seed: init seed. dtype: parameter (master weight) dtype, "float32" or "bfloat16".
     router_init: a name in msa.train.init.ROUTER_INITS applied after a random / base init.
+    msa_changes: routing options to change on an MSA checkpoint ``init`` (``MSA_CHANGEABLE`` fields of
+        MSAConfig, none of which changes a parameter), e.g. ``{"chunk_reduce_method": "max"}``.
     """
 
     config: ModelConfig = field(default_factory=ModelConfig)
@@ -39,6 +42,12 @@ class ModelSpec:
     seed: int = 0
     dtype: str = "float32"
     router_init: str = "default"
+    msa_changes: dict[str, Any] = field(default_factory=dict)
+
+
+MSA_CHANGEABLE = ("head_reduce_method", "query_reduce_method", "chunk_reduce_method", "top_k_docs", "routing_cosine",
+                  "infonce_loss_temp")  # fmt: skip
+"""MSAConfig fields ``ModelSpec.msa_changes`` may set on a trained checkpoint."""
 
 
 @dataclass
@@ -262,6 +271,9 @@ class TrainConfig:
     # Router layers trained by the aux loss: "official" = index >= num_layers // 2 (the release's rule),
     # "all" = every router layer (for small models routing from low layers; see recipes/bios_tiny.py).
     aux_layers: str = "official"
+    # Negatives of the aux loss: "sample" = the sample's own documents (the paper's), "batch" = every
+    # document of the micro-batch except copies of the sample's positives (msa.train.objective).
+    aux_negatives: str = "sample"
 
     def validate(self) -> None:
         """Re-check the model config after overrides and the schedule / data values."""
@@ -280,6 +292,8 @@ class TrainConfig:
             raise ValueError("data.curriculum needs at least one stage")
         if self.aux_layers not in ("official", "all"):
             raise ValueError(f"aux_layers must be 'official' or 'all', got {self.aux_layers!r}")
+        if self.aux_negatives not in ("sample", "batch"):
+            raise ValueError(f"aux_negatives must be 'sample' or 'batch', got {self.aux_negatives!r}")
         for key in ("niah_fraction", "recite_fraction"):
             v = getattr(self.data, key)
             if not 0.0 <= v <= 1.0:

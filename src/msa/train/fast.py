@@ -11,7 +11,7 @@ cross-entropy chunked and fused with the head (msa.train.fused_ce): no [M, V] lo
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ class FastTrainOutput:
     lm_sum: Tensor
     doc_scores: dict[int, Tensor]
     selected: dict[int, Routing]
+    route_inputs: dict = field(default_factory=dict)
 
 
 def pad_batch(batch: PackedBatch, index: Tensor, length: int) -> tuple[PackedBatch, Tensor]:
@@ -64,7 +65,7 @@ def forward_fast(model: MSAForCausalLM, batch: PackedBatch, logits_index: Tensor
     h = model.model.run(batch.input_ids, batch.position_ids, ctx)
     h = h.flatten(0, 1).index_select(0, index)
     return FastTrainOutput(chunked_cross_entropy(h, model.lm_head.weight, targets, speed.ce_chunk), ctx.scores,
-                           ctx.selected)  # fmt: skip
+                           ctx.selected, ctx.route_inputs)  # fmt: skip
 
 
 def _checkpointed(fn):

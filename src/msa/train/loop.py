@@ -128,7 +128,8 @@ class Trainer:
             self.params, lr=lr_at(config.schedule, 0), betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay,
             fused=self.info.device.type == "cuda" and not self.fsdp or None,  # one kernel per step, not per tensor
         )
-        self.objective = Objective(self.model.config, getattr(self.model, "b", None), config.aux_layers)
+        self.objective = Objective(self.model.config, getattr(self.model, "b", None), config.aux_layers,
+                                   config.aux_negatives)  # fmt: skip
         self.collator: Collator = build_collator(config, self.tokenizer, self.model)
         self.source: SampleSource = source if source is not None else build_source(config.data)
         self.state = TrainState()

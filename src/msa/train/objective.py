@@ -3,6 +3,10 @@
 L_LM is token cross-entropy over the target tokens. L_aux is the mean, over the pairs
 (router layer with index >= num_layers // 2) x (sample with >= 1 positive), of
 ``routing_loss(aux_loss_method, scores of the sample's N_b documents, 0/1 labels, tau)``.
+With ``negatives="batch"`` a sample's query is scored against the documents of every sample of the
+micro-batch (``msa.functional.cross_doc_scores``): the other samples' documents are extra negatives,
+except copies of the sample's own positives (same text, ``TrainBatch.doc_keys``), which are left out.
+Documents are encoded independently, so this adds negatives without encoding anything more.
 
 Both are computed as SUMS here and divided by global denominators passed in by the loop (the target
 token count and the pair count of the whole optimizer step, over micro-batches and ranks), so that
@@ -20,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from msa.config import ModelConfig
+from msa.functional import cross_doc_scores
 from msa.functional.losses import recall_rows, routing_loss_rows
 from msa.model.modeling import TrainOutput
 from msa.train.collator import TrainBatch
@@ -45,6 +50,29 @@ class _AuxRows:
     labels: Tensor
     valid: Tensor
     count: int
+
+    def across(self, batch: TrainBatch, width: int) -> tuple[Tensor, Tensor]:
+        """Labels and valid masks [R, B * width] for scores against every sample's documents (column
+        ``j * width + d``: document d of sample j): a row's positives sit in its own block; copies of them
+        in other samples (same doc key) are not valid."""
+        b = batch.size
+        if len(batch.doc_keys) != b:
+            raise ValueError("batch negatives need the documents' keys (TrainBatch.doc_keys)")
+        keep = self.index.tolist()
+        labels = torch.zeros(len(keep), b, width, dtype=torch.bool)
+        valid = torch.zeros(len(keep), b, width, dtype=torch.bool)
+        keys = torch.full((b, width), -1, dtype=torch.long)
+        for j, k in enumerate(batch.doc_keys):
+            keys[j, : k.numel()] = k
+            valid[:, j, : k.numel()] = True
+        for r, s in enumerate(keep):
+            lab = batch.aux_labels[s].bool()
+            labels[r, s, : lab.numel()] = lab
+            copies = torch.isin(keys, batch.doc_keys[s][lab])
+            copies[s] = False
+            valid[r] &= ~copies
+        to = lambda t: t.flatten(1).to(self.index.device, non_blocking=True)  # noqa: E731
+        return to(labels), to(valid)
 
     @classmethod
     def of(cls, batch: TrainBatch, device: torch.device) -> "_AuxRows":
@@ -109,14 +137,34 @@ class Objective:
         config: the model config (router layers, aux_loss_method, tau).
         layers: "official" or "all" router layers carry the aux loss (``aux_layers``).
         bce_bias: the model's learnable bias ``b`` for the BCE method (else unused).
+        negatives: "sample" (a sample's own documents, the paper's loss) or "batch" (every document of
+            the micro-batch; see the module docstring).
     """
 
-    def __init__(self, config: ModelConfig, bce_bias: Tensor | None = None, layers: str = "official"):
+    def __init__(self, config: ModelConfig, bce_bias: Tensor | None = None, layers: str = "official",
+                 negatives: str = "sample"):  # fmt: skip
+        if negatives not in ("sample", "batch"):
+            raise ValueError(f"aux negatives must be 'sample' or 'batch', got {negatives!r}")
         self.config = config
+        self.negatives = negatives
         self.layers = aux_layers(config, layers)
         self.method = config.msa.aux_loss_method or "INFONCE_DECOUPLE"
         self.tau = config.msa.tau
         self.bce_bias = bce_bias
+
+    def _cross(self, out, layer: int, width: int) -> Tensor:
+        """[B, B * width] scores of every sample's query against every sample's documents at ``layer``."""
+        ri = out.route_inputs.get(layer)
+        if ri is None:
+            raise ValueError("batch negatives need the router inputs of the forward (route_inputs)")
+        msa = self.config.msa
+        cosine = msa.train_cosine()
+        s = cross_doc_scores(ri.q_router, ri.query_mask, ri.k_router, ri.chunk_doc, width, cosine,
+                             head_reduce=msa.head_reduce_method, query_reduce=msa.query_reduce_method,
+                             chunk_reduce=msa.chunk_reduce_method)  # fmt: skip
+        if cosine and not msa.decouple_router:
+            s = s / math.sqrt(self.config.head_dim)  # as ``MemorySparseAttention._route``
+        return s
 
     def denominators(self, batch: TrainBatch) -> tuple[int, int]:
         """(LM target tokens, aux (layer, sample) pairs) of a micro-batch."""
@@ -146,6 +194,7 @@ class Objective:
         bad = lm_sum.new_zeros((), dtype=torch.long)
         aux_sum = lm_sum.new_zeros((), dtype=torch.float32)
         rows = _AuxRows.of(batch, lm_sum.device) if self.layers else None
+        across = None
         for layer in self.layers:
             scores = out.doc_scores[layer]  # [B, Nmax]
             # touch every router layer's scores so data-parallel wrappers see their gradient path
@@ -159,7 +208,13 @@ class Objective:
                     raise ValueError("a sample has more aux labels than scored documents")
                 labels, valid = (F.pad(t, (0, extra)) for t in (rows.labels, rows.valid))
                 bad = bad + (~torch.isfinite(s) & valid).sum()
-                per = routing_loss_rows(self.method, s, labels, valid, self.tau,
+                if self.negatives == "batch":
+                    if across is None:
+                        across = rows.across(batch, scores.shape[1])
+                    loss_s, loss_labels, loss_valid = self._cross(out, layer, scores.shape[1]).index_select(0, rows.index), *across
+                else:
+                    loss_s, loss_labels, loss_valid = s, labels, valid
+                per = routing_loss_rows(self.method, loss_s, loss_labels, loss_valid, self.tau,
                                         self.bce_bias if self.bce_bias is not None else -20.0)  # fmt: skip
                 aux_sum = aux_sum + per.sum()
                 values.append(per.detach().sum())
