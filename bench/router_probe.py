@@ -232,7 +232,7 @@ def main() -> None:
         rows.append({"probe": "the model's router, trained on here", "reduce": reduce, "steps": args.steps,
                      **test_eval(train(base, tr, args.steps, 3e-4, 0.1, 256, args.memory))})  # fmt: skip
         log.info("%s", rows[-1])
-        for shape in args.shapes.split(","):
+        for shape in filter(None, args.shapes.split(",")):
             hq, hkv, d = (int(v) for v in shape.split("x"))
             r = Router(model.config.hidden_size, hq, hkv, d, reduce)
             rows.append({"probe": f"new router {shape} (Hq x Hkv x D)", "reduce": reduce, "steps": args.steps,
