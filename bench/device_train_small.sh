@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One device call for issue 16: train msa-bios-small (recipes/bios_small.py, from msa-bios-tiny's
-# weights) within MINUTES, evaluate it on an unseen world, and pack what ships into $OUT/model.tar,
-# with the GPU utilisation trace (nvidia-smi every 2 s) and the log.
-#   bash bench/device_train_small.sh MINUTES [recipe overrides ...]
+# One device call for issue 16: train msa-bios-small (recipes/bios_small.py, from the recipe's init or
+# model.init=...) within MINUTES, evaluate it on an unseen world, and pack what ships into
+# $OUT/model.tar as soon as it exists, with the GPU utilisation trace (nvidia-smi every 2 s) and the
+# log; then, with SCALING_S > 0, the scaling benchmark (16K-10M, held-out wordings at 1M, RULER 128K)
+# bounded by SCALING_S seconds, into $OUT/scaling.tar.gz.
+#   bash bench/device_train_small.sh MINUTES [train_shipped options and recipe overrides ...]
+# EVAL_PEOPLE / EVAL_QUESTIONS / READING_QUESTIONS size train_shipped's own evaluation (2048 / 50 / 50).
 set -u
 export PYTHONPATH=src:bench PYTHONUNBUFFERED=1
 MIN=${1:-8}
@@ -12,9 +15,17 @@ OUT=${OUT:-runs/out}
 mkdir -p "$OUT" runs
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$OUT/gpu_util.csv" 2>/dev/null &
 SMI=$!
-python bench/train_shipped.py --recipe bios_small --minutes "$MIN" --out $W --eval-people 2048 --eval-questions 50 "$@" \
-    2>&1 | tee "$OUT/train.log"
+python bench/train_shipped.py --recipe bios_small --minutes "$MIN" --out $W --eval-people "${EVAL_PEOPLE:-2048}" \
+    --eval-questions "${EVAL_QUESTIONS:-50}" --reading-questions "${READING_QUESTIONS:-50}" "$@" 2>&1 | tee "$OUT/train.log"
 kill $SMI 2>/dev/null
 cp $W/eval.json "$OUT/eval.json" 2>/dev/null
 tar -C runs -cf "$OUT/model.tar" msa-bios-small
+if [ "${SCALING_S:-0}" -gt 0 ]; then
+    mkdir -p runs/scaling
+    timeout "$SCALING_S" python bench/scaling.py --model $W --work-dir /tmp/banks --out runs/scaling/scaling.json \
+        --plot runs/scaling/scaling.png --sizes "${SIZES:-16K,128K,1M,10M}" --ruler-contexts "${RULER:-128K}" \
+        --ruler-samples 2 --world-seed 7 --num-single 100 --num-multi 100 --max-new-tokens 48 --batch-size 50 \
+        --device cuda --wordings paraphrase,polite,lowercase --wording-sizes 1M 2>&1 | tee runs/scaling/scaling.log | tail -40
+    tar -C runs -czf "$OUT/scaling.tar.gz" scaling
+fi
 ls -la "$OUT"

@@ -146,11 +146,11 @@ def reading_stage(overrides: list[str], out: Path, steps: int, docs: int, deadli
 
 def fit_until(trainer: Trainer, steps: int, deadline: float, snapshot: Path | None = None,
               snapshot_s: float = float("inf")) -> None:  # fmt: skip
-    """Train to ``steps`` or to the ``deadline`` (perf_counter time; checked every 50 steps), saving
+    """Train to ``steps`` or to the ``deadline`` (perf_counter time; checked every 10 steps), saving
     the model to ``snapshot`` every ``snapshot_s`` seconds."""
     last = time.perf_counter()
     while trainer.state.step < steps and time.perf_counter() < deadline:
-        trainer.fit(until=min(steps, trainer.state.step + 50))
+        trainer.fit(until=min(steps, trainer.state.step + 10))
         if snapshot is not None and time.perf_counter() - last > snapshot_s:
             save_model(trainer, snapshot)
             last = time.perf_counter()
