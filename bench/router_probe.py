@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 
 import torch
@@ -123,22 +124,24 @@ def recall(router, qx, qm, gold, feats, owner, n_docs, ks=(1, 16)):
 
 
 def train(router, data, steps: int, lr: float, tau: float, batch: int, memory: int, log_every: int = 100):
-    """InfoNCE over a memory of ``memory`` training documents (the batch's gold ones among them)."""
+    """InfoNCE of ``batch`` random queries over a memory of their gold documents and random others
+    (``memory`` documents in all)."""
     qx, qm, gold, feats, owner, n_docs = data
     opt = torch.optim.Adam(router.parameters(), lr=lr)
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
-        mem = torch.randperm(n_docs, generator=g)[:memory]
-        pick = torch.randint(0, memory, (batch,), generator=g)
-        docs = mem[pick]
+        pick = torch.randint(0, len(gold), (batch,), generator=g)
+        docs = gold[pick]
         in_mem = torch.zeros(n_docs, dtype=torch.bool)
-        in_mem[mem] = True
+        in_mem[torch.randperm(n_docs, generator=g)[:memory]] = True
+        in_mem[docs] = True
+        mem = in_mem.nonzero().squeeze(-1)
         chunk_keep = in_mem[owner]
         remap = torch.full((n_docs,), -1, dtype=torch.long)
-        remap[mem] = torch.arange(memory)
+        remap[mem] = torch.arange(len(mem))
         k = router.keys(feats[chunk_keep])
-        sc = router.doc_scores(router.query(qx[docs], qm[docs]), k, remap[owner[chunk_keep]], memory)
-        loss = F.cross_entropy(sc / tau, pick)
+        sc = router.doc_scores(router.query(qx[pick], qm[pick]), k, remap[owner[chunk_keep]], len(mem))
+        loss = F.cross_entropy(sc / tau, remap[docs])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -189,6 +192,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="8x2x32,8x8x32,8x8x64,16x16x64", help="Hq x Hkv x D per probe")
     ap.add_argument("--reduce", default="mean,max", help="chunk -> document reductions to probe")
     ap.add_argument("--cache", default=None, help="keep the features in this .pt file (reused if present)")
+    ap.add_argument("--mix", action="store_true", help="train on names, lower-cased names and questions")
+    ap.add_argument("--lr", type=float, default=3e-4, help="learning rate of the model's router trained on")
+    ap.add_argument("--save", default=None, help="write the model with the router trained on here (first reduction)")
     ap.add_argument("--out", default="bench/results/router_probe.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -202,21 +208,29 @@ def main() -> None:
     grab = _Grab(attn)
     chunk = model.config.msa.chunk_size
 
-    def world(seed, n):
+    def world(seed, n, mix: bool = False):
+        """Documents and requests of a world; with ``mix`` the requests are every name, a quarter of the
+        names lower-cased and a single-hop question (training wordings) about every person."""
         w = BiosWorld(BiosConfig(num_people=n, seed=seed))
         t0 = time.time()
         texts = [fmt.document.format(gid=i, text=t) for i, t in enumerate(w.documents(range(n)))]
         feats, owner = doc_features(model, grab, tok, texts, chunk)
-        qx, qm = query_features(model, grab, tok, fmt, w.names(0, n))
-        log.info("world seed %d: %d people, %d chunks, %.0f s", seed, n, len(feats), time.time() - t0)
-        return qx, qm, torch.arange(n), feats, owner, n
+        people = list(range(n))
+        queries = w.names(0, n)
+        if mix:
+            low = people[::4]
+            queries += [w.name(i).lower() for i in low] + [w.question(i, "single", wording="train").text for i in people]
+            people += low + people
+        qx, qm = query_features(model, grab, tok, fmt, queries)
+        log.info("world seed %d: %d people, %d chunks, %d requests, %.0f s", seed, n, len(feats), len(queries), time.time() - t0)
+        return qx, qm, torch.tensor(people), feats, owner, n
 
     import os
 
     if args.cache and os.path.exists(args.cache):
         test, tr = torch.load(args.cache)
     else:
-        test, tr = world(7, args.people), world(1234, args.train_people)
+        test, tr = world(7, args.people), world(1234, args.train_people, args.mix)
         if args.cache:
             torch.save((test, tr), args.cache)
     ev = torch.randperm(args.people)[:1000]
@@ -230,8 +244,16 @@ def main() -> None:
         rows.append({"probe": "the model's router, as trained", "reduce": reduce, **test_eval(base)})
         log.info("%s", rows[-1])
         rows.append({"probe": "the model's router, trained on here", "reduce": reduce, "steps": args.steps,
-                     **test_eval(train(base, tr, args.steps, 3e-4, 0.1, 256, args.memory))})  # fmt: skip
+                     **test_eval(train(base, tr, args.steps, args.lr, 0.1, 256, args.memory))})  # fmt: skip
         log.info("%s", rows[-1])
+        if args.save and reduce == args.reduce.split(",")[0]:
+            attn.router_q_proj[0].weight.data.copy_(base.wq.weight.data)
+            attn.router_k_proj[0].weight.data.copy_(base.wk.weight.data)
+            model.config.msa.chunk_reduce_method = reduce
+            model.save_pretrained(args.save)
+            for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                shutil.copy(path / f, args.save)
+            log.info("wrote %s", args.save)
         for shape in filter(None, args.shapes.split(",")):
             hq, hkv, d = (int(v) for v in shape.split("x"))
             r = Router(model.config.hidden_size, hq, hkv, d, reduce)

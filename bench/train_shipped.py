@@ -44,7 +44,9 @@ def rescale(cfg, steps: int, lr_scale: float = 1.0, warmup_fraction: float = 0.3
     p0, p1 = cfg.schedule.phases
     cfg.schedule.phases = [replace(p0, steps=warm, lr=p0.lr * lr_scale), replace(p1, steps=steps - warm, lr=p1.lr * lr_scale)]
     n = docs or [s.num_docs for s in cfg.data.curriculum]
-    cfg.data.curriculum = [CurriculumStage(warm, n[0]), CurriculumStage(max(1, int(steps * 0.3)), n[1]), CurriculumStage(0, n[2])]
+    cap = [s.max_tokens for s in cfg.data.curriculum] + [cfg.data.curriculum[-1].max_tokens] * 3  # the recipe's caps
+    cfg.data.curriculum = [CurriculumStage(warm, n[0], cap[0]), CurriculumStage(max(1, int(steps * 0.3)), n[1], cap[1]),
+                           CurriculumStage(0, n[2], cap[2])]  # fmt: skip
     return cfg
 
 
