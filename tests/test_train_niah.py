@@ -64,3 +64,20 @@ def test_recite_samples_ask_for_the_gold_biography():
         BiosSamples(world, 8, recite_fraction=-0.1)
     with pytest.raises(ValueError, match="recite_fraction"):
         TrainConfig(data=DataConfig(recite_fraction=1.5)).validate()
+
+
+def test_niah_rounds_request_the_needle_key_not_the_document_id():
+    """A retrieval round of a NIAH sample writes the key it looks for (as a bios round writes a name)."""
+    from msa.prompt import prompt_format
+    from msa.train.targets import interleave_named
+
+    src = NiahSamples(num_docs=8, seed=3, doc_tokens=64, tasks=("niah_single_1", "niah_multiquery"))
+    for i in range(4):
+        s = src.sample(i)
+        text = {d.id: d.text for d in s.memory}
+        for g in s.positives:
+            key = s.extra["names"][g]
+            assert f"for {key} is: " in text[g] and key in s.question
+        retrieval = InterleaveRounds(src, 0.0).sample(i)  # a retrieval round (no answer round)
+        written = [seg.text for seg in interleave_named(retrieval, prompt_format("question")) if seg.target]
+        assert len(written) == 1 and written[0].split("]")[0][1:] in s.extra["names"].values()

@@ -317,7 +317,10 @@ class NiahSamples(_Indexed):
 
     The haystack of ``num_docs * doc_tokens`` (approximate) tokens is cut into documents on sentence
     boundaries (``segment_context``) with random distinct global ids; positives = the documents that
-    hold a queried needle, in the order of the expected values; answer = the values joined by ", ".
+    hold a queried needle, in the order of the expected values; answer = the values joined by ", ";
+    ``extra["names"]``: gold id -> the key of its needle, what a retrieval round requests (as a bios
+    sample's request is the person's name) instead of the document id, which a model cannot read out
+    of pooled memory.
     Documents beyond ``num_docs`` (segmenting overshoots a little) are dropped from the haystack's
     end, never a positive. The subtask cycles through ``tasks``.
     """
@@ -343,17 +346,29 @@ class NiahSamples(_Indexed):
         rng = np.random.default_rng([self.seed, index, 0x41A4])
         ids = [int(i) for i in rng.choice(1 << 20, size=len(texts), replace=False)]
         gold: list[int] = []
+        keys: dict[int, str] = {}
         for value in ns.answers:
             for gid, text in zip(ids, texts):
                 if value in text and gid not in gold:
                     gold.append(gid)
+                    keys[gid] = _needle_key(text, value, ns.type_needle_v)
                     break
         memory = [Document(i, t) for i, t in zip(ids, texts)]
         extra = len(memory) - n_docs  # segmenting overshoots a little: drop haystack-only documents
         if extra > 0:
             drop = set([d.id for d in memory if d.id not in gold][-extra:])
             memory = [d for d in memory if d.id not in drop]
-        return TrainSample(ns.question, memory, gold, None, ", ".join(ns.answers), {"kind": task})
+        return TrainSample(ns.question, memory, gold, None, ", ".join(ns.answers), {"kind": task, "names": keys})
+
+
+def _needle_key(text: str, value: str, type_needle_v: str) -> str:
+    """The key of the needle sentence that holds ``value`` in ``text`` (``msa.data.ruler.NEEDLE_TEMPLATE``)."""
+    from msa.data.ruler import NEEDLE_TEMPLATE
+
+    head, tail = NEEDLE_TEMPLATE.split("{key}")
+    head = head.format(type_needle_v=type_needle_v)
+    end = text.index(tail.format(value=value))
+    return text[text.rindex(head, 0, end) + len(head):end]
 
 
 class MixedSamples(_Indexed):
