@@ -33,7 +33,7 @@ from msa.train.config import TrainConfig
 from msa.train.data import SampleSource, TrainSample
 from msa.train.fast import apply_speed
 from msa.train.export import write_model_dir
-from msa.train.objective import LossWeights, Metrics, Objective
+from msa.train.objective import LossWeights, Metrics, Objective, PendingMetrics
 from msa.train.parallelize import DistInfo, init_distributed, parallelize
 from msa.train.schedule import lr_at, num_docs_at, phase_at, stage_at, weights_at
 
@@ -212,19 +212,20 @@ class Trainer:
         lm_den, aux_den, tokens = self._global_sum(
             [float(sum(c[0] for c in counts)), float(sum(c[1] for c in counts)), float(sum(b.num_tokens for b in batches))]
         )
-        metrics = Metrics()
+        pending = []
         ddp = hasattr(self.wrapper, "no_sync")
         for m, batch in enumerate(batches):
+            index, targets = (t.to(self.info.device, non_blocking=True) for t in batch.lm_targets())  # found on the host
             batch = batch.to(self.info.device)
-            index, targets = batch.lm_targets()
             sync = contextlib.nullcontext() if (not ddp or m == len(batches) - 1) else self.wrapper.no_sync()  # type: ignore[operator]
             with sync:
                 with self._autocast():
                     out = self.wrapper(batch.packed, index, targets)
-                loss, mm = self.objective(out, targets, batch, weights, lm_den, aux_den)
+                loss, mm = self.objective.deferred(out, targets, batch, weights, lm_den, aux_den)
                 # DDP / FSDP average gradients over ranks; the loss is already a global mean.
                 (loss * self.info.world_size).backward()
-            metrics.merge(mm)
+            pending.append(mm)
+        metrics = PendingMetrics.resolve_all(pending)  # the step's one metrics read, after its backward passes
         grad_norm = float("nan")
         if cfg.optimizer.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optimizer.grad_clip)

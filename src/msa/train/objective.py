@@ -89,6 +89,35 @@ class _AuxRows:
 
 
 @dataclass
+class PendingMetrics:
+    """A micro-batch's metrics still on the device: ``values`` [n + 1] float32 (the last entry counts
+    non-finite scores of real documents), ``names`` / ``counts`` the n metrics. ``resolve`` reads them
+    (one device read); the loop resolves a whole step's at once, after its backward passes."""
+
+    names: list[str]
+    values: Tensor
+    counts: list[float]
+
+    @staticmethod
+    def resolve_all(pending: list["PendingMetrics"]) -> "Metrics":
+        m = Metrics()
+        if not pending:
+            return m
+        host = torch.cat([p.values.detach().float().reshape(-1) for p in pending]).tolist()
+        at = 0
+        for p in pending:
+            part, at = host[at : at + len(p.names) + 1], at + len(p.names) + 1
+            if part[-1]:
+                raise ValueError("a sample has more aux labels than scored documents (non-finite routing scores)")
+            for name, v, c in zip(p.names, part, p.counts):
+                m.add(name, v, c)
+        return m
+
+    def resolve(self) -> "Metrics":
+        return PendingMetrics.resolve_all([self])
+
+
+@dataclass
 class Metrics:
     """Named (sum, count) pairs; ``means()`` gives sum / count. Reduced over ranks as one tensor."""
 
@@ -181,16 +210,21 @@ class Objective:
             batch: the micro-batch (for aux labels).
             lm_denominator / aux_denominator: global target-token / pair counts of the whole step.
         """
-        m = Metrics()
-        m.add("aux_loss", 0.0, 0.0)  # present (NaN) even when no layer carries the aux loss
+        total, pending = self.deferred(out, targets, batch, weights, lm_denominator, aux_denominator)
+        return total, pending.resolve()
+
+    def deferred(self, out: TrainOutput | FastTrainOutput, targets: Tensor, batch: TrainBatch, weights: LossWeights,
+                 lm_denominator: float, aux_denominator: float) -> tuple[Tensor, PendingMetrics]:  # fmt: skip
+        """``__call__`` without reading anything from the device: the metrics stay pending, so the
+        backward can be queued while the forward still runs."""
         if isinstance(out, FastTrainOutput):  # the fast path summed the LM loss inside its forward
             lm_sum = out.lm_sum
         elif targets.numel():
             lm_sum = F.cross_entropy(out.logits.float(), targets, reduction="sum")
         else:
             lm_sum = out.logits.float().sum() * 0.0
-        # Every metric is gathered as a device tensor and read back once (no per-sample syncs).
-        names, values, counts = ["lm_loss"], [lm_sum.detach()], [float(targets.numel())]
+        # Every metric is gathered as a device tensor and read back once, later (PendingMetrics).
+        names, values, counts = ["aux_loss", "lm_loss"], [lm_sum.new_zeros(()), lm_sum.detach()], [0.0, float(targets.numel())]
         bad = lm_sum.new_zeros((), dtype=torch.long)
         aux_sum = lm_sum.new_zeros((), dtype=torch.float32)
         rows = _AuxRows.of(batch, lm_sum.device) if self.layers else None
@@ -224,13 +258,8 @@ class Objective:
                 names.append(f"recall@{k}/layer{layer}")
                 counts.append(float(rows.count))
                 values.append(recall_rows(s.detach(), labels, valid, k).sum() if rows.count else aux_sum.new_zeros(()))
-        host = torch.stack([v.float() for v in values] + [bad.float()]).tolist()
-        if host[-1]:
-            raise ValueError("a sample has more aux labels than scored documents (non-finite routing scores)")
-        for name, v, c in zip(names, host, counts):
-            m.add(name, v, c)
         total = weights.lm * lm_sum / max(lm_denominator, 1.0) + weights.aux * aux_sum / max(aux_denominator, 1.0)
-        return total, m
+        return total, PendingMetrics(names, torch.stack([v.float() for v in values] + [bad.float()]), counts)
 
 
 def mean_recall(metrics: dict[str, float], k: int, layers: Sequence[int]) -> float:
