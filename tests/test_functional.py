@@ -157,20 +157,27 @@ def test_recall_at():
     assert MF.recall_at(s, torch.tensor([1, 1, 0, 0]), 2) == 0.5
 
 
+def _batched_routing_inputs(seed: int, b: int, tq: int, cm: int, n: int, hq: int = 4, hkv: int = 2, d: int = 8):
+    """Random [B, Tq, Hq, D] queries and [B, C, Hkv, D] keys with a row without routing tokens (the
+    last), padding chunks in row 0 and a document without chunks in row 1."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, tq, hq, d, generator=g)
+    k = torch.randn(b, cm, hkv, d, generator=g)
+    qmask = torch.rand(b, tq, generator=g) > 0.4
+    qmask[b - 1] = False
+    cdoc = torch.randint(0, n, (b, cm), generator=g)
+    cdoc[0, cm - 3:] = -1
+    cdoc[1] = cdoc[1].clamp(max=n - 2)
+    return q, k, qmask, cdoc
+
+
 @pytest.mark.parametrize("head", ["mean", "max"])
 @pytest.mark.parametrize("query", ["max", "mean", "last"])
 @pytest.mark.parametrize("chunk", ["max", "mean"])
 @pytest.mark.parametrize("cosine", [True, False])
 def test_batched_doc_scores_equal_per_row_scores(head, query, chunk, cosine):
-    g = torch.Generator().manual_seed(5)
-    b, tq, hq, hkv, d, cm, n = 3, 7, 4, 2, 8, 11, 5
-    q = torch.randn(b, tq, hq, d, generator=g)
-    k = torch.randn(b, cm, hkv, d, generator=g)
-    qmask = torch.rand(b, tq, generator=g) > 0.4
-    qmask[2] = False  # a row without routing tokens
-    cdoc = torch.randint(0, n, (b, cm), generator=g)
-    cdoc[0, 8:] = -1  # padding chunks
-    cdoc[1] = cdoc[1].clamp(max=n - 2)  # document n-1 has no chunk in row 1
+    b, n = 3, 5
+    q, k, qmask, cdoc = _batched_routing_inputs(5, b, 7, 11, n)
     got = MF.batched_doc_scores(q, qmask, k, cdoc, n, cosine, head_reduce=head, query_reduce=query, chunk_reduce=chunk)
     for r in range(b):
         real = cdoc[r] >= 0
@@ -211,15 +218,8 @@ def test_batched_routing_losses_equal_the_per_sample_ones(method):
 @pytest.mark.parametrize("cosine", [True, False])
 def test_cross_doc_scores_score_every_sample_against_every_sample(head, query, chunk, cosine):
     """Block (b, j) of the cross scores is sample b's query over sample j's documents."""
-    g = torch.Generator().manual_seed(6)
-    b, tq, hq, hkv, d, cm, n = 3, 6, 4, 2, 8, 10, 4
-    q = torch.randn(b, tq, hq, d, generator=g)
-    k = torch.randn(b, cm, hkv, d, generator=g)
-    qmask = torch.rand(b, tq, generator=g) > 0.3
-    qmask[1] = False  # a row without routing tokens
-    cdoc = torch.randint(0, n, (b, cm), generator=g)
-    cdoc[0, 7:] = -1
-    cdoc[2] = cdoc[2].clamp(max=n - 2)  # sample 2 has no document n-1
+    b, n = 3, 4
+    q, k, qmask, cdoc = _batched_routing_inputs(6, b, 6, 10, n)
     kw = dict(head_reduce=head, query_reduce=query, chunk_reduce=chunk)
     got = MF.cross_doc_scores(q, qmask, k, cdoc, n, cosine, **kw).view(b, b, n)
     for j in range(b):

@@ -250,18 +250,9 @@ def route_topk(q_router: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: 
     return docs, scores
 
 
-def cross_doc_scores(
-    q_router: Tensor,
-    query_mask: Tensor,
-    k_router: Tensor,
-    chunk_doc: Tensor,
-    num_docs: int,
-    cosine: bool = True,
-    *,
-    head_reduce: HeadReduce = "mean",
-    query_reduce: QueryReduce = "max",
-    chunk_reduce: ChunkReduce = "max",
-) -> Tensor:
+def cross_doc_scores(q_router: Tensor, query_mask: Tensor, k_router: Tensor, chunk_doc: Tensor, num_docs: int,
+                     cosine: bool = True, *, head_reduce: HeadReduce = "mean", query_reduce: QueryReduce = "max",
+                     chunk_reduce: ChunkReduce = "max") -> Tensor:  # fmt: skip
     """Every sample's query against every sample's documents (training with batch negatives).
 
     Args: as ``batched_doc_scores``: q_router [B, Tq, Hq, D], query_mask [B, Tq], k_router [B, C, Hkv, D],
