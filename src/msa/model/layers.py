@@ -30,17 +30,22 @@ def set_fused_inference(on: bool) -> bool:
     return before
 
 
-def _fused_here(x: Tensor) -> bool:
+def fused_inference_here(x: Tensor) -> bool:
+    """Whether work on ``x`` takes the fused kernels: fused inference on, CUDA, no gradients, not
+    already inside a compiled function."""
     return _FUSED[0] and x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
+_fused_here = fused_inference_here
+
+
 class _Fused:
-    """``fn`` compiled on first use (dynamic shapes); its eager ops if compiling fails."""
+    """``fn`` compiled on first use (dynamic shapes); its eager ops if compiling fails (``failed``)."""
 
     def __init__(self, fn: Callable[..., Tensor]):
         self.fn, self.compiled, self.failed = fn, None, False
 
-    def __call__(self, *args) -> Tensor:
+    def __call__(self, *args):
         if self.failed:
             return self.fn(*args)
         try:
@@ -111,11 +116,19 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """position_ids: [...] long -> cos, sin: [..., D] in ``dtype``."""
-        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / self.head_dim
-        inv_freq = 1.0 / (self.theta**exponent)
-        freqs = position_ids.float()[..., None] * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        table = _fused_rope_table if _fused_here(position_ids) else _rope_table
+        return table(position_ids, self.head_dim, self.theta, dtype)
+
+
+def _rope_table(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponent)
+    freqs = position_ids.float()[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+_fused_rope_table = _Fused(_rope_table)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

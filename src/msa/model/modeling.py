@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from msa.config import ModelConfig
 from msa.model.attention import MemorySparseAttention
 from msa.model.context import EncodeContext, KVCache, PackedBatch, QueryContext, TrainContext
+from msa.model import fused_decode
 from msa.model.layers import MLP, RMSNorm, RotaryEmbedding
 from msa.model.static_cache import StaticKVCache
 from msa.model.memory import (
@@ -70,7 +71,11 @@ class MSAModel(nn.Module):
         A query context with ``carry_layer`` set hands that layer's input to its cache (``keep_hidden``)."""
         cos, sin = self.rotary_emb(position_ids, h.dtype)
         carry = ctx.carry_layer if isinstance(ctx, QueryContext) else None
-        for i in range(start, stop if stop is not None else len(self.layers)):
+        end = stop if stop is not None else len(self.layers)
+        if isinstance(ctx, QueryContext) and fused_decode.applies(self.layers, h, ctx):  # a one-token static step on CUDA
+            h = fused_decode.run_layers(self.layers, h, cos, sin, ctx, start, end)
+            return self.norm(h) if stop is None else h
+        for i in range(start, end):
             if i == carry:
                 ctx.cache.keep_hidden(h, ctx.attention_mask)
             h = self.layers[i](h, cos, sin, ctx)
