@@ -25,6 +25,7 @@ from msa.config import EnginePolicy
 from msa.engine.answer import Answer, RoundInfo
 from msa.engine.choice import ChoiceContext, DocChoice, choice_strategy, requested_ids, requests_in
 from msa.engine.generation import DecodeState, Sampler, Timer, decode_step, left_pad, pick_tokens
+from msa.engine.graphed_prefill import GraphedPrefill
 from msa.engine.static_decode import StaticDecoder
 from msa.engine.stops import StopRules, ends_with
 from msa.model import KVCache, MemoryAccess, MSAForCausalLM, PrefixCache, Routing
@@ -120,12 +121,16 @@ class Engine:
         cuda_graphs: replay one-token steps from CUDA graphs (default: on CUDA with ``static_cache``).
         interleave_reuse: a Memory Interleave round continues the last one below the first router
             layer (``msa.model.carry``) instead of prefilling everything again. Equal up to rounding.
+        graphed_prefill: replay a round's prefill from CUDA graphs when the snapshot routes and fetches
+            on the device (``BankSnapshot.on_device``: content made resident; ``msa.engine.graphed_prefill``),
+            captured per snapshot; default: on CUDA with ``static_cache``. Equal up to rounding.
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank: MemoryView, device: str | torch.device | None = None,
                  prompt: PromptFormat | None = None, doc_choice: str | DocChoice | None = None,
                  policy: EnginePolicy | None = None, *, static_cache: bool = True,
-                 cuda_graphs: bool | None = None, interleave_reuse: bool = True):  # fmt: skip
+                 cuda_graphs: bool | None = None, interleave_reuse: bool = True,
+                 graphed_prefill: bool | None = None):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -138,6 +143,10 @@ class Engine:
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
         self._static = StaticDecoder(self.model, cuda_graphs) if static_cache else None
         self._reuse = interleave_reuse and model.carry_layer is not None
+        if graphed_prefill and (self.device.type != "cuda" or not static_cache):
+            raise ValueError("graphed_prefill needs a model on a CUDA device and static_cache=True")
+        on = self.device.type == "cuda" and static_cache if graphed_prefill is None else graphed_prefill
+        self._graphed = GraphedPrefill(self.model) if on else None
 
     @functools.cached_property
     def _answer_ends(self) -> list[str]:
@@ -216,15 +225,21 @@ class Engine:
     def _round(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, timer: Timer,
                max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None,
                top_k: int | None) -> None:  # fmt: skip
+        with self._graphed.holding() if self._graphed is not None else contextlib.nullcontext():
+            self._round_held(active, access, slot_ids, ctx, timer, max_new_tokens, last, return_routing, on_token, top_k)
+
+    def _round_held(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, timer: Timer,
+                    max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None,
+                    top_k: int | None) -> None:  # fmt: skip
+        """``_round`` while this thread holds the graphed prefill's outputs (they are read until decoding)."""
         t0 = time.perf_counter()
         keep = self._reuse and not last  # a later round may continue from this one
         if keep and all(s.carry is not None for s in active):
-            out = self._resume(active, access, top_k)
+            out, prompt_tokens = self._resume(active, access, top_k), max(len(s.ids) for s in active)
         else:
-            out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k, keep)
+            out, prompt_tokens = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k, keep)
         for s in active:
             s.carry = None
-        prompt_tokens = max(len(s.ids) for s in active)
         timer.add("prefill", t0, self.device)
         for i, s in enumerate(active):
             info = RoundInfo()
@@ -347,17 +362,25 @@ class Engine:
 
     def _prefill(self, ids: list[list[int]], doc_ids: list[list[int]], access, top_k: int | None = None,
                  keep_carry: bool = False):  # fmt: skip
-        """Left-padded prefill of a batch of sequences, routing with their QUERY tokens; last logits only."""
+        """Left-padded prefill of a batch of sequences, routing with their QUERY tokens; last logits only.
+        -> (output, the prompt's slots in its cache: the padded length), replayed from a graph where it can be."""
         ids_t, mask = left_pad(ids)
         dids, _ = left_pad(doc_ids, pad=RESPONSE)
-        return self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
-                                  last_only=True, top_k=top_k, keep_carry=keep_carry)  # fmt: skip
+        snap = access.inner if isinstance(access, _TimedAccess) else access
+        if self._graphed is not None and self._graphed.usable(snap, len(ids)):
+            k = self.model.config.msa.top_k if top_k is None else top_k
+            got = self._graphed.prefill(snap, ids_t, mask, (dids == QUERY) & mask, self.bank.prefix, k, keep_carry)
+            if got is not None:
+                return got
+        out = self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
+                                 last_only=True, top_k=top_k, keep_carry=keep_carry)  # fmt: skip
+        return out, ids_t.shape[1]
 
     def _route_texts(self, texts: list[str], access, slot_ids: Tensor, top_k: int | None = None) -> list[list[int]]:
         """Route each text as a round-1 question (one batched prefill); per text the selected ids of
         the last router layer, best first."""
         seqs = [encode_segments(self.tokenizer, query_segments(self.prompt, t)) for t in texts]
-        out = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access, top_k)
+        out, _ = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access, top_k)
         if not out.routings:
             return [[] for _ in texts]
         r = out.routings[max(out.routings)]

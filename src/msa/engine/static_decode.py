@@ -19,6 +19,7 @@ from torch import Tensor
 
 from msa.engine.generation import DecodeState, Sampler, finish_step, pending_batch, pick_tokens
 from msa.model import KVCache, MSAForCausalLM
+from msa.model.fused_decode import weights_stamp
 from msa.model.static_cache import StaticKVCache
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class StaticStepper:
         # thread_local: another engine's thread may use the device meanwhile (a server with several banks)
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits, self.tokens = self._body()
+        self.stamp = weights_stamp(self.model.model.layers)
         c.cursor.copy_(state[0])
         c.next_position.copy_(state[1])
         c.used = state[2]
@@ -96,6 +98,8 @@ class StaticStepper:
         self.mask[:, 0].copy_(mask)
         if self.graph is None:
             return self._body()
+        if weights_stamp(self.model.model.layers) != self.stamp:  # fused weights were rebuilt elsewhere
+            self._capture()
         self.graph.replay()
         self.cache.used += 1
         return self.logits, self.tokens

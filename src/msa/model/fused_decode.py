@@ -49,7 +49,7 @@ class FusedWeights:
 
     @staticmethod
     def _key(group) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in group)
+        return tuple((p.data_ptr(), p._version) for p in group)
 
     def get(self) -> tuple[Tensor, Tensor]:
         """The concatenations, refreshed if a parameter changed since they were built."""
@@ -76,9 +76,10 @@ def fused_weights(layer: "DecoderLayer") -> tuple[Tensor, Tensor]:
 
 
 def weights_stamp(layers) -> tuple[int, ...]:
-    """Addresses of every layer's concatenated weights (refreshed first): a captured step that reads
-    them is valid while this stays the same."""
-    return tuple(t.data_ptr() for layer in layers for t in fused_weights(layer))
+    """Addresses of the concatenated weights built so far (refreshed first): a captured step that
+    reads them is valid while this stays the same."""
+    built = (layer.__dict__.get("_fused_weights") for layer in layers)
+    return tuple(t.data_ptr() for fw in built if fw is not None for t in fw.get())
 
 
 def applies(layers, h: Tensor, ctx) -> bool:

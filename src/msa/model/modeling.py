@@ -305,12 +305,22 @@ class MSAForCausalLM(nn.Module):
         if isinstance(memory, CompressedMemory):
             memory = self.memory_access(memory)
         offset = self.config.msa.query_offset if position_offset is None else position_offset
-        positions = MF.query_position_ids(attention_mask, offset)
+        return self.prefill_on_device(input_ids, attention_mask, query_mask, memory, prefix, offset, last_only,
+                                      self.config.msa.top_k if top_k is None else top_k, keep_carry)  # fmt: skip
+
+    @torch.no_grad()
+    def prefill_on_device(self, input_ids: Tensor, attention_mask: Tensor, query_mask: Tensor, memory: MemoryAccess | None,
+                          prefix: PrefixCache | None, position_offset: int, last_only: bool, top_k: int,
+                          keep_carry: bool) -> PrefillOutput:  # fmt: skip
+        """``prefill`` of inputs already checked and on the model's device (bool masks, the query mask
+        within the attention mask): no host work of its own, so with a memory that routes and fetches
+        on the device it can be captured in a CUDA graph (``msa.engine.graphed_prefill``)."""
+        positions = MF.query_position_ids(attention_mask, position_offset)
         carry = self.carry_layer if keep_carry else None
         cache = KVCache.empty(len(self.model.layers), carry)
         ctx = QueryContext(
             attention_mask=attention_mask, query_mask=query_mask, cache=cache, memory=memory,
-            prefix=prefix, top_k=self.config.msa.top_k if top_k is None else top_k, routing=True, carry_layer=carry,
+            prefix=prefix, top_k=top_k, routing=True, carry_layer=carry,
         )  # fmt: skip
         h = self.model.run(input_ids, positions, ctx)
         cache.next_position = positions[:, -1] + 1
