@@ -433,7 +433,7 @@ def full_resident_row(model, snap, view, tokenizer, cfg, args, device, routing_b
     snap._resident = content
     res = {"content_bytes": content.nbytes, "routing_bytes": routing_bytes, "weight_bytes": weight_bytes,
            "chunks": c, "build_s": build_s}  # fmt: skip
-    res["engine_graphed"] = engine_ttft(model, view, tok, args.reps, True, max_new_tokens=8)
+    res["engine_graphed"] = engine_ttft(model, view, tokenizer, args.reps, True, max_new_tokens=8)
     res["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
     res["device_total_bytes"] = torch.cuda.get_device_properties(device).total_memory
     res["ask_works"] = res["engine_graphed"]["answer_chars"] > 0
