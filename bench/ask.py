@@ -209,6 +209,27 @@ def timed_static_decode(decoder: StaticDecoder, out, tokens: int, steps: int, wa
         return (time.perf_counter() - t0) / steps
 
 
+def kernels_per_step(decoder: StaticDecoder, out, tokens: int) -> int | None:
+    """Device kernels (and copies) one captured step's body launches: the body run once under the
+    profiler, feeding nothing (an invalid slot; the cursor restored after), at the session's batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if decoder.model.device.type != "cuda":
+        return None
+    with decoder.session(out.cache, tokens, 16) as st:
+        c = st.cache
+        state = (c.cursor.clone(), c.next_position.clone(), c.used)
+        st.mask.zero_()
+        sync(decoder.model.device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            st._body()
+            sync(decoder.model.device)
+        c.cursor.copy_(state[0])
+        c.next_position.copy_(state[1])
+        c.used = state[2]
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def static_decode_rows(model, snap, prefix, cfg, args, device, ceil, weight_bytes: int, elt: int) -> dict:
     """Static-cache decode at batch 1 and ``args.batch``, and questions/s at ``args.batch`` (prefill +
     ``args.decode_tokens`` tokens each), each with its floor (bytes that must be read / read bandwidth;
@@ -222,6 +243,7 @@ def static_decode_rows(model, snap, prefix, cfg, args, device, ceil, weight_byte
         timed_static_decode(decoder, out, args.query_tokens, 2, warm=1)  # capture outside the timing
         step_s = timed_static_decode(decoder, out, args.query_tokens, args.decode_tokens)
         res[f"{key}_tokens_per_s"] = b / step_s
+        res[f"{key}_kernels_per_step"] = kernels_per_step(decoder, out, args.query_tokens)
         ctx_bytes = sum(k.numel() for k in out.cache.keys) * 2 * elt  # K and V of every row's context
         floors[f"{key}_tokens_per_s"] = b * ceil["read_GBps"] * 1e9 / (weight_bytes + ctx_bytes)
         if b == args.batch:
@@ -237,14 +259,14 @@ def static_decode_rows(model, snap, prefix, cfg, args, device, ceil, weight_byte
                                 2 * params * bq * args.query_tokens / ceil["matmul_TFLOPs"] / 1e12)  # fmt: skip
             floors["questions_per_s"] = bq / (prefill_floor + steps * b / floors[f"{key}_tokens_per_s"])
     res["floors_static"] = floors
-    res["decode_b1_unfused_tokens_per_s"] = unfused_decode_b1(model, snap, prefix, cfg, args)
+    res["decode_b1_unfused_tokens_per_s"], res["decode_b1_unfused_kernels_per_step"] = unfused_decode_b1(model, snap, prefix, cfg, args)
     res["interleave"] = interleave_cost(decoder, model, snap, prefix, cfg, args)
     return res
 
 
-def unfused_decode_b1(model, snap, prefix, cfg, args) -> float:
+def unfused_decode_b1(model, snap, prefix, cfg, args) -> tuple[float, int | None]:
     """Graphed static decode at batch 1 with fused inference off (``msa.model.layers``): the eager
-    norms, RoPE and SwiGLU inside the graph, the "before" of the fusion in the same run."""
+    layers inside the graph, the "before" of the fusion in the same run (tokens/s, kernels a step)."""
     from msa.model.layers import set_fused_inference
 
     before = set_fused_inference(False)
@@ -253,7 +275,8 @@ def unfused_decode_b1(model, snap, prefix, cfg, args) -> float:
         q = torch.randint(4, cfg.vocab_size, (1, args.query_tokens), generator=torch.Generator().manual_seed(3))
         out = model.prefill(q, memory=snap, prefix=prefix, last_only=True)
         timed_static_decode(decoder, out, args.query_tokens, 2, warm=1)
-        return 1 / timed_static_decode(decoder, out, args.query_tokens, args.decode_tokens)
+        rate = 1 / timed_static_decode(decoder, out, args.query_tokens, args.decode_tokens)
+        return rate, kernels_per_step(decoder, out, args.query_tokens)
     finally:
         set_fused_inference(before)
 
@@ -652,8 +675,9 @@ def main(argv: list[str] | None = None) -> dict:
                      size, dname, static["decode_b1_tokens_per_s"], static["floors_static"]["decode_b1_tokens_per_s"],
                      args.batch, static["decode_batch_tokens_per_s"], static["floors_static"]["decode_batch_tokens_per_s"],
                      static["questions_per_s"], static["floors_static"]["questions_per_s"])  # fmt: skip
-            log.info("%5s %4s static decode b=1 without fused inference %.1f tok/s", size, dname,
-                     static["decode_b1_unfused_tokens_per_s"])
+            log.info("%5s %4s static decode b=1 without fused inference %.1f tok/s; kernels a step %s fused, %s not",
+                     size, dname, static["decode_b1_unfused_tokens_per_s"], static["decode_b1_kernels_per_step"],
+                     static["decode_b1_unfused_kernels_per_step"])  # fmt: skip
             log.info("%5s %4s interleave: 2 rounds / 1 round %.2fx with reuse, %.2fx recomputed", size, dname,
                      static["interleave"]["two_over_one_reuse"], static["interleave"]["two_over_one_recompute"])  # fmt: skip
         snap.segments[0].prepared = {}

@@ -145,8 +145,9 @@ def test_graphed_decode_equals_eager_bf16_gpu():
 @pytest.mark.gpu
 @gpu
 def test_fused_inference_equals_the_eager_ops_gpu():
-    """Fused norms / RoPE / SwiGLU (compiled on CUDA without gradients) against the eager ops: the
-    prefill's routing, greedy tokens of graphed decoding, logits within bf16 rounding."""
+    """Fused inference (compiled norms / RoPE / SwiGLU, and the one-token steps' compiled layers of
+    ``msa.model.fused_decode``, on CUDA without gradients) against the eager ops: the prefill's
+    routing, greedy tokens of graphed decoding, logits within bf16 rounding."""
     from msa.model.layers import set_fused_inference
 
     model = build_tiny_model()
@@ -163,6 +164,9 @@ def test_fused_inference_equals_the_eager_ops_gpu():
         finally:
             set_fused_inference(before)
     (fo, ft, fl), (eo, et, el) = runs
+    from msa.model import fused_decode
+
+    assert not fused_decode._compiled_layer.failed  # the one-token steps ran the compiled layers
     assert all(torch.equal(fo.routings[i].docs, eo.routings[i].docs) for i in eo.routings)
     assert torch.equal(ft, et)
     for a, b in zip(fl, el):

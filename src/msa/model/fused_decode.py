@@ -107,15 +107,14 @@ def decode_layer(h: Tensor, delta: Tensor, w: tuple[Tensor, ...], cos: Tensor, s
     h = h + delta
     b, d = h.shape[0], qn.shape[0]
     qkv = F.linear(_rms_norm(h, ln1, eps), wqkv).view(b, heads + 2 * kv_heads, d)
-    q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=1)  # [B, H, D]
-    q = _rms_norm(q, qn, eps)
-    k = _rms_norm(k, kn, eps)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    qk, v = qkv.split([heads + kv_heads, kv_heads], dim=1)  # [B, Hq + Hkv, D], [B, Hkv, D]
+    qk = _rms_norm(qk, torch.cat([qn.expand(heads, d), kn.expand(kv_heads, d)]), eps)  # q and k norms at once
+    q, k = (qk * cos + _rotate_half(qk) * sin).split([heads, kv_heads], dim=1)
     keys[:, :, own] = k[:, :, None]  # in place (an index_put a compiler keeps in place)
     values[:, :, own] = v[:, :, None]
-    valid[:, own] = fed[:, None]
-    see = valid | (torch.arange(valid.shape[1], device=valid.device) == own)  # valid slots, and always itself
+    mine = torch.arange(valid.shape[1], device=valid.device) == own  # [S]
+    see = valid | mine  # valid slots, and always itself (the slot written now)
+    valid.copy_(torch.where(mine, fed[:, None], valid))  # one pass over the mask: its update and ``see``
     qg = q.reshape(b, kv_heads, heads // kv_heads, d)  # each KV head's query group as its query rows
     out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=see[:, None, None, :])  # [B, Hkv, g, D]
     h = h + F.linear(out.reshape(b, 1, heads * d), wo)
