@@ -366,7 +366,7 @@ def graphed_prefill_ttft(model, snap, prefix, q_ids, reps: int) -> dict:
     return {"ttft_ms": statistics.median(ttft[1:]) * 1e3, "max_abs_logit_diff_vs_eager": diff}
 
 
-QUESTION = "Where was Alice Moreau born?"  # 80 tokens with the official template
+QUESTION = "Where was Alice Moreau born, and which firm did she join later?"  # 33 prompt tokens, 30 routing
 
 
 class RandomView:
@@ -393,12 +393,14 @@ def load_bench_tokenizer():
 
 def engine_ttft(model, view, tok, reps: int, graphed: bool, max_new_tokens: int = 1) -> dict:
     """``Engine.ask`` of one question (one round): TTFT = from the call to its first ``on_token``
-    (tokenizing, the snapshot, the prefill, the static cache loaded, the first token read), with the
-    graphed prefill (``msa.engine.graphed_prefill``) or the eager one."""
+    (tokenizing, the snapshot, the prefill, the first token read), with the graphed prefill
+    (``msa.engine.graphed_prefill``) or the eager one."""
     from msa.engine import Engine
-    from msa.prompt import encode_segments, query_segments
+    from msa.prompt import encode_segments, prompt_format, query_segments
 
-    engine = Engine(model, tok, view, graphed_prefill=graphed)
+    # the shipped models' prompt: the question alone routes (the official template's fixed text would
+    # make the prompt 80 tokens with this tokenizer, not the 32 of the model-level rows)
+    engine = Engine(model, tok, view, prompt=prompt_format("question"), graphed_prefill=graphed)
 
     def ask() -> tuple[float, object]:
         marks: list[float] = []

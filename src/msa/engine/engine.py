@@ -247,9 +247,10 @@ class Engine:
                 info.routing = {layer: _selected(r, i, slot_ids) for layer, r in out.routings.items()}
             s.rounds.append(info)
         # Room in a static cache: every step, plus a question block (it grows if several need more).
-        block = max(len(self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question)))
-                    for s in active)  # fmt: skip
-        with self._decoding(out.cache, prompt_tokens, max_new_tokens + 64 + block) as (step, cache):
+        room = lambda: max_new_tokens + 64 + max(  # noqa: E731
+            len(self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question)))
+            for s in active)  # fmt: skip
+        with self._decoding(out.cache, prompt_tokens, room) as (step, cache):
             states, round_ids = self._decode_round(active, out.logits, step, max_new_tokens, last, on_token, timer)
             if keep:
                 self._keep_carries(active, states, cache())
@@ -299,14 +300,22 @@ class Engine:
         return states, round_ids
 
     @contextlib.contextmanager
-    def _decoding(self, cache: KVCache, prompt_tokens: int, room: int) -> Iterator[tuple[Callable, Callable]]:
+    def _decoding(self, cache: KVCache, prompt_tokens: int, room: Callable[[], int]) -> Iterator[tuple[Callable, Callable]]:
         """The step function of a round, ``(states, samplers) -> next tokens`` (see ``decode_step``),
-        and a function returning the cache it decodes into (a static cache may grow)."""
+        and a function returning the cache it decodes into (a static cache may grow). A static cache
+        is loaded at the first step (after the first tokens are out), with ``room()`` token slots more."""
         if self._static is None:
             yield functools.partial(decode_step, self.model, cache), lambda: cache
             return
-        with self._static.session(cache, prompt_tokens, room) as stepper:
-            yield stepper.decode_step, lambda: stepper.cache
+        with contextlib.ExitStack() as stack:
+            held: list = []
+
+            def stepper():
+                if not held:
+                    held.append(stack.enter_context(self._static.session(cache, prompt_tokens, room())))  # type: ignore[union-attr]
+                return held[0]
+
+            yield (lambda states, samplers: stepper().decode_step(states, samplers)), lambda: stepper().cache
 
     def _keep_carries(self, active: list[_Sample], states: list[DecodeState], cache: KVCache | StaticKVCache) -> None:
         """Samples that continue keep what their next round reuses: everything fed but the last token."""

@@ -52,12 +52,12 @@ def pad_left(ids: Tensor, mask: Tensor, query_mask: Tensor, length: int) -> tupl
 
 @dataclass
 class _Graph:
-    ids: Tensor
-    mask: Tensor
-    query_mask: Tensor
+    staging: Tensor  # [3, B, L] long pinned host: ids, attention mask, query mask
+    inputs: Tensor  # the same on the device, read by the graph
     prefix: PrefixCache | None
     graph: torch.cuda.CUDAGraph
     out: PrefillOutput
+    copied: torch.cuda.Event
 
 
 class GraphedPrefill:
@@ -71,11 +71,18 @@ class GraphedPrefill:
         self._state: tuple | None = None  # (snapshot, its resident content) the kept graphs read
         self._lock = threading.RLock()
         self.captures = 0  # graphs captured so far (for tests and benchmarks)
+        self.failed = False  # a capture failed: every prefill eager from then on
+        self._checked: tuple[tuple, bool] | None = None  # (snapshot, resident content) -> on the device
 
     def usable(self, memory, rows: int) -> bool:
         """Whether a prefill of ``rows`` questions over ``memory`` can be replayed."""
-        on_device = getattr(memory, "on_device", None)
-        return rows <= MAX_ROWS and callable(on_device) and on_device(self.model.router_layers)
+        if self.failed or rows > MAX_ROWS:
+            return False
+        state = (memory, getattr(memory, "resident", None))
+        if self._checked is None or any(a is not b for a, b in zip(state, self._checked[0])):
+            on_device = getattr(memory, "on_device", None)
+            self._checked = (state, callable(on_device) and bool(on_device(self.model.router_layers)))
+        return self._checked[1]
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[bool]:
@@ -92,13 +99,14 @@ class GraphedPrefill:
         """Drop the kept graphs and the snapshot they read."""
         with self._lock:
             self._graphs.clear()
-            self._state = None
+            self._state = self._checked = None
 
     def prefill(self, memory, ids: Tensor, mask: Tensor, query_mask: Tensor, prefix: PrefixCache | None, top_k: int,
                 keep_carry: bool) -> tuple[PrefillOutput, int] | None:  # fmt: skip
         """A last-only prefill of left-padded ids [B, T] (host or device), attention mask and query mask
         [B, T] bool, replayed (captured first if new) -> (output, the padded length L: the prompt's
-        slots in its cache), or None when another thread holds the outputs."""
+        slots in its cache), or None (prefill eagerly) when another thread holds the outputs or the capture
+        failed."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
@@ -112,14 +120,24 @@ class GraphedPrefill:
             key = (ids.shape[0], length, keep_carry, top_k)
             g = self._graphs.get(key)
             if g is None or g.prefix is not prefix:
-                g = self._capture(memory, ids, mask, query_mask, prefix, top_k, keep_carry)
+                try:
+                    g = self._capture(memory, ids, mask, query_mask, prefix, top_k, keep_carry)
+                except Exception as e:  # noqa: BLE001  (a memory or kernel that cannot be captured: eager prefills)
+                    self.failed = True
+                    self._graphs.clear()
+                    logger.warning("graphed prefill unavailable, eager prefill instead: %s", str(e).splitlines()[0][:200])
+                    return None
                 self._graphs[key] = g
                 while len(self._graphs) > MAX_GRAPHS:
                     self._graphs.popitem(last=False)
             else:
                 self._graphs.move_to_end(key)
-            for buf, t in ((g.ids, ids), (g.mask, mask), (g.query_mask, query_mask)):
-                buf.copy_(t, non_blocking=True)
+            g.copied.synchronize()  # the last copy out of the staging buffer is done
+            g.staging[0].copy_(ids)
+            g.staging[1].copy_(mask)
+            g.staging[2].copy_(query_mask)
+            g.inputs.copy_(g.staging, non_blocking=True)  # one copy in
+            g.copied.record()
             g.graph.replay()
             return g.out, length
         finally:
@@ -128,9 +146,14 @@ class GraphedPrefill:
     def _capture(self, memory, ids: Tensor, mask: Tensor, query_mask: Tensor, prefix: PrefixCache | None, top_k: int,
                  keep_carry: bool) -> _Graph:  # fmt: skip
         dev = self.model.device
-        bufs = [t.to(dev) for t in (ids, mask, query_mask)]
+        staging = torch.stack([ids.long(), mask.long(), query_mask.long()]).pin_memory()
+        inputs = staging.to(dev)
         offset = self.model.config.msa.query_offset
-        run = lambda: self.model.prefill_on_device(*bufs, memory, prefix, offset, True, top_k, keep_carry)  # noqa: E731
+
+        def run() -> PrefillOutput:
+            return self.model.prefill_on_device(inputs[0], inputs[1].bool(), inputs[2].bool(), memory, prefix, offset,
+                                                True, top_k, keep_carry)  # fmt: skip
+
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):  # warm-up: compiled kernels, routing keys prepared, allocations
@@ -142,4 +165,6 @@ class GraphedPrefill:
             out = run()
         self.captures += 1
         logger.debug("prefill graph captured: %d rows, %d tokens", ids.shape[0], ids.shape[1])
-        return _Graph(*bufs, prefix, graph, out)
+        copied = torch.cuda.Event()
+        copied.record()
+        return _Graph(staging, inputs, prefix, graph, out, copied)

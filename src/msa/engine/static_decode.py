@@ -19,6 +19,7 @@ from torch import Tensor
 
 from msa.engine.generation import DecodeState, Sampler, finish_step, pending_batch, pick_tokens
 from msa.model import KVCache, MSAForCausalLM
+from msa.model import fused_decode
 from msa.model.fused_decode import weights_stamp
 from msa.model.static_cache import StaticKVCache
 
@@ -66,6 +67,24 @@ class StaticStepper:
         # Warm-up steps feed nothing (mask False: invalid slots, positions kept); the cursor is restored.
         c = self.cache
         state = (c.cursor.clone(), c.next_position.clone(), c.used)
+
+        def restore() -> None:
+            c.cursor.copy_(state[0])
+            c.next_position.copy_(state[1])
+            c.used = state[2]
+
+        try:
+            self._record()
+        except Exception as e:
+            if not fused_decode.compiled_in_use():
+                raise
+            fused_decode.give_up(e)  # the compiled layers could not be captured: the eager layers from now on
+            restore()
+            self._record()
+        finally:
+            restore()
+
+    def _record(self) -> None:
         self.mask.zero_()
         side = torch.cuda.Stream(self.model.device)
         side.wait_stream(torch.cuda.current_stream(self.model.device))
@@ -78,9 +97,6 @@ class StaticStepper:
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits, self.tokens = self._body()
         self.stamp = weights_stamp(self.model.model.layers)
-        c.cursor.copy_(state[0])
-        c.next_position.copy_(state[1])
-        c.used = state[2]
 
     def ensure(self, tokens: int) -> None:
         """Room for ``tokens`` more token slots: the cache grows (and the step is captured again)."""

@@ -24,17 +24,20 @@ buffers, so captured graphs stay valid; one replaced by a new tensor gives new b
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from msa.model.layers import _Fused, _rms_norm, _rotate_half, fused_inference_here
+from msa.model.layers import _Fused, _rms_norm, _rotate_half, fused_inference_enabled, fused_inference_here
 from msa.model.static_cache import StaticKVCache
 
 if TYPE_CHECKING:
     from msa.model.modeling import DecoderLayer
+
+logger = logging.getLogger(__name__)
 
 
 class FusedWeights:
@@ -123,6 +126,18 @@ def decode_layer(h: Tensor, delta: Tensor, w: tuple[Tensor, ...], cos: Tensor, s
 
 
 _compiled_layer = _Fused(decode_layer)
+
+
+def compiled_in_use() -> bool:
+    """Whether CUDA steps run the compiled layers (fused inference on, the layer function not given up)."""
+    return fused_inference_enabled() and not _compiled_layer.failed
+
+
+def give_up(error: Exception) -> None:
+    """The compiled layers failed where the compiler could not see it (inside a CUDA graph capture, say):
+    the eager layers from now on, with one warning."""
+    _compiled_layer.failed = True
+    logger.warning("fused decode layers unavailable, eager layers instead: %s", str(error).splitlines()[0][:200])
 _LAYER_IDS: dict[tuple[int, torch.device], list[Tensor]] = {}
 
 

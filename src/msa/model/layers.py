@@ -30,6 +30,11 @@ def set_fused_inference(on: bool) -> bool:
     return before
 
 
+def fused_inference_enabled() -> bool:
+    """The setting (``set_fused_inference``, ``MSA_FUSED_INFERENCE``)."""
+    return _FUSED[0]
+
+
 def fused_inference_here(x: Tensor) -> bool:
     """Whether work on ``x`` takes the fused kernels: fused inference on, CUDA, no gradients, not
     already inside a compiled function."""
