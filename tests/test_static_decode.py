@@ -300,3 +300,4 @@ def test_engine_static_sampling_equals_eager(engines):
         texts.append([a.transcript for a in engine.ask_batch(QUESTIONS, max_rounds=2, max_new_tokens=20, samplers=samplers)])
     assert texts[0] == texts[1]
     assert len(set(texts[0])) > 1
+

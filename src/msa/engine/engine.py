@@ -167,7 +167,8 @@ class Engine:
 
     def ask_batch(self, questions: list[str], interleave: bool = True, max_rounds: int | None = None,
                   max_new_tokens: int | None = None, return_routing: bool = False, *, on_token: OnToken | None = None,
-                  top_k: int | None = None, samplers: list[Sampler | None] | None = None) -> list[Answer]:  # fmt: skip
+                  top_k: int | None = None, samplers: list[Sampler | None] | None = None,
+                  max_batch: int | None = None) -> list[Answer]:  # fmt: skip
         """Answer a batch of questions against one snapshot of the memory; rounds are batched across
         the questions still retrieving.
 
@@ -183,6 +184,9 @@ class Engine:
                 transcript's appended blocks are not passed. An exception it raises ends the call.
             top_k: documents each router layer selects per round (default: the model's ``msa.top_k``).
             samplers: per question a ``Sampler`` (seeded temperature sampling) or None (greedy, default).
+            max_batch: questions in a round at most (default: all). A question that finishes leaves
+                after its round and a waiting one joins the next round (its first), prefilled and
+                decoded with the others; the answers are those of one-by-one asking.
         """
         if isinstance(questions, str):
             raise TypeError("ask_batch() takes a list of questions; use ask() for one")
@@ -197,6 +201,8 @@ class Engine:
             raise ValueError(f"{len(samplers)} samplers for {len(questions)} questions")
         if len(self.bank) == 0:
             raise ValueError("the memory bank is empty: add documents before asking")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
         timer = Timer()
         samples = []
         for i, q in enumerate(questions):
@@ -206,34 +212,36 @@ class Engine:
         access = _TimedAccess(snap, timer, self.device)
         slot_ids = snap.slot_ids
         ctx = ChoiceContext(snap.text, lambda texts: self._route_texts(texts, access, slot_ids, top_k))
-        for rnd in range(max_rounds):
-            active = [s for s in samples if not s.finished]
-            if not active:
-                break
-            last = rnd == max_rounds - 1 or not interleave
+        waiting, active = list(samples), []
+        while waiting or active:
+            joining = max(0, len(waiting) if max_batch is None else max_batch - len(active))
+            active, waiting = active + waiting[:joining], waiting[joining:]
+            last = [len(s.rounds) == max_rounds - 1 or not interleave for s in active]
             before = dict(timer.seconds)
             self._round(active, access, slot_ids, ctx, timer, max_new_tokens, last, return_routing, on_token, top_k)
             spent = {k: (v - before.get(k, 0.0)) / len(active) for k, v in timer.seconds.items()
                      if v > before.get(k, 0.0)}  # fmt: skip
-            for s in active:
+            for s, is_last in zip(active, last):
                 s.rounds[-1].timings = dict(spent)
+                s.finished = s.finished or is_last  # the round limit: the answer ends here
+            active = [s for s in active if not s.finished]
         for s in samples:
             s.finished = True
         return [self._answer(s, timer, len(samples)) for s in samples]
 
     # -- one round ------------------------------------------------------------------------------------
     def _round(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, timer: Timer,
-               max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None,
+               max_new_tokens: int, last: list[bool], return_routing: bool, on_token: OnToken | None,
                top_k: int | None) -> None:  # fmt: skip
         with self._graphed.holding() if self._graphed is not None else contextlib.nullcontext():
             self._round_held(active, access, slot_ids, ctx, timer, max_new_tokens, last, return_routing, on_token, top_k)
 
     def _round_held(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, timer: Timer,
-                    max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None,
+                    max_new_tokens: int, last: list[bool], return_routing: bool, on_token: OnToken | None,
                     top_k: int | None) -> None:  # fmt: skip
         """``_round`` while this thread holds the graphed prefill's outputs (they are read until decoding)."""
         t0 = time.perf_counter()
-        keep = self._reuse and not last  # a later round may continue from this one
+        keep = self._reuse and not all(last)  # a later round may continue from this one
         if keep and all(s.carry is not None for s in active):
             out, prompt_tokens = self._resume(active, access, top_k), max(len(s.ids) for s in active)
         else:
@@ -257,7 +265,7 @@ class Engine:
         self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
                           ctx, timer)  # fmt: skip
 
-    def _decode_round(self, active: list[_Sample], logits: Tensor, step: Callable, max_new_tokens: int, last: bool,
+    def _decode_round(self, active: list[_Sample], logits: Tensor, step: Callable, max_new_tokens: int, last: list[bool],
                       on_token: OnToken | None, timer: Timer) -> tuple[list[DecodeState], list[list[int]]]:  # fmt: skip
         """Greedy (or sampled) decoding of a round until every sample is done; its states and ids."""
         states = [DecodeState(pending=[]) for _ in active]
@@ -283,7 +291,7 @@ class Engine:
                 elif ends_with(round_ids[i], stops.end_of_retrieval):
                     self._begin_answer(s, st)
                 elif ends_with(round_ids[i], stops.round_end):
-                    if last:  # the round limit: record the requests, then answer
+                    if last[i]:  # the round limit: record the requests, then answer
                         s.rounds[-1].requests = requests_in(self._text(round_ids[i]))
                         s.rounds[-1].requested = requested_ids(s.rounds[-1].requests)
                         self._begin_answer(s, st, forced=True)
