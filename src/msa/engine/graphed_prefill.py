@@ -31,7 +31,7 @@ from msa.model.modeling import PrefillOutput
 
 logger = logging.getLogger(__name__)
 
-LENGTH_ROUND = 16  # prompts are padded to a multiple of this many tokens (fewer graphs)
+LENGTH_ROUND = 8  # prompts are padded to a multiple of this many tokens (fewer graphs, little padding)
 MAX_ROWS = 8  # batches of more questions prefill eagerly
 MAX_GRAPHS = 8  # graphs kept (least recently used dropped)
 
