@@ -138,6 +138,8 @@ def give_up(error: Exception) -> None:
     the eager layers from now on, with one warning."""
     _compiled_layer.failed = True
     logger.warning("fused decode layers unavailable, eager layers instead: %s", str(error).splitlines()[0][:200])
+
+
 _LAYER_IDS: dict[tuple[int, torch.device], list[Tensor]] = {}
 
 
