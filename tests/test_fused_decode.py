@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from msa.model import fused_decode
-from msa.model.fused_decode import FusedWeights, fused_weights, weights_stamp
+from msa.model.fused_decode import fused_weights, weights_stamp
+from msa.model.layers import ConcatWeights
 from msa.model.static_cache import StaticKVCache
 from tests.conftest import build_tiny_model
 from tests.test_static_decode import _eager_and_static, _prefill
@@ -81,7 +82,8 @@ def test_concatenated_projections_equal_separate_ones_and_follow_the_parameters(
     a, m = layer.self_attn, layer.mlp
     x = torch.randn(2, 3, model.config.hidden_size)
     wqkv, wgu = fused_weights(layer)
-    q, k, v = F.linear(x, wqkv).split([a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features], -1)
+    sizes = [a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features]
+    q, k, v = F.linear(x, wqkv).split(sizes, -1)
     torch.testing.assert_close(q, a.q_proj(x))
     torch.testing.assert_close(k, a.k_proj(x))
     torch.testing.assert_close(v, a.v_proj(x))
@@ -94,10 +96,34 @@ def test_concatenated_projections_equal_separate_ones_and_follow_the_parameters(
         a.k_proj.weight.mul_(2.0)
     again, _ = fused_weights(layer)
     assert again.data_ptr() == wqkv.data_ptr() and weights_stamp(model.model.layers) == stamp
-    torch.testing.assert_close(F.linear(x, again).split([a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features], -1)[1],
-                               a.k_proj(x))  # fmt: skip
+    torch.testing.assert_close(F.linear(x, again).split(sizes, -1)[1], a.k_proj(x))
     model.to(torch.float64)  # replaced: new buffers, a new stamp
     new, _ = fused_weights(layer)
     assert new.dtype == torch.float64 and weights_stamp(model.model.layers) != stamp
-    assert isinstance(layer.__dict__["_fused_weights"], FusedWeights)
-    assert not any("fused" in name for name in model.state_dict())
+    assert isinstance(a.__dict__["_concat_weights"], ConcatWeights)
+    assert not any("concat" in name for name in model.state_dict())
+
+
+def test_fused_inference_pieces_equal_the_eager_ops(monkeypatch):
+    """The prefill's and encode's fused inference (one matmul for q/k/v and for gate/up, q/k norms with
+    RoPE in one function), forced on the CPU with the plain ops of every compiled function."""
+    from msa.model import attention, layers
+
+    model = build_tiny_model()
+    ref, tokens = _prefill(model)
+    ref_step = model.decode(torch.tensor([[5], [6], [7]]), ref.cache)
+    ref_mem = model.encode([[4, 5, 6, 7, 8, 9, 10, 11, 12]])
+    for f in (layers._fused_rms_norm, layers._fused_silu_mul, layers._fused_rope, layers.fused_qk_norm_rope,
+              layers._fused_rope_table, fused_decode._compiled_layer):  # fmt: skip
+        monkeypatch.setattr(f, "failed", True)  # their plain ops
+    monkeypatch.setattr(layers, "_fused_here", lambda x: True)
+    monkeypatch.setattr(attention, "fused_inference_here", lambda x: True)
+    out, _ = _prefill(model)
+    assert "_concat_weights" in model.model.layers[0].self_attn.__dict__  # the fused pieces ran
+    for layer in ref.routings:
+        assert torch.equal(ref.routings[layer].docs, out.routings[layer].docs)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.decode(torch.tensor([[5], [6], [7]]), out.cache), ref_step, atol=1e-5, rtol=1e-5)
+    mem = model.encode([[4, 5, 6, 7, 8, 9, 10, 11, 12]])
+    for layer in ref_mem.layers:
+        torch.testing.assert_close(mem.layers[layer].keys, ref_mem.layers[layer].keys, atol=1e-5, rtol=1e-5)

@@ -15,10 +15,10 @@ eager ops by floating-point rounding only. Used without gradients on CUDA with f
 (``msa.model.layers.set_fused_inference``), for steps feeding one token per row; everything else,
 the CPU and training run the eager ops.
 
-The concatenated weights are copies, built on first use per layer (``FusedWeights``): a model in
-bf16 holds its attention and MLP input projections twice while it decodes this way. They follow
-the parameters: a parameter changed in place (its ``_version``) is copied in again into the same
-buffers, so captured graphs stay valid; one replaced by a new tensor gives new buffers
+The concatenated weights are copies, built on first use per layer (``fused_weights``, shared with
+the prefill's fused inference): a model in bf16 holds its attention and MLP input projections twice.
+They follow the parameters: a parameter changed in place (its ``_version``) is copied in again into
+the same buffers, so captured graphs stay valid; one replaced by a new tensor gives new buffers
 (``weights_stamp`` changes, and ``msa.engine.static_decode`` captures its step again).
 """
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from msa.model.layers import _Fused, _rms_norm, _rotate_half, fused_inference_enabled, fused_inference_here
+from msa.model.layers import _Fused, _rms_norm, _rotate_half, concat_weights, fused_inference_enabled, fused_inference_here
 from msa.model.static_cache import StaticKVCache
 
 if TYPE_CHECKING:
@@ -40,49 +40,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class FusedWeights:
-    """One layer's [Wq; Wk; Wv] ([(Hq + 2 Hkv) D, hidden]) and [Wgate; Wup] ([2 I, hidden]), kept in step
-    with the parameters (module docstring)."""
-
-    def __init__(self, layer: "DecoderLayer"):
-        a, m = layer.self_attn, layer.mlp
-        self.groups = ((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight), (m.gate_proj.weight, m.up_proj.weight))
-        self.tensors: list[Tensor] = [torch.cat(g) for g in self.groups]
-        self.keys = [self._key(g) for g in self.groups]
-
-    @staticmethod
-    def _key(group) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in group)
-
-    def get(self) -> tuple[Tensor, Tensor]:
-        """The concatenations, refreshed if a parameter changed since they were built."""
-        for i, g in enumerate(self.groups):
-            key = self._key(g)
-            if key == self.keys[i]:
-                continue
-            new = torch.cat(g)
-            if new.shape == self.tensors[i].shape and new.dtype == self.tensors[i].dtype and new.device == self.tensors[i].device:
-                self.tensors[i].copy_(new)  # same buffers: graphs that read them stay valid
-            else:
-                self.tensors[i] = new
-            self.keys[i] = key
-        return self.tensors[0], self.tensors[1]
-
-
 def fused_weights(layer: "DecoderLayer") -> tuple[Tensor, Tensor]:
-    """The layer's concatenated input projections (built on first use; ``FusedWeights``)."""
-    fw = layer.__dict__.get("_fused_weights")
-    if fw is None:
-        fw = FusedWeights(layer)
-        layer.__dict__["_fused_weights"] = fw  # a plain attribute: not a parameter, not in the state dict
-    return fw.get()
+    """The layer's [Wq; Wk; Wv] ([(Hq + 2 Hkv) D, hidden]) and [Wgate; Wup] ([2 I, hidden]), built on first
+    use and kept in step with the parameters (``msa.model.layers.ConcatWeights``; the prefill's fused
+    inference uses the same)."""
+    a, m = layer.self_attn, layer.mlp
+    return concat_weights(a, (a.q_proj, a.k_proj, a.v_proj)), concat_weights(m, (m.gate_proj, m.up_proj))
 
 
 def weights_stamp(layers) -> tuple[int, ...]:
     """Addresses of the concatenated weights built so far (refreshed first): a captured step that
     reads them is valid while this stays the same."""
-    built = (layer.__dict__.get("_fused_weights") for layer in layers)
-    return tuple(t.data_ptr() for fw in built if fw is not None for t in fw.get())
+    owners = (o for layer in layers for o in (layer.self_attn, layer.mlp))
+    built = (o.__dict__.get("_concat_weights") for o in owners)
+    return tuple(cw.get().data_ptr() for cw in built if cw is not None)
 
 
 def applies(layers, h: Tensor, ctx) -> bool:
