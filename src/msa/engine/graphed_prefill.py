@@ -146,7 +146,7 @@ class GraphedPrefill:
     def _capture(self, memory, ids: Tensor, mask: Tensor, query_mask: Tensor, prefix: PrefixCache | None, top_k: int,
                  keep_carry: bool) -> _Graph:  # fmt: skip
         dev = self.model.device
-        staging = torch.stack([ids.long(), mask.long(), query_mask.long()]).pin_memory()
+        staging = torch.stack([ids.long(), mask.long(), query_mask.long()]).cpu().pin_memory()
         inputs = staging.to(dev)
         offset = self.model.config.msa.query_offset
 
