@@ -221,13 +221,18 @@ def kernels_per_step(decoder: StaticDecoder, out, tokens: int) -> int | None:
         state = (c.cursor.clone(), c.next_position.clone(), c.used)
         st.mask.zero_()
         sync(decoder.model.device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            st._body()
-            sync(decoder.model.device)
+        try:
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                st._body()
+                sync(decoder.model.device)
+            count = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+        except Exception as e:  # noqa: BLE001  (no profiler there: a count less, not a lost row)
+            log.info("kernel count unavailable: %s", e)
+            count = None
         c.cursor.copy_(state[0])
         c.next_position.copy_(state[1])
         c.used = state[2]
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return count
 
 
 def static_decode_rows(model, snap, prefix, cfg, args, device, ceil, weight_bytes: int, elt: int) -> dict:
