@@ -46,6 +46,21 @@ def test_the_cpu_takes_the_reference_layers():
     assert not fused_decode.applies(model.model.layers, torch.zeros(3, 1, 64), ctx)
 
 
+def test_the_fused_layers_need_aligned_buffers(monkeypatch):
+    """Where fused inference is on (CUDA), the layers need every buffer a multiple of ALIGN slots (the
+    compiled attention's mask); the static decoder allocates so."""
+    model = build_tiny_model()
+    monkeypatch.setattr(fused_decode, "fused_inference_here", lambda x: True)
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    for context, aligned in (([5, 13, 5, 13], False), ([8, 16, 8, 8], True)):
+        ctx.cache = StaticKVCache.allocate(1, context, 16, 2, 16, torch.float32, torch.device("cpu"))
+        assert fused_decode.applies(model.model.layers, torch.zeros(1, 1, 64), ctx) == aligned
+
+
 @pytest.mark.parametrize("pad_rows", [0, 2])
 def test_fused_layers_equal_the_reference_over_64_steps(forced, pad_rows):
     model = build_tiny_model()

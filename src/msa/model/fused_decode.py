@@ -59,9 +59,11 @@ def weights_stamp(layers) -> tuple[int, ...]:
 def applies(layers, h: Tensor, ctx) -> bool:
     """Whether this step runs the fused layers: one token per row into a static cache, fused inference
     on here (CUDA, no gradients), a layer without attention biases (the Qwen3 layout), and the layer
-    function compiled (after a failure the eager layers run)."""
+    function compiled (after a failure the eager layers run); every layer's buffer a multiple of
+    ``ALIGN`` slots (what the compiled attention's mask needs; the static decoder allocates so)."""
     return (isinstance(ctx.cache, StaticKVCache) and h.shape[1] == 1 and fused_inference_here(h)
-            and layers[0].self_attn.q_proj.bias is None and not _compiled_layer.failed)  # fmt: skip
+            and layers[0].self_attn.q_proj.bias is None and not _compiled_layer.failed
+            and all(k.shape[2] % ALIGN == 0 for k in ctx.cache.keys))  # fmt: skip
 
 
 def decode_layer(h: Tensor, delta: Tensor, w: tuple[Tensor, ...], cos: Tensor, sin: Tensor, keys: Tensor,
@@ -97,6 +99,9 @@ def decode_layer(h: Tensor, delta: Tensor, w: tuple[Tensor, ...], cos: Tensor, s
 
 
 _compiled_layer = _Fused(decode_layer)
+# The compiled attention (memory-efficient SDPA) needs its mask's rows aligned to 8 elements: every
+# buffer, and every trimmed view of one, spans a multiple of ALIGN slots.
+ALIGN = 8
 
 
 def compiled_in_use() -> bool:
@@ -139,7 +144,8 @@ def run_layers(model_layers, h: Tensor, cos: Tensor, sin: Tensor, ctx, start: in
         wqkv, wgu = fused_weights(layer)
         w = (layer.input_layernorm.weight, wqkv, a.q_norm.weight, a.k_norm.weight, a.o_proj.weight,
              layer.post_attention_layernorm.weight, wgu, layer.mlp.down_proj.weight)  # fmt: skip
-        s = cache.context[i] + cache.used + 1 if cache.trim else cache.keys[i].shape[2]
+        full = cache.keys[i].shape[2]
+        s = min(-(-(cache.context[i] + cache.used + 1) // ALIGN) * ALIGN, full) if cache.trim else full
         kb, vb, ok = cache.keys[i][:, :, :s], cache.values[i][:, :, :s], cache.valid[i][:, :s]
         h, delta = layer_fn(h, delta, w, cos, sin, kb, vb, ok, cache.base, cache.cursor, ids[i], fed,
                             layer.input_layernorm.eps, a.num_heads, a.num_kv_heads)  # fmt: skip
