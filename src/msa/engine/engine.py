@@ -25,6 +25,7 @@ from msa.config import EnginePolicy
 from msa.engine.answer import Answer, RoundInfo
 from msa.engine.choice import ChoiceContext, DocChoice, choice_strategy, requested_ids, requests_in
 from msa.engine.generation import DecodeState, Sampler, Timer, decode_step, left_pad, pick_tokens
+from msa.engine.graphed_prefill import GraphedPrefill
 from msa.engine.static_decode import StaticDecoder
 from msa.engine.stops import StopRules, ends_with
 from msa.model import KVCache, MemoryAccess, MSAForCausalLM, PrefixCache, Routing
@@ -120,12 +121,16 @@ class Engine:
         cuda_graphs: replay one-token steps from CUDA graphs (default: on CUDA with ``static_cache``).
         interleave_reuse: a Memory Interleave round continues the last one below the first router
             layer (``msa.model.carry``) instead of prefilling everything again. Equal up to rounding.
+        graphed_prefill: replay a round's prefill from CUDA graphs when the snapshot routes and fetches
+            on the device (``BankSnapshot.on_device``: content made resident; ``msa.engine.graphed_prefill``),
+            captured per snapshot; default: on CUDA with ``static_cache``. Equal up to rounding.
     """
 
     def __init__(self, model: MSAForCausalLM, tokenizer, bank: MemoryView, device: str | torch.device | None = None,
                  prompt: PromptFormat | None = None, doc_choice: str | DocChoice | None = None,
                  policy: EnginePolicy | None = None, *, static_cache: bool = True,
-                 cuda_graphs: bool | None = None, interleave_reuse: bool = True):  # fmt: skip
+                 cuda_graphs: bool | None = None, interleave_reuse: bool = True,
+                 graphed_prefill: bool | None = None):  # fmt: skip
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -138,6 +143,10 @@ class Engine:
         self._tok = lambda s: tokenizer.encode(s, add_special_tokens=False)
         self._static = StaticDecoder(self.model, cuda_graphs) if static_cache else None
         self._reuse = interleave_reuse and model.carry_layer is not None
+        if graphed_prefill and (self.device.type != "cuda" or not static_cache):
+            raise ValueError("graphed_prefill needs a model on a CUDA device and static_cache=True")
+        on = self.device.type == "cuda" and static_cache if graphed_prefill is None else graphed_prefill
+        self._graphed = GraphedPrefill(self.model) if on else None
 
     @functools.cached_property
     def _answer_ends(self) -> list[str]:
@@ -158,7 +167,8 @@ class Engine:
 
     def ask_batch(self, questions: list[str], interleave: bool = True, max_rounds: int | None = None,
                   max_new_tokens: int | None = None, return_routing: bool = False, *, on_token: OnToken | None = None,
-                  top_k: int | None = None, samplers: list[Sampler | None] | None = None) -> list[Answer]:  # fmt: skip
+                  top_k: int | None = None, samplers: list[Sampler | None] | None = None,
+                  max_batch: int | None = None) -> list[Answer]:  # fmt: skip
         """Answer a batch of questions against one snapshot of the memory; rounds are batched across
         the questions still retrieving.
 
@@ -174,6 +184,9 @@ class Engine:
                 transcript's appended blocks are not passed. An exception it raises ends the call.
             top_k: documents each router layer selects per round (default: the model's ``msa.top_k``).
             samplers: per question a ``Sampler`` (seeded temperature sampling) or None (greedy, default).
+            max_batch: questions in a round at most (default: all). A question that finishes leaves
+                after its round and a waiting one joins the next round (its first), prefilled and
+                decoded with the others; the answers are those of one-by-one asking.
         """
         if isinstance(questions, str):
             raise TypeError("ask_batch() takes a list of questions; use ask() for one")
@@ -188,6 +201,8 @@ class Engine:
             raise ValueError(f"{len(samplers)} samplers for {len(questions)} questions")
         if len(self.bank) == 0:
             raise ValueError("the memory bank is empty: add documents before asking")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
         timer = Timer()
         samples = []
         for i, q in enumerate(questions):
@@ -197,34 +212,42 @@ class Engine:
         access = _TimedAccess(snap, timer, self.device)
         slot_ids = snap.slot_ids
         ctx = ChoiceContext(snap.text, lambda texts: self._route_texts(texts, access, slot_ids, top_k))
-        for rnd in range(max_rounds):
-            active = [s for s in samples if not s.finished]
-            if not active:
-                break
-            last = rnd == max_rounds - 1 or not interleave
+        waiting, active = list(samples), []
+        while waiting or active:
+            joining = max(0, len(waiting) if max_batch is None else max_batch - len(active))
+            active, waiting = active + waiting[:joining], waiting[joining:]
+            last = [len(s.rounds) == max_rounds - 1 or not interleave for s in active]
             before = dict(timer.seconds)
             self._round(active, access, slot_ids, ctx, timer, max_new_tokens, last, return_routing, on_token, top_k)
             spent = {k: (v - before.get(k, 0.0)) / len(active) for k, v in timer.seconds.items()
                      if v > before.get(k, 0.0)}  # fmt: skip
-            for s in active:
+            for s, is_last in zip(active, last):
                 s.rounds[-1].timings = dict(spent)
+                s.finished = s.finished or is_last  # the round limit: the answer ends here
+            active = [s for s in active if not s.finished]
         for s in samples:
             s.finished = True
         return [self._answer(s, timer, len(samples)) for s in samples]
 
     # -- one round ------------------------------------------------------------------------------------
     def _round(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, timer: Timer,
-               max_new_tokens: int, last: bool, return_routing: bool, on_token: OnToken | None,
+               max_new_tokens: int, last: list[bool], return_routing: bool, on_token: OnToken | None,
                top_k: int | None) -> None:  # fmt: skip
+        with self._graphed.holding() if self._graphed is not None else contextlib.nullcontext():
+            self._round_held(active, access, slot_ids, ctx, timer, max_new_tokens, last, return_routing, on_token, top_k)
+
+    def _round_held(self, active: list[_Sample], access, slot_ids: Tensor, ctx: ChoiceContext, timer: Timer,
+                    max_new_tokens: int, last: list[bool], return_routing: bool, on_token: OnToken | None,
+                    top_k: int | None) -> None:  # fmt: skip
+        """``_round`` while this thread holds the graphed prefill's outputs (they are read until decoding)."""
         t0 = time.perf_counter()
-        keep = self._reuse and not last  # a later round may continue from this one
+        keep = self._reuse and not all(last)  # a later round may continue from this one
         if keep and all(s.carry is not None for s in active):
-            out = self._resume(active, access, top_k)
+            out, prompt_tokens = self._resume(active, access, top_k), max(len(s.ids) for s in active)
         else:
-            out = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k, keep)
+            out, prompt_tokens = self._prefill([s.ids for s in active], [s.doc_ids for s in active], access, top_k, keep)
         for s in active:
             s.carry = None
-        prompt_tokens = max(len(s.ids) for s in active)
         timer.add("prefill", t0, self.device)
         for i, s in enumerate(active):
             info = RoundInfo()
@@ -232,16 +255,17 @@ class Engine:
                 info.routing = {layer: _selected(r, i, slot_ids) for layer, r in out.routings.items()}
             s.rounds.append(info)
         # Room in a static cache: every step, plus a question block (it grows if several need more).
-        block = max(len(self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question)))
-                    for s in active)  # fmt: skip
-        with self._decoding(out.cache, prompt_tokens, max_new_tokens + 64 + block) as (step, cache):
+        room = lambda: max_new_tokens + 64 + max(  # noqa: E731
+            len(self._tok(self.prompt.end_of_retrieval + self.prompt.question_block.format(question=s.question)))
+            for s in active)  # fmt: skip
+        with self._decoding(out.cache, prompt_tokens, room) as (step, cache):
             states, round_ids = self._decode_round(active, out.logits, step, max_new_tokens, last, on_token, timer)
             if keep:
                 self._keep_carries(active, states, cache())
         self._read_chosen([(s, st, round_ids[i]) for i, (s, st) in enumerate(zip(active, states)) if not s.finished],
                           ctx, timer)  # fmt: skip
 
-    def _decode_round(self, active: list[_Sample], logits: Tensor, step: Callable, max_new_tokens: int, last: bool,
+    def _decode_round(self, active: list[_Sample], logits: Tensor, step: Callable, max_new_tokens: int, last: list[bool],
                       on_token: OnToken | None, timer: Timer) -> tuple[list[DecodeState], list[list[int]]]:  # fmt: skip
         """Greedy (or sampled) decoding of a round until every sample is done; its states and ids."""
         states = [DecodeState(pending=[]) for _ in active]
@@ -267,7 +291,7 @@ class Engine:
                 elif ends_with(round_ids[i], stops.end_of_retrieval):
                     self._begin_answer(s, st)
                 elif ends_with(round_ids[i], stops.round_end):
-                    if last:  # the round limit: record the requests, then answer
+                    if last[i]:  # the round limit: record the requests, then answer
                         s.rounds[-1].requests = requests_in(self._text(round_ids[i]))
                         s.rounds[-1].requested = requested_ids(s.rounds[-1].requests)
                         self._begin_answer(s, st, forced=True)
@@ -284,14 +308,22 @@ class Engine:
         return states, round_ids
 
     @contextlib.contextmanager
-    def _decoding(self, cache: KVCache, prompt_tokens: int, room: int) -> Iterator[tuple[Callable, Callable]]:
+    def _decoding(self, cache: KVCache, prompt_tokens: int, room: Callable[[], int]) -> Iterator[tuple[Callable, Callable]]:
         """The step function of a round, ``(states, samplers) -> next tokens`` (see ``decode_step``),
-        and a function returning the cache it decodes into (a static cache may grow)."""
+        and a function returning the cache it decodes into (a static cache may grow). A static cache
+        is loaded at the first step (after the first tokens are out), with ``room()`` token slots more."""
         if self._static is None:
             yield functools.partial(decode_step, self.model, cache), lambda: cache
             return
-        with self._static.session(cache, prompt_tokens, room) as stepper:
-            yield stepper.decode_step, lambda: stepper.cache
+        with contextlib.ExitStack() as stack:
+            held: list = []
+
+            def stepper():
+                if not held:
+                    held.append(stack.enter_context(self._static.session(cache, prompt_tokens, room())))  # type: ignore[union-attr]
+                return held[0]
+
+            yield (lambda states, samplers: stepper().decode_step(states, samplers)), lambda: stepper().cache
 
     def _keep_carries(self, active: list[_Sample], states: list[DecodeState], cache: KVCache | StaticKVCache) -> None:
         """Samples that continue keep what their next round reuses: everything fed but the last token."""
@@ -347,17 +379,25 @@ class Engine:
 
     def _prefill(self, ids: list[list[int]], doc_ids: list[list[int]], access, top_k: int | None = None,
                  keep_carry: bool = False):  # fmt: skip
-        """Left-padded prefill of a batch of sequences, routing with their QUERY tokens; last logits only."""
+        """Left-padded prefill of a batch of sequences, routing with their QUERY tokens; last logits only.
+        -> (output, the prompt's slots in its cache: the padded length), replayed from a graph where it can be."""
         ids_t, mask = left_pad(ids)
         dids, _ = left_pad(doc_ids, pad=RESPONSE)
-        return self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
-                                  last_only=True, top_k=top_k, keep_carry=keep_carry)  # fmt: skip
+        snap = access.inner if isinstance(access, _TimedAccess) else access
+        if self._graphed is not None and self._graphed.usable(snap, len(ids)):
+            k = self.model.config.msa.top_k if top_k is None else top_k
+            got = self._graphed.prefill(snap, ids_t, mask, (dids == QUERY) & mask, self.bank.prefix, k, keep_carry)
+            if got is not None:
+                return got
+        out = self.model.prefill(ids_t, mask, (dids == QUERY) & mask, memory=access, prefix=self.bank.prefix,
+                                 last_only=True, top_k=top_k, keep_carry=keep_carry)  # fmt: skip
+        return out, ids_t.shape[1]
 
     def _route_texts(self, texts: list[str], access, slot_ids: Tensor, top_k: int | None = None) -> list[list[int]]:
         """Route each text as a round-1 question (one batched prefill); per text the selected ids of
         the last router layer, best first."""
         seqs = [encode_segments(self.tokenizer, query_segments(self.prompt, t)) for t in texts]
-        out = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access, top_k)
+        out, _ = self._prefill([q for q, _ in seqs], [d for _, d in seqs], access, top_k)
         if not out.routings:
             return [[] for _ in texts]
         r = out.routings[max(out.routings)]

@@ -19,6 +19,8 @@ from torch import Tensor
 
 from msa.engine.generation import DecodeState, Sampler, finish_step, pending_batch, pick_tokens
 from msa.model import KVCache, MSAForCausalLM
+from msa.model import fused_decode
+from msa.model.fused_decode import weights_stamp
 from msa.model.static_cache import StaticKVCache
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,24 @@ class StaticStepper:
         # Warm-up steps feed nothing (mask False: invalid slots, positions kept); the cursor is restored.
         c = self.cache
         state = (c.cursor.clone(), c.next_position.clone(), c.used)
+
+        def restore() -> None:
+            c.cursor.copy_(state[0])
+            c.next_position.copy_(state[1])
+            c.used = state[2]
+
+        try:
+            self._record()
+        except Exception as e:
+            if not fused_decode.compiled_in_use():
+                raise
+            fused_decode.give_up(e)  # the compiled layers could not be captured: the eager layers from now on
+            restore()
+            self._record()
+        finally:
+            restore()
+
+    def _record(self) -> None:
         self.mask.zero_()
         side = torch.cuda.Stream(self.model.device)
         side.wait_stream(torch.cuda.current_stream(self.model.device))
@@ -76,9 +96,7 @@ class StaticStepper:
         # thread_local: another engine's thread may use the device meanwhile (a server with several banks)
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits, self.tokens = self._body()
-        c.cursor.copy_(state[0])
-        c.next_position.copy_(state[1])
-        c.used = state[2]
+        self.stamp = weights_stamp(self.model.model.layers)
 
     def ensure(self, tokens: int) -> None:
         """Room for ``tokens`` more token slots: the cache grows (and the step is captured again)."""
@@ -96,6 +114,8 @@ class StaticStepper:
         self.mask[:, 0].copy_(mask)
         if self.graph is None:
             return self._body()
+        if weights_stamp(self.model.model.layers) != self.stamp:  # fused weights were rebuilt elsewhere
+            self._capture()
         self.graph.replay()
         self.cache.used += 1
         return self.logits, self.tokens

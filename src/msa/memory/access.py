@@ -388,6 +388,21 @@ class BankSnapshot:
         self._resident = ResidentContent.build(self.segments, self._loc, self.device, content_dtype)
         return self
 
+    @property
+    def resident(self) -> ResidentContent | None:
+        """The content on the device (``make_resident``), or None."""
+        return self._resident
+
+    def on_device(self, layers) -> bool:
+        """Whether ``route`` and ``fetch`` of these router layers run on the device alone (resident content,
+        the fused routing, no float8 rescoring): no host work, so a prefill over them can be captured in
+        a CUDA graph (``msa.engine.graphed_prefill``)."""
+        if self._resident is None or self.device.type != "cuda" or self.num_docs == 0:
+            return False
+        if not all(self.uses_fused_routing(i) for i in layers):
+            return False
+        return not self.rescore or all(self.routing_keys(i)[0].keys.dtype != torch.float8_e4m3fn for i in layers)
+
     def fetch(self, layer: int, docs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """docs: [B, k] slots (-1 = none) -> keys, values [B, Cmax, Hkv, D] on the device (chunks of the
         selected documents in the order given, zero padded; with resident content, Cmax is

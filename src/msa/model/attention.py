@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from msa import functional as MF
 from msa.config import ModelConfig
 from msa.model.context import EncodeContext, QueryContext, RouteInputs, TrainContext
-from msa.model.layers import RMSNorm, apply_rope, attend
+from msa.model.layers import RMSNorm, apply_rope, attend, concat_weights, fused_inference_here, fused_qk_norm_rope
 from msa.model.memory import LayerMemory, Routing
 from msa.model.static_cache import StaticKVCache
 from msa.model.train_attention import train_attention
@@ -71,6 +71,11 @@ class MemorySparseAttention(nn.Module):
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: [B, T, hidden] -> q [B, T, Hq, D], k, v [B, T, Hkv, D] (q, k normed and rotated)."""
         b, t, _ = x.shape
+        if fused_inference_here(x) and self.q_proj.bias is None:  # inference on CUDA: one matmul, one fused pass
+            w = concat_weights(self, (self.q_proj, self.k_proj, self.v_proj))
+            q, k, v = F.linear(x, w).view(b, t, -1, self.head_dim).split([self.num_heads, self.num_kv_heads, self.num_kv_heads], 2)
+            q, k = fused_qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, cos, sin, self.q_norm.eps)
+            return q, k, v
         q = self.q_norm(self.q_proj(x).view(b, t, self.num_heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim))
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)

@@ -1,8 +1,9 @@
 """Qwen3 building blocks in plain PyTorch: RMSNorm, SwiGLU MLP, rotary embedding, masked attention.
 
 Fused inference: without gradients on a CUDA device, the element-wise pieces (every RMSNorm, RoPE,
-SwiGLU's gate) run as ``torch.compile``d kernels, one kernel each instead of 3-8, and attention
-reads grouped K/V without repeating them (``enable_gqa``). A decode step of a 36-layer model is
+SwiGLU's gate) run as ``torch.compile``d kernels, one kernel each instead of 3-8, linears reading
+the same input run as one matmul (``concat_weights``: q/k/v, gate/up), and attention reads grouped
+K/V without repeating them (``enable_gqa``). A decode step of a 36-layer model is
 thousands of tiny kernels, so their number, not their bytes, sets its time. Same formulas, fused:
 results differ from the eager ops only by floating-point rounding. Training (gradients on) and the
 CPU always take the eager ops. ``set_fused_inference(False)`` (or ``MSA_FUSED_INFERENCE=0``) turns
@@ -30,17 +31,27 @@ def set_fused_inference(on: bool) -> bool:
     return before
 
 
-def _fused_here(x: Tensor) -> bool:
+def fused_inference_enabled() -> bool:
+    """The setting (``set_fused_inference``, ``MSA_FUSED_INFERENCE``)."""
+    return _FUSED[0]
+
+
+def fused_inference_here(x: Tensor) -> bool:
+    """Whether work on ``x`` takes the fused kernels: fused inference on, CUDA, no gradients, not
+    already inside a compiled function."""
     return _FUSED[0] and x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
+_fused_here = fused_inference_here
+
+
 class _Fused:
-    """``fn`` compiled on first use (dynamic shapes); its eager ops if compiling fails."""
+    """``fn`` compiled on first use (dynamic shapes); its eager ops if compiling fails (``failed``)."""
 
     def __init__(self, fn: Callable[..., Tensor]):
         self.fn, self.compiled, self.failed = fn, None, False
 
-    def __call__(self, *args) -> Tensor:
+    def __call__(self, *args):
         if self.failed:
             return self.fn(*args)
         try:
@@ -69,7 +80,52 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + _rotate_half(x) * sin
 
 
+def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, cos: Tensor, sin: Tensor,
+                 eps: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Attention's q-norm and k-norm, then RoPE: q [..., T, Hq, D], k [..., T, Hkv, D]; cos/sin [..., T, D]."""
+    return _rope(_rms_norm(q, q_weight, eps), cos, sin), _rope(_rms_norm(k, k_weight, eps), cos, sin)
+
+
 _fused_rms_norm, _fused_silu_mul, _fused_rope = _Fused(_rms_norm), _Fused(_silu_mul), _Fused(_rope)
+fused_qk_norm_rope = _Fused(qk_norm_rope)
+
+
+class ConcatWeights:
+    """The weights of linears reading the same input, concatenated ([sum of outputs, input]): one
+    matmul instead of several in fused inference. A copy, kept in step with the parameters: one
+    changed in place (its ``_version``) is copied in again into the same buffer (captured CUDA graphs
+    stay valid); one replaced by a new tensor gives a new buffer (``data_ptr`` changes)."""
+
+    def __init__(self, linears):
+        self.params = tuple(lin.weight for lin in linears)
+        self.tensor = torch.cat(self.params)
+        self.key = self._key()
+
+    def _key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.params)
+
+    def get(self) -> Tensor:
+        """The concatenation, refreshed if a parameter changed since it was built."""
+        key = self._key()
+        if key != self.key:
+            new = torch.cat(self.params)
+            same = new.shape == self.tensor.shape and new.dtype == self.tensor.dtype and new.device == self.tensor.device
+            if same:
+                self.tensor.copy_(new)
+            else:
+                self.tensor = new
+            self.key = key
+        return self.tensor
+
+
+def concat_weights(owner: nn.Module, linears) -> Tensor:
+    """``owner``'s concatenated weights of ``linears`` (built on first use, kept as a plain attribute:
+    not a parameter, not in the state dict; ``ConcatWeights``)."""
+    cw = owner.__dict__.get("_concat_weights")
+    if cw is None:
+        cw = ConcatWeights(linears)
+        owner.__dict__["_concat_weights"] = cw
+    return cw.get()
 
 
 class RMSNorm(nn.Module):
@@ -94,7 +150,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj((_fused_silu_mul if _fused_here(x) else _silu_mul)(self.gate_proj(x), self.up_proj(x)))
+        if _fused_here(x):  # one matmul for gate and up
+            gate, up = F.linear(x, concat_weights(self, (self.gate_proj, self.up_proj))).chunk(2, dim=-1)
+            return self.down_proj(_fused_silu_mul(gate, up))
+        return self.down_proj(_silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 class RotaryEmbedding(nn.Module):
@@ -111,11 +170,19 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """position_ids: [...] long -> cos, sin: [..., D] in ``dtype``."""
-        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / self.head_dim
-        inv_freq = 1.0 / (self.theta**exponent)
-        freqs = position_ids.float()[..., None] * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        table = _fused_rope_table if _fused_here(position_ids) else _rope_table
+        return table(position_ids, self.head_dim, self.theta, dtype)
+
+
+def _rope_table(position_ids: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponent)
+    freqs = position_ids.float()[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+_fused_rope_table = _Fused(_rope_table)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from msa.config import ModelConfig
 from msa.model.attention import MemorySparseAttention
 from msa.model.context import EncodeContext, KVCache, PackedBatch, QueryContext, TrainContext
+from msa.model import fused_decode
 from msa.model.layers import MLP, RMSNorm, RotaryEmbedding
 from msa.model.static_cache import StaticKVCache
 from msa.model.memory import (
@@ -70,7 +71,11 @@ class MSAModel(nn.Module):
         A query context with ``carry_layer`` set hands that layer's input to its cache (``keep_hidden``)."""
         cos, sin = self.rotary_emb(position_ids, h.dtype)
         carry = ctx.carry_layer if isinstance(ctx, QueryContext) else None
-        for i in range(start, stop if stop is not None else len(self.layers)):
+        end = stop if stop is not None else len(self.layers)
+        if isinstance(ctx, QueryContext) and fused_decode.applies(self.layers, h, ctx):  # a one-token static step on CUDA
+            h = fused_decode.run_layers(self.layers, h, cos, sin, ctx, start, end)
+            return self.norm(h) if stop is None else h
+        for i in range(start, end):
             if i == carry:
                 ctx.cache.keep_hidden(h, ctx.attention_mask)
             h = self.layers[i](h, cos, sin, ctx)
@@ -302,12 +307,22 @@ class MSAForCausalLM(nn.Module):
         if isinstance(memory, CompressedMemory):
             memory = self.memory_access(memory)
         offset = self.config.msa.query_offset if position_offset is None else position_offset
-        positions = MF.query_position_ids(attention_mask, offset)
+        return self.prefill_on_device(input_ids, attention_mask, query_mask, memory, prefix, offset, last_only,
+                                      self.config.msa.top_k if top_k is None else top_k, keep_carry)  # fmt: skip
+
+    @torch.no_grad()
+    def prefill_on_device(self, input_ids: Tensor, attention_mask: Tensor, query_mask: Tensor, memory: MemoryAccess | None,
+                          prefix: PrefixCache | None, position_offset: int, last_only: bool, top_k: int,
+                          keep_carry: bool) -> PrefillOutput:  # fmt: skip
+        """``prefill`` of inputs already checked and on the model's device (bool masks, the query mask
+        within the attention mask): no host work of its own, so with a memory that routes and fetches
+        on the device it can be captured in a CUDA graph (``msa.engine.graphed_prefill``)."""
+        positions = MF.query_position_ids(attention_mask, position_offset)
         carry = self.carry_layer if keep_carry else None
         cache = KVCache.empty(len(self.model.layers), carry)
         ctx = QueryContext(
             attention_mask=attention_mask, query_mask=query_mask, cache=cache, memory=memory,
-            prefix=prefix, top_k=self.config.msa.top_k if top_k is None else top_k, routing=True, carry_layer=carry,
+            prefix=prefix, top_k=top_k, routing=True, carry_layer=carry,
         )  # fmt: skip
         h = self.model.run(input_ids, positions, ctx)
         cache.next_position = positions[:, -1] + 1
