@@ -125,3 +125,5 @@ def test_msa_changes_set_routing_options_on_an_init_checkpoint(tmp_path):
         build_model(ModelSpec(init=str(tmp_path / "m"), msa_changes={"pooling_kernel_size": 4}))
     with pytest.raises(ValueError, match="chunk_reduce_method"):
         build_model(ModelSpec(init=str(tmp_path / "m"), msa_changes={"chunk_reduce_method": "median"}))
+    with pytest.raises(ValueError, match="model.config.msa"):
+        build_model(ModelSpec(config=tiny_model_config(64), msa_changes={"chunk_reduce_method": "max"}))

@@ -44,6 +44,16 @@ def build_tokenizer(data: DataConfig, info: DistInfo | None = None):
     return load_tokenizer(path)
 
 
+def _is_msa_checkpoint(path: str) -> bool:
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return "msa_config" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
 def change_msa(model: MSAForCausalLM, changes: dict) -> None:
     """Set ``changes`` (``MSA_CHANGEABLE`` fields) on the model's MSAConfig, in place (its layers hold it)."""
     bad = sorted(set(changes) - set(MSA_CHANGEABLE))
@@ -64,6 +74,8 @@ def build_model(spec: ModelSpec) -> MSAForCausalLM:
         raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {spec.dtype!r}")
     from msa.train.init import apply_router_init
 
+    if spec.msa_changes and (spec.init == "random" or not _is_msa_checkpoint(spec.init)):
+        raise ValueError("model.msa_changes applies to an MSA checkpoint given as model.init; set model.config.msa.* instead")
     if spec.init == "random":
         model = MSAForCausalLM(spec.config).init_weights(spec.seed)
         apply_router_init(model, spec.router_init)

@@ -15,7 +15,6 @@ doc_ids -1, positions 0, labels -100). ``labels[b, t]`` is the target for the lo
 from __future__ import annotations
 
 import hashlib
-
 import logging
 from dataclasses import dataclass, field
 

@@ -50,6 +50,7 @@ class _AuxRows:
     labels: Tensor
     valid: Tensor
     count: int
+    samples: list[int]  # ``index`` on the host
 
     def across(self, batch: TrainBatch, width: int) -> tuple[Tensor, Tensor]:
         """Labels and valid masks [R, B * width] for scores against every sample's documents (column
@@ -58,7 +59,7 @@ class _AuxRows:
         b = batch.size
         if len(batch.doc_keys) != b:
             raise ValueError("batch negatives need the documents' keys (TrainBatch.doc_keys)")
-        keep = self.index.tolist()
+        keep = self.samples
         labels = torch.zeros(len(keep), b, width, dtype=torch.bool)
         valid = torch.zeros(len(keep), b, width, dtype=torch.bool)
         keys = torch.full((b, width), -1, dtype=torch.long)
@@ -85,7 +86,7 @@ class _AuxRows:
             labels[r, :n] = batch.aux_labels[b].bool()
             valid[r, :n] = True
         to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return cls(to(torch.tensor(keep, dtype=torch.long)), to(labels), to(valid), len(keep))
+        return cls(to(torch.tensor(keep, dtype=torch.long)), to(labels), to(valid), len(keep), keep)
 
 
 @dataclass
