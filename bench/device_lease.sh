@@ -8,8 +8,7 @@
 # (~40.4 MB) and the packed checkpoint (~25.5 MB) together just fit the 64 MiB carry limit.
 # Keep MINUTES about 2 minutes under the call's limit: startup, the first step's compilation
 # (1-4 minutes on the H200) and packing are inside the call.
-set -u
-export PYTHONPATH=src:bench PYTHONUNBUFFERED=1
+. "$(dirname "$0")/device_common.sh"
 MIN=${1:-7}
 shift
 RECIPE=${RECIPE:-bios_small_c}
@@ -17,11 +16,10 @@ OUT=${OUT:-runs/out}
 mkdir -p "$OUT"
 IN=""
 [ -f .dev-carry/packed/manifest.json ] && IN="--packed-in .dev-carry/packed"
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$OUT/gpu_util.csv" 2>/dev/null &
-SMI=$!
+gpu_trace_start "$OUT/gpu_util.csv"
 # shellcheck disable=SC2086
 python bench/train_leases.py --recipe "$RECIPE" --minutes "$MIN" --ckpt runs/lease/ckpt $IN \
     --packed-out "$OUT/packed" --export runs/lease/model "$@" 2>&1 | tee "$OUT/train.log"
-kill $SMI 2>/dev/null
+gpu_trace_stop
 [ -f runs/lease/model/config.json ] && tar -C runs/lease -cf "$OUT/model.tar" model
 ls -la "$OUT" "$OUT/packed" 2>/dev/null

@@ -8,18 +8,13 @@
 # 128K), WORDINGS (held-out wordings asked at 1M, default paraphrase,polite,lowercase). With OUT set
 # (a device call), the models, evaluations, logs and scaling results are packed into $OUT (8 files at
 # most: model_NAME.tar per variant, results.tar with the rest).
-set -u
-export PYTHONPATH=src:bench PYTHONUNBUFFERED=1
+. "$(dirname "$0")/device_common.sh"
 MIN=${1:-15}
 shift
 RECIPE=${RECIPE:-bios_tiny}
 S=${S:-runs/session}
 mkdir -p "$S"
-SMI=""
-if [ -n "${OUT:-}" ]; then
-    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$S/gpu_util.csv" 2>/dev/null &
-    SMI=$!
-fi
+[ -n "${OUT:-}" ] && gpu_trace_start "$S/gpu_util.csv"
 python -c "from msa.train import load_recipe; from msa.train.build import build_tokenizer; build_tokenizer(load_recipe('$RECIPE', []).data)"
 NAMES=""
 for spec in "$@"; do
@@ -30,7 +25,7 @@ for spec in "$@"; do
     python bench/train_shipped.py --recipe "$RECIPE" --minutes "$MIN" --out "$S/$name" --eval-people 2048 \
         --eval-questions 100 $args > "$S/train_$name.log" 2>&1 &
 done
-wait $(jobs -p | grep -v "^${SMI:-none}$")
+wait $(jobs -p | grep -v "^${GPU_TRACE_PID:-none}$")
 BEST=$(python - "$S" $NAMES <<'PY'
 import json, sys
 where, names = sys.argv[1], sys.argv[2:]
@@ -58,7 +53,7 @@ if [ "${SCALING:-1}" != 0 ]; then
     echo "scaling done"
 fi
 if [ -n "${OUT:-}" ]; then
-    [ -n "$SMI" ] && kill "$SMI" 2>/dev/null
+    gpu_trace_stop
     for n in $NAMES; do
         [ -f "$S/$n/config.json" ] && tar -C "$S" -cf "$OUT/model_$n.tar" --exclude '*.jsonl' --exclude '*_reading' "$n"
     done

@@ -6,18 +6,16 @@
 # bounded by SCALING_S seconds, into $OUT/scaling.tar.gz.
 #   bash bench/device_train_small.sh MINUTES [train_shipped options and recipe overrides ...]
 # EVAL_PEOPLE / EVAL_QUESTIONS / READING_QUESTIONS size train_shipped's own evaluation (2048 / 50 / 50).
-set -u
-export PYTHONPATH=src:bench PYTHONUNBUFFERED=1
+. "$(dirname "$0")/device_common.sh"
 MIN=${1:-8}
 shift
 W=runs/msa-bios-small
 OUT=${OUT:-runs/out}
 mkdir -p "$OUT" runs
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$OUT/gpu_util.csv" 2>/dev/null &
-SMI=$!
+gpu_trace_start "$OUT/gpu_util.csv"
 python bench/train_shipped.py --recipe bios_small --minutes "$MIN" --out $W --eval-people "${EVAL_PEOPLE:-2048}" \
     --eval-questions "${EVAL_QUESTIONS:-50}" --reading-questions "${READING_QUESTIONS:-50}" "$@" 2>&1 | tee "$OUT/train.log"
-kill $SMI 2>/dev/null
+gpu_trace_stop
 cp $W/eval.json "$OUT/eval.json" 2>/dev/null
 tar -C runs -cf "$OUT/model.tar" msa-bios-small
 if [ "${SCALING_S:-0}" -gt 0 ]; then
