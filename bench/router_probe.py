@@ -28,7 +28,8 @@ import msa.functional as MF
 from msa.data.bios import BiosConfig, BiosWorld
 from msa.model import MSAForCausalLM, resolve_model_path
 from msa.model.modeling import ENCODE_PAD
-from msa.prompt import encode_segments, prompt_format, query_segments
+from msa.engine.generation import left_pad
+from msa.prompt import QUERY, TEMPLATE, encode_segments, prompt_format, query_segments
 from msa.tokenizer import load_tokenizer
 
 log = logging.getLogger("router_probe")
@@ -65,38 +66,43 @@ def doc_features(model, grab, tok, texts: list[str], chunk: int, batch: int = 25
     return torch.cat(feats), torch.cat(owner)
 
 
+def requests(tok, fmt, texts: list[str]):
+    """Requests in the engine's round-1 layout, left-padded: ids, attention mask, routing-query mask [Q, T]."""
+    seqs = [encode_segments(tok, query_segments(fmt, t)) for t in texts]
+    ids, att = left_pad([q for q, _ in seqs])
+    dids, _ = left_pad([d for _, d in seqs], pad=TEMPLATE)
+    return ids, att, att & (dids == QUERY)
+
+
 @torch.no_grad()
 def query_features(model, grab, tok, fmt, texts: list[str], batch: int = 512):
     """Routing features of requests as the engine routes them: ([Q, T, H] float left-padded, [Q, T] mask)."""
-    xs, ms = [], []
-    width = 0
-    seqs = [encode_segments(tok, query_segments(fmt, t)) for t in texts]
-    width = max(len(q) for q, _ in seqs)
-    for s in range(0, len(seqs), batch):
-        part = seqs[s:s + batch]
-        ids = torch.zeros(len(part), width, dtype=torch.long)
-        att = torch.zeros(len(part), width, dtype=torch.bool)
-        qm = torch.zeros(len(part), width, dtype=torch.bool)
-        for i, (q, d) in enumerate(part):
-            ids[i, width - len(q):] = torch.tensor(q)
-            att[i, width - len(q):] = True
-            qm[i, width - len(q):] = torch.tensor([x == 0 for x in d])
+    ids, att, qm = requests(tok, fmt, texts)
+    xs = []
+    for s in range(0, len(texts), batch):
         grab.calls.clear()
-        model.prefill(ids, att, qm, memory=None, last_only=True)
+        model.prefill(ids[s:s + batch], att[s:s + batch], qm[s:s + batch], memory=None, last_only=True)
         xs.append(grab.calls[0][0].float())
-        ms.append(qm)
-    return torch.cat(xs), torch.cat(ms)
+    return torch.cat(xs), qm
 
 
 class Router(torch.nn.Module):
-    """Router projections of one shape: score(doc) = max over its chunks of the mean over heads and
-    query tokens of cos(q_t,h, k_c,g(h)) (the model's cosine routing)."""
+    """Router projections of one shape: score(doc) = ``reduce`` (mean or max) over its chunks of the
+    mean over heads and query tokens of cos(q_t,h, k_c,g(h)) (the model's cosine routing)."""
 
     def __init__(self, hidden: int, hq: int, hkv: int, d: int, reduce: str = "mean"):
         super().__init__()
         self.hq, self.hkv, self.d, self.reduce = hq, hkv, d, reduce
         self.wq = torch.nn.Linear(hidden, hq * d, bias=False)
         self.wk = torch.nn.Linear(hidden, hkv * d, bias=False)
+
+    @classmethod
+    def of_layer(cls, attn, hidden: int, reduce: str) -> "Router":
+        """A copy of a router layer's own projections (``attn``: its MemorySparseAttention)."""
+        r = cls(hidden, attn.num_heads, attn.num_kv_heads, attn.head_dim, reduce)
+        r.wq.weight.data.copy_(attn.router_q_proj[0].weight.float())
+        r.wk.weight.data.copy_(attn.router_k_proj[0].weight.float())
+        return r
 
     def keys(self, feats):  # [C, H] -> [C, Hkv, D] normalised
         return F.normalize(self.wk(feats).view(-1, self.hkv, self.d), dim=-1)
@@ -155,9 +161,7 @@ def check_against_model(model, tok, fmt, test, n: int = 512, q: int = 64) -> Non
     """The probe's scoring with the model's own router equals the model's routing (first n documents)."""
     qx, qm, gold, feats, owner, _ = test
     attn = model.model.layers[model.router_layers[0]].self_attn
-    r = Router(model.config.hidden_size, attn.num_heads, attn.num_kv_heads, attn.head_dim, model.config.msa.chunk_reduce_method)
-    r.wq.weight.data.copy_(attn.router_q_proj[0].weight.float())
-    r.wk.weight.data.copy_(attn.router_k_proj[0].weight.float())
+    r = Router.of_layer(attn, model.config.hidden_size, model.config.msa.chunk_reduce_method)
     keep = owner < n
     ours = r.doc_scores(r.query(qx[:q], qm[:q]), r.keys(feats[keep]), owner[keep], n).topk(4).indices
     from msa.data.bios import BiosConfig, BiosWorld
@@ -165,16 +169,7 @@ def check_against_model(model, tok, fmt, test, n: int = 512, q: int = 64) -> Non
     w = BiosWorld(BiosConfig(num_people=test[5], seed=7))
     mem = model.encode([tok.encode(fmt.document.format(gid=i, text=t), add_special_tokens=False)
                         for i, t in enumerate(w.documents(range(n)))])  # fmt: skip
-    seqs = [encode_segments(tok, query_segments(fmt, t)) for t in w.names(0, q)]
-    width = max(len(a) for a, _ in seqs)
-    ids = torch.zeros(q, width, dtype=torch.long)
-    att = torch.zeros(q, width, dtype=torch.bool)
-    qm2 = torch.zeros(q, width, dtype=torch.bool)
-    for i, (a, d) in enumerate(seqs):
-        ids[i, width - len(a):] = torch.tensor(a)
-        att[i, width - len(a):] = True
-        qm2[i, width - len(a):] = torch.tensor([x == 0 for x in d])
-    out = model.prefill(ids, att, qm2, memory=mem, last_only=True, top_k=4)
+    out = model.prefill(*requests(tok, fmt, w.names(0, q)), memory=mem, last_only=True, top_k=4)
     theirs = out.routings[model.router_layers[0]].docs
     agree = float((ours[:, 0] == theirs[:, 0]).float().mean())
     log.info("probe vs model routing, top-1 agreement on %d requests over %d documents: %.3f", q, n, agree)
@@ -238,9 +233,7 @@ def main() -> None:
     check_against_model(model, tok, fmt, test)
     rows = []
     for reduce in args.reduce.split(","):
-        base = Router(model.config.hidden_size, attn.num_heads, attn.num_kv_heads, attn.head_dim, reduce)
-        base.wq.weight.data.copy_(attn.router_q_proj[0].weight.float())
-        base.wk.weight.data.copy_(attn.router_k_proj[0].weight.float())
+        base = Router.of_layer(attn, model.config.hidden_size, reduce)
         rows.append({"probe": "the model's router, as trained", "reduce": reduce, **test_eval(base)})
         log.info("%s", rows[-1])
         rows.append({"probe": "the model's router, trained on here", "reduce": reduce, "steps": args.steps,
