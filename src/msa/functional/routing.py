@@ -192,17 +192,22 @@ def batched_doc_scores(
         raise ValueError(f"unknown query_reduce {query_reduce!r}")
     cs = cs.masked_fill((n == 0)[:, None], float("-inf"))
     pad = chunk_doc < 0
-    index = chunk_doc.masked_fill(pad, num_docs)  # padding lands in a dropped extra column
-    out = torch.full((b, num_docs + 1), float("-inf"), device=s.device)
+    return _chunks_to_columns(cs, chunk_doc.masked_fill(pad, num_docs), pad, num_docs, chunk_reduce)
+
+
+def _chunks_to_columns(cs: Tensor, index: Tensor, pad: Tensor, width: int, chunk_reduce: ChunkReduce) -> Tensor:
+    """Chunk scores cs [B, C] into document columns [B, width]: chunk c goes to column index[b, c]
+    (``width`` for padding, pad [B, C] or [1, C] True there: a dropped extra column)."""
+    out = torch.full((cs.shape[0], width + 1), float("-inf"), device=cs.device)
     if chunk_reduce == "max":
         out = out.scatter_reduce(1, index, cs, reduce="amax", include_self=True)
     elif chunk_reduce == "mean":
         sums = torch.zeros_like(out).scatter_add(1, index, cs.masked_fill(pad, 0.0))
-        counts = torch.zeros_like(out).scatter_add(1, index, (~pad).float())
+        counts = torch.zeros_like(out).scatter_add(1, index, (~pad).float().expand_as(cs))
         out = torch.where(counts > 0, sums / counts.clamp(min=1), out)
     else:
         raise ValueError(f"unknown chunk_reduce {chunk_reduce!r}")
-    return out[:, :num_docs]
+    return out[:, :width]
 
 
 def batched_select_docs(scores: Tensor, k: int) -> Tensor:
@@ -285,16 +290,6 @@ def cross_doc_scores(q_router: Tensor, query_mask: Tensor, k_router: Tensor, chu
     cs = torch.einsum("bkd,ckd->bc", q_eff, k.reshape(b * c, hkv, d)) * scale  # [B, B*C]
     cs = cs.masked_fill((n == 0)[:, None], float("-inf"))
     owner = chunk_doc.to(q.device)
-    pad = (owner < 0).flatten()
-    index = (owner + torch.arange(b, device=q.device)[:, None] * num_docs).flatten().masked_fill(pad, b * num_docs)
-    index = index[None].expand(b, -1)
-    out = torch.full((b, b * num_docs + 1), float("-inf"), device=q.device)
-    if chunk_reduce == "max":
-        out = out.scatter_reduce(1, index, cs.masked_fill(pad[None], float("-inf")), reduce="amax", include_self=True)
-    elif chunk_reduce == "mean":
-        sums = torch.zeros_like(out).scatter_add(1, index, cs.masked_fill(pad[None], 0.0))
-        counts = torch.zeros_like(out).scatter_add(1, index, (~pad).float()[None].expand(b, -1))
-        out = torch.where(counts > 0, sums / counts.clamp(min=1), out)
-    else:
-        raise ValueError(f"unknown chunk_reduce {chunk_reduce!r}")
-    return out[:, : b * num_docs]
+    pad = (owner < 0).flatten()[None]  # [1, B*C]
+    index = (owner + torch.arange(b, device=q.device)[:, None] * num_docs).flatten()[None].masked_fill(pad, b * num_docs)
+    return _chunks_to_columns(cs, index.expand(b, -1), pad, b * num_docs, chunk_reduce)
