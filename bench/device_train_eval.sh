@@ -17,6 +17,7 @@ mkdir -p "$S"
 [ -n "${OUT:-}" ] && gpu_trace_start "$S/gpu_util.csv"
 python -c "from msa.train import load_recipe; from msa.train.build import build_tokenizer; build_tokenizer(load_recipe('$RECIPE', []).data)"
 NAMES=""
+PIDS=""
 for spec in "$@"; do
     name=${spec%%|*}
     args=${spec#*|}
@@ -24,8 +25,10 @@ for spec in "$@"; do
     # shellcheck disable=SC2086
     python bench/train_shipped.py --recipe "$RECIPE" --minutes "$MIN" --out "$S/$name" --eval-people 2048 \
         --eval-questions 100 $args > "$S/train_$name.log" 2>&1 &
+    PIDS="$PIDS $!"
 done
-wait $(jobs -p | grep -v "^${GPU_TRACE_PID:-none}$")
+# shellcheck disable=SC2086
+wait $PIDS
 BEST=$(python - "$S" $NAMES <<'PY'
 import json, sys
 where, names = sys.argv[1], sys.argv[2:]
