@@ -15,7 +15,8 @@ failure (bench/NOTES_training.md, evening of 2026-12-01):
   * ``max_tokens=16384`` per sample: a NIAH sample of 64 documents of 512 tokens would otherwise pad
     the whole micro-batch to ~33K tokens.
   * 8 data workers: with 14 on the 16-core device machine the first step's compilation took 248 s.
-The schedule is fixed, so the run can be cut into leases (``bench/train_leases.py``).
+The schedule is fixed (1500 steps: about two device leases at ~2.5 steps/s), so the run can be cut
+into leases (``bench/train_leases.py``).
 """
 
 from msa.model import resolve_model_path
@@ -37,8 +38,8 @@ def recipe() -> TrainConfig:
         data=data,
         optimizer=base.optimizer,
         schedule=ScheduleConfig([
-            Phase("router", steps=150, lr=3e-4, lm_weight=0.5, aux_weight=1.0, warmup_steps=30),
-            Phase("main", steps=2850, lr=2.5e-4, lm_weight=1.0, aux_weight=0.5, decay="cosine"),
+            Phase("router", steps=100, lr=3e-4, lm_weight=0.5, aux_weight=1.0, warmup_steps=30),
+            Phase("main", steps=1400, lr=2.5e-4, lm_weight=1.0, aux_weight=0.5, decay="cosine"),
         ]),
         aux_layers="all",
         aux_negatives="batch",
