@@ -52,7 +52,39 @@ def test_unpack_refuses_a_damaged_part(tok_dir, tmp_path):  # noqa: F811
         unpack_checkpoint(tmp_path / "packed", tmp_path / "fresh")
     with pytest.raises(ValueError, match="no complete training checkpoint"):
         pack_checkpoint(tmp_path / "nothing", tmp_path / "p2")
-    assert json.loads((tmp_path / "packed" / "manifest.json").read_text())["schema"] == "msa.train.portable/1"
+    assert json.loads((tmp_path / "packed" / "manifest.json").read_text())["schema"] == "msa.train.portable/2"
+
+
+def test_pack_is_four_files_and_a_schema_1_pack_without_rng_files_still_resumes(tok_dir, tmp_path, caplog):  # noqa: F811
+    """The RNG states travel inside the optimizer part (the device machines return at most 8 files). An
+    older pack (schema 1: RNG states as files of their own) whose RNG file was left behind unpacks with
+    a warning and resumes at its step."""
+    import io
+
+    from msa.train import portable
+
+    ck = str(tmp_path / "ck")
+    Trainer(config(tok_dir, steps=4, ckpt=ck, every=2)).fit(until=2)
+    manifest = pack_checkpoint(ck, tmp_path / "packed")
+    assert sorted(os.listdir(tmp_path / "packed")) == ["manifest.json", "meta.json", "model.pt.000", "optim.pt.000"]
+    assert manifest["rng"] == ["rng_rank0.pt"]
+    unpack_checkpoint(tmp_path / "packed", tmp_path / "fresh")
+    rng = open(os.path.join(ck, "step_00000002", "rng_rank0.pt"), "rb").read()
+    assert (tmp_path / "fresh" / "step_00000002" / "rng_rank0.pt").read_bytes() == rng
+    # the same checkpoint as a schema-1 pack, its RNG file lost on the way
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "packed", old)
+    blob = torch.load(io.BytesIO(portable._read_parts(old, manifest["optim"])), weights_only=False)
+    for p in manifest["optim"]:
+        os.remove(old / p["file"])
+    manifest["optim"] = portable._write_parts(portable._torch_bytes(blob["optim"]), old, "optim.pt", 16 << 20)
+    manifest["schema"] = "msa.train.portable/1"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        unpack_checkpoint(old, tmp_path / "fresh_old")
+        resumed = Trainer(config(tok_dir, steps=4, ckpt=str(tmp_path / "fresh_old"), every=0))
+    assert "lacks RNG state files ['rng_rank0.pt']" in caplog.text and "fresh random numbers" in caplog.text
+    assert resumed.state.step == 2 and resumed.fit()[0]["step"] == 3
 
 
 def test_cli_packs_and_unpacks(tok_dir, tmp_path, capsys):  # noqa: F811

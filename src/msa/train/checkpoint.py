@@ -152,7 +152,10 @@ def load_checkpoint(path: str, wrapper: nn.Module, model: nn.Module, optimizer: 
     if not os.path.exists(rng_file):
         logger.warning("%s has no RNG state for rank %d (world size changed?); using rank 0's", path, info.rank)
         rng_file = os.path.join(path, "rng_rank0.pt")
-    set_rng_state(torch.load(rng_file, weights_only=False))
+    if os.path.exists(rng_file):
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        logger.warning("%s has no RNG state; the resumed run draws fresh random numbers", path)
     if meta.get("world_size") != info.world_size:
         logger.warning("resuming a %s-rank checkpoint on %d ranks", meta.get("world_size"), info.world_size)
     logger.info("resumed from %s (step %d)", path, meta["step"])

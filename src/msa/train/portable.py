@@ -8,8 +8,8 @@ and sent again, through size limits (for the device machines here: files of at m
     manifest.json   step, data position, world size, the parts and their SHA-256, the encoding
     meta.json       the checkpoint's own meta.json (config included)
     model.pt.NNN    the model state dict, bit-exact, split into parts of at most ``part_bytes``
-    optim.pt.NNN    the optimizer state dict, compacted (below), split likewise
-    rng_rankR.pt    every rank's RNG states, as saved
+    optim.pt.NNN    the optimizer state dict, compacted (below), and every rank's RNG state file
+                    (``rng_rankR.pt``, as saved), split likewise
 
 Compaction of Adam's state (the only lossy step; the weights stay exact): the first moments
 (``exp_avg``) become int8 with one float32 scale per block of ``block`` values (absmax/127), the
@@ -17,6 +17,8 @@ second moments (``exp_avg_sq``) become bfloat16 (relative error < 2^-8: a quanti
 near zero would turn into a huge step, so it keeps its range). Every other tensor stays as it is.
 A 3.6M-parameter model: 43 MB of checkpoint -> 25 MB packed. ``unpack_checkpoint`` checks the
 hashes, restores float32 moments and writes an ordinary checkpoint that ``msa train`` resumes from.
+Four files for a one-rank run, whatever the world size (the device machines return at most 8 files).
+Packs of schema 1 (RNG states as files of their own) unpack too.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["pack_checkpoint", "unpack_checkpoint", "PACK_SCHEMA"]
 
-PACK_SCHEMA = "msa.train.portable/1"
+PACK_SCHEMA = "msa.train.portable/2"
+_SCHEMAS = ("msa.train.portable/1", PACK_SCHEMA)  # 1: rng_rankR.pt files beside the parts
 DEFAULT_PART_BYTES = 15 << 20  # under 16 MiB: one file that comes back from the device machine
 
 
@@ -143,12 +146,12 @@ def pack_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLi
         "schema": PACK_SCHEMA, "source": src.name, "step": meta["step"], "data_position": meta["data_position"],
         "world_size": meta.get("world_size"), "block": block,
         "model": _write_parts(model_bytes, tmp, "model.pt", part_bytes),
-        "optim": _write_parts(_torch_bytes(_compact(optim, block)), tmp, "optim.pt", part_bytes),
         "rng": sorted(p.name for p in src.glob("rng_rank*.pt")),
     }  # fmt: skip
+    rng = {name: (src / name).read_bytes() for name in manifest["rng"]}
+    manifest["optim"] = _write_parts(_torch_bytes({"optim": _compact(optim, block), "rng": rng}), tmp, "optim.pt",
+                                     part_bytes)  # fmt: skip
     shutil.copyfile(src / "meta.json", tmp / "meta.json")
-    for name in manifest["rng"]:
-        shutil.copyfile(src / name, tmp / name)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -164,10 +167,18 @@ def unpack_checkpoint(packed: str | os.PathLike[str], checkpoint_dir: str | os.P
     if not (src / "manifest.json").exists():
         raise ValueError(f"{src} is not a packed checkpoint (no manifest.json)")
     manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    if manifest.get("schema") != PACK_SCHEMA:
+    if manifest.get("schema") not in _SCHEMAS:
         raise ValueError(f"{src}: unknown packed-checkpoint schema {manifest.get('schema')!r}")
     model_bytes = _read_parts(src, manifest["model"])
-    optim = _expand(torch.load(io.BytesIO(_read_parts(src, manifest["optim"])), map_location="cpu", weights_only=False))
+    optim = torch.load(io.BytesIO(_read_parts(src, manifest["optim"])), map_location="cpu", weights_only=False)
+    if manifest["schema"] == PACK_SCHEMA:
+        optim, rng = optim["optim"], optim["rng"]
+    else:
+        rng = {name: (src / name).read_bytes() for name in manifest["rng"] if (src / name).exists()}
+        if len(rng) < len(manifest["rng"]):
+            logger.warning("%s lacks RNG state files %s; the resumed run draws fresh random numbers", src,
+                           sorted(set(manifest["rng"]) - set(rng)))  # fmt: skip
+    optim = _expand(optim)
     dest = Path(checkpoint_dir)
     name = f"step_{int(manifest['step']):08d}"
     tmp = dest / (name + ".tmp")
@@ -176,8 +187,8 @@ def unpack_checkpoint(packed: str | os.PathLike[str], checkpoint_dir: str | os.P
     (tmp / "model.pt").write_bytes(model_bytes)
     torch.save(optim, tmp / "optim.pt")
     shutil.copyfile(src / "meta.json", tmp / "meta.json")
-    for rng in manifest["rng"]:
-        shutil.copyfile(src / rng, tmp / rng)
+    for file, data in rng.items():
+        (tmp / file).write_bytes(data)
     fsync_dir(str(tmp))
     final = dest / name
     shutil.rmtree(final, ignore_errors=True)
