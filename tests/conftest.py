@@ -83,3 +83,23 @@ def routing_case(b: int, tq: int, hq: int, hkv: int, d: int, c: int, seed: int, 
     if b > 1:
         mask[-1] = False
     return q.to(device), k.to(device), chunk_doc_from_offsets(offs).long().to(device), n, mask.to(device)
+
+
+def assert_same_routing(a, b, score_tol: float) -> None:
+    """Two routings (``docs`` and ``scores`` [B, k], best first) agree up to rounding: scores within
+    ``score_tol``, and the same document at every rank, except where that rank's score lies within
+    ``2 * score_tol`` of another rank's (a near tie may swap places) or is the last kept one (a near tie
+    with the first left out)."""
+    import torch
+
+    sa, sb = a.scores.float().cpu(), b.scores.float().cpu()
+    torch.testing.assert_close(sa, sb, atol=score_tol, rtol=0)
+    da, db = a.docs.cpu(), b.docs.cpu()
+    k = sa.shape[1]
+    for r in range(sa.shape[0]):
+        for i in range(k):
+            if da[r, i] == db[r, i]:
+                continue
+            near = (sa[r] - sa[r, i]).abs() <= 2 * score_tol
+            near[i] = i == k - 1
+            assert bool(near.any()), f"row {r}, rank {i}: documents {da[r].tolist()} against {db[r].tolist()}"

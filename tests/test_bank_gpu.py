@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import assert_same_routing, build_tiny_model, build_tiny_tokenizer
 from msa.engine import Engine
 from msa.memory import MemoryBank
 from msa.model import DenseMemoryAccess
@@ -34,9 +34,11 @@ def test_bank_on_cuda_equals_dense(tmp_path, tier):
     g = torch.Generator().manual_seed(0)
     for layer in model.router_layers:
         a, b = _route_both(snap, dense, layer, g, 4)
-        assert torch.equal(a.docs.cpu(), b.docs.cpu())
+        # bfloat16 queries: the kernel and the dense reference round their sums differently (one bf16
+        # step of a score ~0.3 is 2e-3), so near-tied documents may swap
+        assert_same_routing(a, b, score_tol=2e-3)
         ka, va, ma = snap.fetch(layer, a.docs)
-        kb, vb, mb = dense.fetch(layer, b.docs)
+        kb, vb, mb = dense.fetch(layer, a.docs)
         assert ka.is_cuda and torch.equal(ka.cpu(), kb.cpu()) and torch.equal(va.cpu(), vb.cpu())
         assert torch.equal(ma.cpu(), mb.cpu())
     ans = Engine(model, tok, bank).ask("Where was Alice 3 born?", max_new_tokens=4, return_routing=True)

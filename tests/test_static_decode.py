@@ -8,7 +8,7 @@ from msa.engine import Engine
 from msa.engine.generation import left_pad
 from msa.engine.static_decode import StaticDecoder, StaticStepper, bucket
 from msa.model.static_cache import StaticKVCache
-from tests.conftest import build_tiny_model
+from tests.conftest import assert_same_routing, build_tiny_model
 from tests.test_engine import Scripted, setup  # noqa: F401  (setup: the engine tests' tiny model and view)
 
 STEPS = 64
@@ -176,16 +176,12 @@ def test_fused_inference_equals_the_eager_ops_gpu():
     assert not fused_decode._compiled_layer.failed, "the compiled decode layers fell back to the eager ones"
     (ft, fl), (et, el) = runs
     assert torch.equal(ft, et), "graphed decoding: fused and eager tokens differ"
-    for a, b in zip(fl, el):
-        torch.testing.assert_close(a, b, atol=0.1, rtol=0.02)
+    for a, b in zip(fl, el):  # within two bf16 steps of the step's largest logit (the logits are ~30x)
+        tol = 2 * torch.finfo(torch.bfloat16).eps * float(b.abs().max())
+        torch.testing.assert_close(a, b, atol=tol, rtol=0)
     fo, eo = prefills
     for i in eo.routings:
-        fs, es = fo.routings[i].scores.float(), eo.routings[i].scores.float()
-        torch.testing.assert_close(fs, es, atol=2e-2, rtol=0)
-        for row in range(es.shape[0]):
-            gaps = (es[row, :-1] - es[row, 1:]).abs()
-            if bool((gaps > 4e-2).all()):
-                assert torch.equal(fo.routings[i].docs[row], eo.routings[i].docs[row]), (i, row)
+        assert_same_routing(fo.routings[i], eo.routings[i], score_tol=2e-2)
 
 
 @pytest.mark.gpu

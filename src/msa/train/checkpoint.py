@@ -149,9 +149,10 @@ def load_checkpoint(path: str, wrapper: nn.Module, model: nn.Module, optimizer: 
         model.load_state_dict(model_sd)
         optimizer.load_state_dict(optim_sd)
     rng_file = os.path.join(path, f"rng_rank{info.rank}.pt")
-    if not os.path.exists(rng_file):
+    rank0 = os.path.join(path, "rng_rank0.pt")
+    if not os.path.exists(rng_file) and os.path.exists(rank0):
         logger.warning("%s has no RNG state for rank %d (world size changed?); using rank 0's", path, info.rank)
-        rng_file = os.path.join(path, "rng_rank0.pt")
+        rng_file = rank0
     if os.path.exists(rng_file):
         set_rng_state(torch.load(rng_file, weights_only=False))
     else:
