@@ -240,7 +240,8 @@ SMALL_SECTIONS = [
 ]
 
 
-def small_sections(result: dict, save, deadline: float, workers: int, names: list[str] | None = None) -> None:
+def small_sections(result: dict, save, deadline: float, workers: int, names: list[str] | None = None,
+                   steps: int = 8) -> None:  # fmt: skip
     from msa.train import load_recipe
     from msa.train.loop import Trainer
 
@@ -261,10 +262,10 @@ def small_sections(result: dict, save, deadline: float, workers: int, names: lis
                 trainer.train_step()
             warm = time.perf_counter() - t0
             t0 = time.perf_counter()
-            tokens = sum(trainer.train_step()["tokens"] for _ in range(8))
+            tokens = sum(trainer.train_step()["tokens"] for _ in range(steps))
             torch.cuda.synchronize()
             wall = time.perf_counter() - t0
-            rec = {"tokens_per_s": tokens / wall, "step_time_s": wall / 8, "warmup_s": warm,
+            rec = {"tokens_per_s": tokens / wall, "step_time_s": wall / steps, "steps": steps, "warmup_s": warm,
                    "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9, "speed": speed.__dict__}  # fmt: skip
             try:
                 busy, bwall, btok = busy_fraction(trainer, 3)
@@ -287,6 +288,7 @@ def main(argv: list[str]) -> dict:
     ap.add_argument("--out", default="")
     ap.add_argument("--budget-s", type=float, default=330.0, help="start no new section after this many seconds")
     ap.add_argument("--small-budget-s", type=float, default=70.0, help="seconds kept for the small-model sections")
+    ap.add_argument("--small-steps", type=int, default=8, help="timed steps of each small-model section")
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--only-small", action="store_true", help="only the small-model sections")
     ap.add_argument("--big-sections", default=",".join(n for n, *_ in BIG_SECTIONS),
@@ -312,7 +314,7 @@ def main(argv: list[str]) -> dict:
     if not args.only_small:
         big_sections(result, save, start + args.budget_s - small_time, peak, args.big_sections.split(","))
     if not args.skip_small:
-        small_sections(result, save, start + args.budget_s, args.workers, args.small_sections.split(","))
+        small_sections(result, save, start + args.budget_s, args.workers, args.small_sections.split(","), args.small_steps)
     result["wall_s"] = time.perf_counter() - start
     save()
     logger.info("wrote %s", out)
