@@ -10,7 +10,10 @@ against the model's own router on the same features (which must equal the engine
     python bench/router_probe.py --model msa-bios-small --people 16384 --out bench/results/router_probe.json
 
 If a wider router reaches a much higher recall@1 on frozen features, router width is a lever worth
-retraining for; if not, the features (the layers below the router) are the limit.
+retraining for; if not, the features (the layers below the router) are the limit. ``--layer L`` takes
+the features at the input of layer L instead (a router placed there: the layers below it then run
+without memory, as the requests' features are computed here), and probes new routers only where L
+is not one of the model's router layers.
 """
 
 from __future__ import annotations
@@ -177,6 +180,16 @@ def check_against_model(model, tok, fmt, test, n: int = 512, q: int = 64) -> Non
         raise SystemExit(f"the probe does not reproduce the model's routing (top-1 agreement {agree:.3f})")
 
 
+def _new_routers(args, model, tr, test_eval, reduce: str, rows: list) -> None:
+    """Train and evaluate a fresh router of every ``--shapes`` shape on the frozen features."""
+    for shape in filter(None, args.shapes.split(",")):
+        hq, hkv, d = (int(v) for v in shape.split("x"))
+        r = Router(model.config.hidden_size, hq, hkv, d, reduce)
+        rows.append({"probe": f"new router {shape} (Hq x Hkv x D)", "reduce": reduce, "steps": args.steps,
+                     **test_eval(train(r, tr, args.steps, 1e-3, 0.1, 256, args.memory))})  # fmt: skip
+        log.info("%s", rows[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="msa-bios-small")
@@ -190,6 +203,7 @@ def main() -> None:
     ap.add_argument("--mix", action="store_true", help="train on names, lower-cased names and questions")
     ap.add_argument("--lr", type=float, default=3e-4, help="learning rate of the model's router trained on")
     ap.add_argument("--save", default=None, help="write the model with the router trained on here (first reduction)")
+    ap.add_argument("--layer", type=int, default=None, help="features at this layer's input (default: the first router layer)")
     ap.add_argument("--out", default="bench/results/router_probe.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -198,7 +212,10 @@ def main() -> None:
     model = MSAForCausalLM.from_pretrained(path).eval()
     tok = load_tokenizer(path)
     fmt = prompt_format(model.config.policy.prompt_format)
-    layer = model.router_layers[0]
+    layer = model.router_layers[0] if args.layer is None else args.layer
+    if not 0 <= layer < len(model.model.layers):
+        raise SystemExit(f"--layer must be in [0, {len(model.model.layers)}), got {layer}")
+    own = layer == model.router_layers[0]  # the model's own router reads these features
     attn = model.model.layers[layer].self_attn
     grab = _Grab(attn)
     chunk = model.config.msa.chunk_size
@@ -230,9 +247,13 @@ def main() -> None:
             torch.save((test, tr), args.cache)
     ev = torch.randperm(args.people)[:1000]
     test_eval = lambda r: recall(r, test[0][ev], test[1][ev], ev, test[3], test[4], test[5])  # noqa: E731
-    check_against_model(model, tok, fmt, test)
+    if own:
+        check_against_model(model, tok, fmt, test)
     rows = []
     for reduce in args.reduce.split(","):
+        if not own:
+            _new_routers(args, model, tr, test_eval, reduce, rows)
+            continue
         base = Router.of_layer(attn, model.config.hidden_size, reduce)
         rows.append({"probe": "the model's router, as trained", "reduce": reduce, **test_eval(base)})
         log.info("%s", rows[-1])
@@ -247,12 +268,7 @@ def main() -> None:
             for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
                 shutil.copy(path / f, args.save)
             log.info("wrote %s", args.save)
-        for shape in filter(None, args.shapes.split(",")):
-            hq, hkv, d = (int(v) for v in shape.split("x"))
-            r = Router(model.config.hidden_size, hq, hkv, d, reduce)
-            rows.append({"probe": f"new router {shape} (Hq x Hkv x D)", "reduce": reduce, "steps": args.steps,
-                         **test_eval(train(r, tr, args.steps, 1e-3, 0.1, 256, args.memory))})  # fmt: skip
-            log.info("%s", rows[-1])
+        _new_routers(args, model, tr, test_eval, reduce, rows)
     grab.handle.remove()
     out = {"model": args.model, "layer": layer, "eval_people": args.people, "eval_questions": len(ev),
            "train_people": args.train_people, "memory_per_step": args.memory, "rows": rows}  # fmt: skip

@@ -75,3 +75,17 @@ def test_max_tokens_leaves_distractors_out_last_first_and_keeps_positives():
     assert len(cut.input_ids) == len(full.input_ids) - doc_len[4] and max(cut.doc_ids) == 5
     tight = col.encode(s, max_tokens=1)
     assert tight.aux_labels == [1, 1]  # only the positives are left
+
+
+def test_every_recipe_loads_and_validates():
+    """Every file of recipes/ builds a valid TrainConfig (a typo in a recipe fails here, not on a GPU lease)."""
+    from pathlib import Path
+
+    from msa.train import load_recipe
+
+    names = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes").glob("*.py") if not p.stem.startswith("_"))
+    assert "bios_small_d" in names
+    for name in names:
+        cfg = load_recipe(name)
+        cfg.validate()
+        assert cfg.schedule.total_steps > 0, name

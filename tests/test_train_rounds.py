@@ -99,3 +99,26 @@ def test_extra_read_appends_other_documents_in_answer_rounds():
         assert [t.split("]")[0][1:] for t in appended] == [str(g) for g in reads]  # every read text, in order
         assert interleave_round(b, OFFICIAL)[-1] == interleave_round(a, OFFICIAL)[-1]  # the same answer
     assert len(counts) > 1  # the number of other documents varies
+
+
+def test_extra_read_chain_order_keeps_the_hops_in_order():
+    """chain_order: the chain's documents are read in hop order, the extra reads anywhere among them
+    (before, between and after the hops, over many samples); the same documents as the shuffled
+    choice, whose stream is unchanged by the option's existence."""
+    inner = BiosSamples(BiosConfig(num_people=1024, seed=0), 8, "multi", seed=3)
+    shuffled = InterleaveRounds(inner, 1.0, hide_read=True, extra_read=2)
+    ordered = InterleaveRounds(inner, 1.0, hide_read=True, extra_read=2, chain_order=True)
+    places, out_of_order = set(), 0
+    for i in range(60):
+        a, b = shuffled.sample(i), ordered.sample(i)
+        chain = b.extra["chain"]
+        assert sorted(a.extra["reads"]) == sorted(b.extra["reads"])  # the same extra documents drawn
+        hops = [g for g in b.extra["reads"] if g in chain]
+        assert hops == chain
+        out_of_order += [g for g in a.extra["reads"] if g in chain] != chain
+        if len(chain) == 2:
+            first, second = (b.extra["reads"].index(g) for g in chain)
+            places |= {"before" if j < first else "between" if j < second else "after"
+                       for j, g in enumerate(b.extra["reads"]) if g not in chain}  # fmt: skip
+        assert interleave_round(b, OFFICIAL)[-1] == interleave_round(a, OFFICIAL)[-1]
+    assert places == {"before", "between", "after"} and out_of_order > 0

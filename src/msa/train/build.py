@@ -107,7 +107,7 @@ def build_source(data: DataConfig) -> SampleSource:
             source = MixedSamples(source, niah, data.niah_fraction)
     if data.target_format in ("interleave_round", "interleave_named"):
         return InterleaveRounds(source, data.answer_round_fraction, data.answer_round_hide_read,
-                                data.answer_round_extra_read)  # fmt: skip
+                                data.answer_round_extra_read, data.answer_round_chain_order)  # fmt: skip
     return source
 
 

@@ -116,6 +116,8 @@ class DataConfig:
         read up to this many other documents of the memory (a number drawn per sample, 0..N; rounds in
         random order), so the answer is read out of several appended texts, as after a retrieval miss
         or when a round reads several documents.
+    answer_round_chain_order: with ``answer_round_extra_read``, the chain's documents keep their hop
+        order and only the extra reads are placed at random (``InterleaveRounds.chain_order``).
     niah_fraction / niah_doc_tokens: bios source only: share of samples that are RULER NIAH tasks
         (``NiahSamples``, documents of about ``niah_doc_tokens`` tokens), for NIAH-capable models.
     recite_fraction: bios source only: share of bios samples that ask for a whole biography (the
@@ -142,6 +144,7 @@ class DataConfig:
     answer_round_fraction: float | None = None
     answer_round_hide_read: bool = False
     answer_round_extra_read: int = 0
+    answer_round_chain_order: bool = False
     workers: int = 0
     niah_fraction: float = 0.0
     niah_doc_tokens: int = 96

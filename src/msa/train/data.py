@@ -400,10 +400,14 @@ class InterleaveRounds:
     extra_read: answer rounds have also read 0..extra_read (drawn per sample) other documents of the
         memory, each in a round of its own, all rounds in random order (``extra["reads"]``; dropped
         from the memory too with ``hide_read``): the answer is read out of several appended texts.
+    chain_order: with ``extra_read``, the chain's own documents keep their hop order (bridge before
+        target, as Memory Interleave reads them) and only the extra reads fall at random places among
+        them. Shuffling the chain too (False) taught a model to answer a 2-hop question from the
+        biography of the person the question names (bench/NOTES_training.md, night of 2026-12-01).
     """
 
     def __init__(self, inner: "SampleSource", answer_fraction: float | None = None, hide_read: bool = False,
-                 extra_read: int = 0):  # fmt: skip
+                 extra_read: int = 0, chain_order: bool = False):  # fmt: skip
         if answer_fraction is not None and not 0.0 <= answer_fraction <= 1.0:
             raise ValueError(f"answer_fraction must be in [0, 1], got {answer_fraction}")
         if extra_read < 0:
@@ -412,6 +416,7 @@ class InterleaveRounds:
         self.answer_fraction = answer_fraction
         self.hide_read = hide_read
         self.extra_read = extra_read
+        self.chain_order = chain_order
         if hasattr(inner, "sample"):
             self.sample = self._sample  # random access where the inner source has it
 
@@ -431,8 +436,13 @@ class InterleaveRounds:
             rng = np.random.default_rng([i, 0x5EAD])
             others = [d.id for d in memory if d.id not in set(chain)]
             n = min(int(rng.integers(0, self.extra_read + 1)), len(others))
-            reads += [others[j] for j in rng.permutation(len(others))[:n].tolist()]
-            reads = [reads[j] for j in rng.permutation(len(reads)).tolist()]
+            added = [others[j] for j in rng.permutation(len(others))[:n].tolist()]
+            if self.chain_order:  # the chain in its slots, in hop order; the extra reads in the others
+                slots = set(rng.choice(len(chain) + n, len(chain), replace=False).tolist())
+                hops, more = iter(chain), iter(added)
+                reads = [next(hops) if j in slots else next(more) for j in range(len(chain) + n)]
+            else:
+                reads = [(reads + added)[j] for j in rng.permutation(len(chain) + n).tolist()]
             extra["reads"] = reads
         if self.hide_read and r == len(chain):
             read = set(reads)
