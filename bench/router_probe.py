@@ -216,6 +216,9 @@ def main() -> None:
     if not 0 <= layer < len(model.model.layers):
         raise SystemExit(f"--layer must be in [0, {len(model.model.layers)}), got {layer}")
     own = layer == model.router_layers[0]  # the model's own router reads these features
+    if layer > max(model.router_layers):  # encode() stops after the last router layer: run on to this one
+        run = model.model.run
+        model.model.run = lambda ids, pos, ctx, num_layers=None: run(ids, pos, ctx, max(num_layers or 0, layer + 1))
     attn = model.model.layers[layer].self_attn
     grab = _Grab(attn)
     chunk = model.config.msa.chunk_size

@@ -15,8 +15,9 @@ failure (bench/NOTES_training.md, evening of 2026-12-01):
   * ``max_tokens=16384`` per sample: a NIAH sample of 64 documents of 512 tokens would otherwise pad
     the whole micro-batch to ~33K tokens.
   * 8 data workers: with 14 on the 16-core device machine the first step's compilation took 248 s.
-The schedule is fixed (800 steps: two device leases, each paying ~4 minutes of first-step compilation
-and then ~2.2 steps/s on the H200), so the run can be cut into leases (``bench/train_leases.py``).
+The schedule is fixed (800 steps: two device leases, each paying ~2 minutes of compilation in its
+first steps, 4 when something else shares the machine, then ~2.2 steps/s on the H200), so the run
+can be cut into leases (``bench/train_leases.py``).
 The first lease trained steps 1-280 under a 1500-step schedule; the main phase was then shortened to
 700 steps so that the cosine decay ends within the second lease.
 """
