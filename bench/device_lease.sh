@@ -6,8 +6,11 @@
 #   run with carry [".dev-carry"]:  bash bench/device_lease.sh 7 [KEY=VALUE ...]
 # Between calls: copy the returned packed/ folder to .dev-carry/packed (ignored by /.dev-*/). The tree
 # (~40.4 MB) and the packed checkpoint (~25.5 MB) together just fit the 64 MiB carry limit.
-# Keep MINUTES about 2 minutes under the call's limit: startup, the first step's compilation
-# (1-4 minutes on the H200) and packing are inside the call.
+# Keep MINUTES about 2 minutes under the call's limit: startup, the first steps' compilation
+# (~2 minutes on the H200 alone, 4 with anything else running) and packing are inside the call.
+# EVAL_S=N (seconds, default 0): then evaluate the exported model, bounded by N seconds: gold-only
+# reading and bench/scaling.py (SIZES, default 16K,1M,10M; RULER contexts RULER, default 128K) into
+# $OUT/eval.tar.gz. With it a call returns 8 files (the device machines' limit).
 . "$(dirname "$0")/device_common.sh"
 MIN=${1:-7}
 shift
@@ -22,4 +25,15 @@ python bench/train_leases.py --recipe "$RECIPE" --minutes "$MIN" --ckpt runs/lea
     --packed-out "$OUT/packed" --export runs/lease/model "$@" 2>&1 | tee "$OUT/train.log"
 gpu_trace_stop
 [ -f runs/lease/model/config.json ] && tar -C runs/lease -cf "$OUT/model.tar" model
+if [ "${EVAL_S:-0}" -gt 0 ] && [ -f runs/lease/model/config.json ]; then
+    mkdir -p runs/lease/eval
+    end=$((SECONDS + EVAL_S))
+    timeout "$EVAL_S" python bench/reading_probe.py runs/lease/model --questions 60 > runs/lease/eval/reading.json 2>/dev/null
+    left=$((end - SECONDS))
+    [ "$left" -gt 10 ] && timeout "$left" python bench/scaling.py --model runs/lease/model --work-dir /tmp/banks \
+        --out runs/lease/eval/scaling.json --sizes "${SIZES:-16K,1M,10M}" --ruler-contexts "${RULER:-128K}" \
+        --ruler-samples 4 --world-seed 7 --num-single 100 --num-multi 100 --max-new-tokens 48 --batch-size 50 \
+        --device cuda --wordings paraphrase,polite,lowercase --wording-sizes 1M > runs/lease/eval/scaling.log 2>&1
+    tar -C runs/lease -czf "$OUT/eval.tar.gz" eval
+fi
 ls -la "$OUT" "$OUT/packed" 2>/dev/null

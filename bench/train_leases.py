@@ -46,8 +46,14 @@ def main(argv: list[str]) -> dict:
     args = ap.parse_args(argv)
     deadline = time.perf_counter() + args.minutes * 60
     if args.packed_in and Path(args.packed_in, "manifest.json").exists():
-        packed_step = json.loads(Path(args.packed_in, "manifest.json").read_text())["step"]
-        if packed_step > _step_of(latest_checkpoint(args.ckpt)):
+        manifest = json.loads(Path(args.packed_in, "manifest.json").read_text())
+        label = manifest.get("label")
+        if label is None:
+            log.warning("%s names no recipe (an older pack): resuming it as %s", args.packed_in, args.recipe)
+        elif label != args.recipe:
+            raise SystemExit(f"{args.packed_in} is a checkpoint of recipe {label!r}, not {args.recipe!r}: "
+                             "carry that recipe's pack, or none to start afresh")  # fmt: skip
+        if manifest["step"] > _step_of(latest_checkpoint(args.ckpt)):
             unpack_checkpoint(args.packed_in, args.ckpt)
     cfg = load_recipe(args.recipe, [f"checkpoint.dir={args.ckpt}", *args.overrides])
     cfg.checkpoint.resume = True
@@ -63,7 +69,7 @@ def main(argv: list[str]) -> dict:
            "seconds": round(seconds, 1), "steps_per_s": round((trainer.state.step - start) / max(seconds, 1e-9), 3),
            "done": trainer.state.step >= total}  # fmt: skip
     if args.packed_out:
-        m = pack_checkpoint(args.ckpt, args.packed_out)
+        m = pack_checkpoint(args.ckpt, args.packed_out, label=args.recipe)
         out["packed_mb"] = round(sum(p["bytes"] for p in m["model"] + m["optim"]) / 1e6, 1)
     if args.export:
         save_model(trainer, Path(args.export))

@@ -29,6 +29,7 @@ from msa.eval.metrics import exact_match
 from msa.train import load_recipe
 from msa.train.config import CurriculumStage, Phase
 from msa.train.data import BiosSamples, InterleaveRounds
+from msa.train.export import copy_tokenizer
 from msa.train.loop import Trainer
 from reading_msa_probe import answer_accuracy
 from reading_probe import reading
@@ -160,10 +161,16 @@ def fit_until(trainer: Trainer, steps: int, deadline: float, snapshot: Path | No
 
 
 def save_model(trainer: Trainer, out: Path) -> None:
+    """The model as a loadable directory: float32 weights in shards, and the training tokenizer."""
     model = trainer.model
     was = model.dtype
     model.float().save_pretrained(out, max_shard_bytes=SHARD_BYTES)
     model.to(was)
+    tok_dir = Path(trainer.config.data.tokenizer or "")
+    if (tok_dir / "tokenizer.json").is_file():
+        copy_tokenizer(tok_dir, out)
+    else:  # a tokenizer handed to the Trainer
+        trainer.tokenizer.save_pretrained(str(out))
 
 
 def main() -> None:
@@ -222,10 +229,6 @@ def main() -> None:
         log.warning("budget reached at step %d of %d", done, steps)
     save_model(trainer, out)
     model = trainer.model.float().eval()
-    tok_dir = Path(cfg.data.tokenizer)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tok_dir / f).exists():
-            shutil.copy(tok_dir / f, out / f)
     shutil.copy(Path(__file__).resolve().parents[1] / "recipes" / f"{RECIPE}.py", out / f"recipe_{RECIPE}.py")
     result = {
         "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -98,3 +98,39 @@ def test_cli_packs_and_unpacks(tok_dir, tmp_path, capsys):  # noqa: F811
     assert (tmp_path / "c2" / "latest").read_text() == "step_00000002"
     assert main(["checkpoint", "pack", ck, str(tmp_path / "p"), "--part-mb", "0"]) == 2
     assert "--part-mb must be > 0" in capsys.readouterr().err
+
+
+def test_a_lease_exports_a_model_that_loads_with_its_tokenizer(tok_dir, tmp_path):  # noqa: F811
+    """bench/train_shipped.save_model (what bench/train_leases.py --export writes): weights and the
+    training tokenizer, so the directory loads as a model by itself."""
+    import sys
+    from pathlib import Path
+
+    from msa.model import MSAForCausalLM
+    from msa.tokenizer import load_tokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from train_shipped import save_model
+
+    trainer = Trainer(config(tok_dir, steps=2))
+    trainer.fit(until=1)
+    save_model(trainer, tmp_path / "model")
+    model = MSAForCausalLM.from_pretrained(tmp_path / "model")
+    tok = load_tokenizer(tmp_path / "model")
+    assert model.config.vocab_size == len(tok) and tok.encode("Where was") == trainer.tokenizer.encode("Where was")
+
+
+def test_a_pack_names_its_recipe_and_a_lease_refuses_another_recipes_pack(tok_dir, tmp_path):  # noqa: F811
+    import sys
+    from pathlib import Path
+
+    ck = str(tmp_path / "ck")
+    Trainer(config(tok_dir, steps=2, ckpt=ck, every=2)).fit(until=2)
+    assert pack_checkpoint(ck, tmp_path / "p", label="bios_small_c")["label"] == "bios_small_c"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from train_leases import main
+
+    with pytest.raises(SystemExit, match="a checkpoint of recipe 'bios_small_c', not 'bios_small_d'"):
+        main(["--recipe", "bios_small_d", "--minutes", "0.01", "--packed-in", str(tmp_path / "p"),
+              "--ckpt", str(tmp_path / "lease")])  # fmt: skip
+    assert not (tmp_path / "lease").exists()  # refused before anything was unpacked

@@ -24,7 +24,7 @@ from msa.train.checkpoint import latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "export_checkpoint", "write_model_dir", "TOKENIZER_FILES"]
+__all__ = ["ExportError", "export_checkpoint", "write_model_dir", "copy_tokenizer", "TOKENIZER_FILES"]
 
 # tokenizer files, and a base model's generation settings and chat template (a Qwen3 base directory)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -73,7 +73,9 @@ def _config_from_meta(step: Path) -> tuple[ModelConfig, dict[str, Any]]:
     return config, run
 
 
-def _copy_tokenizer(src: Path, out: Path) -> None:
+def copy_tokenizer(src: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Copy a saved tokenizer's files (``TOKENIZER_FILES`` that exist) from ``src`` into ``out``."""
+    src, out = Path(src), Path(out)
     if not (src / "tokenizer.json").is_file():
         raise ExportError(f"tokenizer directory {src} has no tokenizer.json (run from the training directory, "
                           "or pass --tokenizer)")  # fmt: skip
@@ -91,7 +93,7 @@ def write_model_dir(out: str | os.PathLike[str], config: ModelConfig, state_dict
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer_dir is not None:
-        _copy_tokenizer(Path(tokenizer_dir), out)
+        copy_tokenizer(tokenizer_dir, out)
     elif tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     else:

@@ -131,9 +131,9 @@ def _resolve(checkpoint: str | os.PathLike[str]) -> Path:
 
 
 def pack_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                    part_bytes: int = DEFAULT_PART_BYTES, block: int = 256) -> dict[str, Any]:  # fmt: skip
+                    part_bytes: int = DEFAULT_PART_BYTES, block: int = 256, label: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Pack a checkpoint (a step directory, or the newest in a checkpoint directory) into ``out_dir``
-    (replaced). Returns the manifest."""
+    (replaced); ``label`` (e.g. the recipe's name) is kept in the manifest. Returns the manifest."""
     src = _resolve(checkpoint)
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
@@ -146,7 +146,7 @@ def pack_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLi
         "schema": PACK_SCHEMA, "source": src.name, "step": meta["step"], "data_position": meta["data_position"],
         "world_size": meta.get("world_size"), "block": block,
         "model": _write_parts(model_bytes, tmp, "model.pt", part_bytes),
-        "rng": sorted(p.name for p in src.glob("rng_rank*.pt")),
+        "rng": sorted(p.name for p in src.glob("rng_rank*.pt")), "label": label,
     }  # fmt: skip
     rng = {name: (src / name).read_bytes() for name in manifest["rng"]}
     manifest["optim"] = _write_parts(_torch_bytes({"optim": _compact(optim, block), "rng": rng}), tmp, "optim.pt",
