@@ -18,13 +18,13 @@ import json
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerFast
 
 import msa
 from msa.data.bios import BiosConfig, BiosWorld
 from msa.engine import Engine, InMemoryView
 from msa.eval.metrics import exact_match, token_f1
-from msa.model import MSAForCausalLM
+from msa.model import MSAForCausalLM, resolve_model_path
+from msa.tokenizer import load_tokenizer
 
 
 def reading(model, tok, questions: int, distractors: int = 0, choices=("routed", "generated")) -> dict:
@@ -58,8 +58,9 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=60)
     ap.add_argument("--distractors", type=int, default=0)
     args = ap.parse_args()
-    model = MSAForCausalLM.from_pretrained(args.model).eval()
-    tok = PreTrainedTokenizerFast.from_pretrained(args.model)
+    path = resolve_model_path(args.model)  # a directory or a shipped model's name
+    model = MSAForCausalLM.from_pretrained(path).eval()
+    tok = load_tokenizer(path)
     out = {"model": args.model, "device": str(model.device), "torch": torch.__version__, "msa": msa.__version__,
            "distractors": args.distractors, **reading(model, tok, args.questions, args.distractors)}
     for key, r in out.items():
