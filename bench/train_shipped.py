@@ -29,7 +29,6 @@ from msa.eval.metrics import exact_match
 from msa.train import load_recipe
 from msa.train.config import CurriculumStage, Phase
 from msa.train.data import BiosSamples, InterleaveRounds
-from msa.train.export import copy_tokenizer
 from msa.train.loop import Trainer
 from reading_msa_probe import answer_accuracy
 from reading_probe import reading
@@ -166,11 +165,7 @@ def save_model(trainer: Trainer, out: Path) -> None:
     was = model.dtype
     model.float().save_pretrained(out, max_shard_bytes=SHARD_BYTES)
     model.to(was)
-    tok_dir = Path(trainer.config.data.tokenizer or "")
-    if (tok_dir / "tokenizer.json").is_file():
-        copy_tokenizer(tok_dir, out)
-    else:  # a tokenizer handed to the Trainer
-        trainer.tokenizer.save_pretrained(str(out))
+    trainer.save_tokenizer(out)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from msa.train.collator import Collator, TrainBatch
 from msa.train.config import TrainConfig
 from msa.train.data import SampleSource, TrainSample
 from msa.train.fast import apply_speed
-from msa.train.export import write_model_dir
+from msa.train.export import copy_tokenizer, write_model_dir
 from msa.train.objective import LossWeights, Metrics, Objective, PendingMetrics
 from msa.train.parallelize import DistInfo, init_distributed, parallelize
 from msa.train.schedule import lr_at, num_docs_at, phase_at, stage_at, weights_at
@@ -262,6 +262,14 @@ class Trainer:
             write_model_dir(path, self.model.config, state, tokenizer_dir=self._tokenizer_dir,
                             tokenizer=None if self._tokenizer_dir else self.tokenizer)  # fmt: skip
         return path
+
+    def save_tokenizer(self, out: str | os.PathLike[str]) -> None:
+        """Write the training tokenizer into ``out``: its files copied from ``data.tokenizer``, or saved
+        when it was handed to the Trainer (what every checkpoint's model directory holds too)."""
+        if self._tokenizer_dir:
+            copy_tokenizer(self._tokenizer_dir, out)
+        else:
+            self.tokenizer.save_pretrained(os.fspath(out))
 
     def _log(self, rec: dict[str, Any], total: int) -> None:
         """Log at INFO every ``logging.every`` steps, at the first and last, and at least every ``LOG_SECONDS``
