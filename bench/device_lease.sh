@@ -30,10 +30,8 @@ if [ "${EVAL_S:-0}" -gt 0 ] && [ -f runs/lease/model/config.json ]; then
     end=$((SECONDS + EVAL_S))
     timeout "$EVAL_S" python bench/reading_probe.py runs/lease/model --questions 60 > runs/lease/eval/reading.json 2>/dev/null
     left=$((end - SECONDS))
-    [ "$left" -gt 10 ] && timeout "$left" python bench/scaling.py --model runs/lease/model --work-dir /tmp/banks \
-        --out runs/lease/eval/scaling.json --sizes "${SIZES:-16K,1M,10M}" --ruler-contexts "${RULER:-128K}" \
-        --ruler-samples 4 --world-seed 7 --num-single 100 --num-multi 100 --max-new-tokens 48 --batch-size 50 \
-        --device cuda --wordings paraphrase,polite,lowercase --wording-sizes 1M > runs/lease/eval/scaling.log 2>&1
+    [ "$left" -gt 10 ] && scaling_run "$left" runs/lease/model runs/lease/eval --sizes "${SIZES:-16K,1M,10M}" \
+        --ruler-samples 4 --device cuda
     tar -C runs/lease -czf "$OUT/eval.tar.gz" eval
 fi
 ls -la "$OUT" "$OUT/packed" 2>/dev/null

@@ -48,11 +48,7 @@ PY
 echo "best: $BEST"
 echo "$BEST" > "$S/best"
 if [ "${SCALING:-1}" != 0 ]; then
-    timeout "${SCALING_TIMEOUT:-400}" python bench/scaling.py --model "$S/$BEST" --work-dir /tmp/banks \
-        --out "$S/scaling.json" --plot "$S/scaling.png" --sizes "${SIZES:-16K,128K,1M,10M}" \
-        --ruler-contexts "${RULER:-128K}" --ruler-samples 2 --world-seed 7 --num-single 100 --num-multi 100 \
-        --max-new-tokens 48 --batch-size 50 --wordings "${WORDINGS:-paraphrase,polite,lowercase}" --wording-sizes 1M \
-        > "$S/scaling.log" 2>&1
+    scaling_run "${SCALING_TIMEOUT:-400}" "$S/$BEST" "$S"
     echo "scaling done"
 fi
 if [ -n "${OUT:-}" ]; then

@@ -19,11 +19,8 @@ gpu_trace_stop
 cp $W/eval.json "$OUT/eval.json" 2>/dev/null
 tar -C runs -cf "$OUT/model.tar" msa-bios-small
 if [ "${SCALING_S:-0}" -gt 0 ]; then
-    mkdir -p runs/scaling
-    timeout "$SCALING_S" python bench/scaling.py --model $W --work-dir /tmp/banks --out runs/scaling/scaling.json \
-        --plot runs/scaling/scaling.png --sizes "${SIZES:-16K,128K,1M,10M}" --ruler-contexts "${RULER:-128K}" \
-        --ruler-samples 2 --world-seed 7 --num-single 100 --num-multi 100 --max-new-tokens 48 --batch-size 50 \
-        --device cuda --wordings paraphrase,polite,lowercase --wording-sizes 1M 2>&1 | tee runs/scaling/scaling.log | tail -40
+    scaling_run "$SCALING_S" $W runs/scaling --device cuda
+    tail -40 runs/scaling/scaling.log
     tar -C runs -czf "$OUT/scaling.tar.gz" scaling
 fi
 ls -la "$OUT"
